@@ -1,0 +1,173 @@
+"""The ``ml3`` command line. Heavy imports happen inside each command, so ``ml3 train`` never
+loads the web stack and ``ml3 serve`` never waits for matplotlib."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency; quiet when not a terminal)."""
+
+    def __init__(self, label: str, stream=sys.stderr):
+        self.label, self.stream, self.start = label, stream, time.time()
+        self.tty = stream.isatty()
+        self._last_line = 0.0
+
+    def __call__(self, done: int, total: int, metrics: dict | None = None):
+        now = time.time()
+        if not self.tty and done < total and now - self._last_line < 5:
+            return
+        self._last_line = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        extra = ""
+        if metrics:
+            shown = [f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "iteration"][:3]
+            extra = " " + " ".join(shown)
+        end = "\r" if self.tty and done < total else "\n"
+        self.stream.write(f"{self.label} [{bar}] {done}/{total} {now - self.start:.0f}s{extra}\033[K{end}"
+                          if self.tty else f"{self.label} {done}/{total} {now - self.start:.0f}s{extra}{end}")
+        self.stream.flush()
+
+
+TRAIN_FLAGS = [  # flag, spec key, type, help
+    ("--seeds", "seeds", int, "independent seeds, trained in one batched pass"),
+    ("--seed", "seed", int, "first seed id"),
+    ("--outer-iters", "outer_iterations", int, "meta-train (outer) iterations"),
+    ("--inner-steps", "inner_steps", int, "M: unrolled inner SGD steps per meta-gradient"),
+    ("--inner-lr", "inner_lr", float, "alpha: inner SGD learning rate"),
+    ("--outer-lr", "outer_lr", float, "eta: outer Adam learning rate"),
+    ("--tasks-per-batch", "tasks_per_batch", int, "T: tasks per meta-batch"),
+    ("--schedule", "schedule", str, "unrolled (one phi step per unroll) or online (one per inner step)"),
+    ("--eval-every", "eval_every", int, "meta-train curve: evaluate every k iterations"),
+    ("--eval-steps", "eval_steps", int, "SGD steps of each evaluation"),
+    ("--device", "device", str, "cpu or cuda"),
+    ("--dtype", "dtype", str, "float32 or float64"),
+]
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_train_spec(args, family_cls) -> dict:
+    spec = {}
+    if args.spec:
+        with open(args.spec) as f:
+            spec = json.load(f)
+    spec.setdefault("task", {})["family"] = args.family
+    for _, key, _, _ in TRAIN_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            spec[key] = value
+    if args.first_order:
+        spec["first_order"] = True
+    for flag, (key, _, _) in getattr(family_cls, "cli_flags", {}).items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            spec["task"][key] = value
+    mt = spec.setdefault("meta_test", {})
+    if args.meta_test_steps is not None:
+        mt["steps"] = args.meta_test_steps
+    if args.meta_test_tasks is not None:
+        mt["tasks"] = args.meta_test_tasks
+    if args.horizons is not None:
+        mt["horizons"] = [int(h) for h in args.horizons.split(",") if h]
+    for item in args.set or []:
+        path, _, value = item.partition("=")
+        *parents, leaf = path.split(".")
+        node = spec
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return spec
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from ml3core import ConfigError, Hooks
+    from ml3core.api import meta_train, parse_spec
+    from ml3core.tasks import FAMILIES
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    spec = build_train_spec(args, FAMILIES[args.family])
+    try:
+        plan = parse_spec(spec)
+    except ConfigError as e:
+        print(f"ml3 train: invalid setting {e}", file=sys.stderr)
+        return 2
+    cfg = plan.train
+    print(f"meta-training '{args.family}': {cfg.seeds} seeds x {cfg.outer_iterations} iterations, "
+          f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
+    out = meta_train(plan, Hooks(on_progress=Progress("meta-train"), progress_every=max(1, cfg.eval_every)))
+    os.makedirs(args.out, exist_ok=True)
+    out.bundle.write_dir(os.path.join(args.out, "loss"))
+    for seed, bundle in zip(cfg.seed_ids, out.seed_bundles, strict=True):
+        bundle.write_dir(os.path.join(args.out, "seeds", f"seed-{seed}"))
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(out.report, f, indent=1)
+    for name, png in out.figures.items():
+        with open(os.path.join(args.out, name), "wb") as f:
+            f.write(png)
+    summary(out.report)
+    print(f"published loss (seed {out.report['published_seed']}): {os.path.join(args.out, 'loss')}")
+    return 0
+
+
+def summary(report: dict) -> None:
+    mt = report["meta_test"]
+    print(f"meta-test: {mt['tasks']} held-out tasks per seed, held-out MSE after k steps "
+          "(learned loss vs MSE; mean over seeds):")
+    for row in mt["horizon"]:
+        learned, plain = row["learned"].get("mse_heldout"), row["mse"].get("mse_heldout")
+        fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
+        print(f"  k={row['steps']:>6}: learned {fmt(learned)}  MSE {fmt(plain)}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from ml3core.tasks import FAMILIES
+
+    parser = argparse.ArgumentParser(prog="ml3", description="Meta-learn loss functions and serve them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="meta-train a loss locally (no server needed)")
+    fam_sub = train.add_subparsers(dest="family", required=True)
+    for name, cls in FAMILIES.items():
+        p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+        p.add_argument("--out", default=f"runs/{name}", help="output directory")
+        p.add_argument("--spec", help="a JSON job spec to start from")
+        p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
+        p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
+        p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")
+        p.add_argument("--horizons", help="comma-separated horizon report steps, e.g. 10,100,1000,5000")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+        for flag, key, typ, hlp in TRAIN_FLAGS:
+            p.add_argument(flag, dest=key, type=typ, help=hlp)
+        for flag, (_, typ, hlp) in getattr(cls, "cli_flags", {}).items():
+            p.add_argument(flag, type=typ, help=hlp)
+        p.set_defaults(func=cmd_train)
+
+    from . import cli_service  # the service's commands (serve, db, jobs, losses, worker)
+
+    cli_service.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

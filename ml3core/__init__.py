@@ -1,0 +1,16 @@
+"""ml3core: meta-learning loss functions (ML3, Bechtle et al. 2020) in pure PyTorch.
+
+No web framework, no database: the service (``app``) and workers only schedule this.
+"""
+
+from .config import ConfigError
+from .engine import Hooks, MetaTrainer, TrainConfig, TrainResult, fit
+from .losses import LossSpec, apply_loss, init_loss_params
+from .portable import LearnedLoss, LossBundleError, load_loss
+from .tasks import FAMILIES, TaskFamily, make_family
+
+__all__ = [
+    "ConfigError", "FAMILIES", "Hooks", "LearnedLoss", "LossBundleError", "LossSpec", "MetaTrainer",
+    "TaskFamily", "TrainConfig", "TrainResult", "apply_loss", "fit", "init_loss_params", "load_loss",
+    "make_family",
+]

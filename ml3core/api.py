@@ -1,0 +1,129 @@
+"""Job-level entry points: what the CLI, the service runner and the Celery worker call.
+
+A meta-train spec is a JSON object:
+    {"task": {"family": "sine", ...}, "loss": {...}, "meta_test": {...},
+     "seeds": 5, "outer_iterations": 500, "inner_steps": 1, "device": "cpu", ...}
+(every field but ``task`` optional; the train fields are those of ``TrainConfig``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import plots
+from .artifact import Bundle
+from .config import ConfigError, check
+from .engine import Hooks, MetaTrainer, TrainConfig, TrainResult
+from .losses import LossSpec
+from .metatest import MetaTestConfig, meta_test
+from .tasks import TaskFamily, make_family
+
+
+@dataclass
+class Plan:
+    family: TaskFamily
+    loss: LossSpec
+    train: TrainConfig
+    meta_test: MetaTestConfig
+
+    def task_dict(self) -> dict:
+        return {"family": self.family.name, **asdict(self.family.config)}
+
+    def to_dict(self) -> dict:
+        """The fully defaulted spec: what actually runs."""
+        return {"task": self.task_dict(), "loss": self.loss.to_dict(), "meta_test": asdict(self.meta_test),
+                **asdict(self.train)}
+
+
+def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
+    """Validate a meta-train spec; raises ConfigError naming the first bad field."""
+    check(isinstance(spec, dict), "spec", "an object")
+    spec = {k: v for k, v in spec.items() if k not in ignore}
+    check("task" in spec, "task", "required: {\"family\": ...}")
+    family = make_family(spec.pop("task"))
+    loss = LossSpec.from_dict(spec.pop("loss", None), **family.loss_defaults())
+    mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
+    # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
+    return Plan(family, loss, TrainConfig.from_dict(spec), mt)
+
+
+@dataclass
+class Outcome:
+    stopped: bool
+    iteration: int
+    result: TrainResult
+    bundle: Bundle | None = None  # the published phi
+    seed_bundles: list[Bundle] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)  # name -> PNG bytes
+
+
+def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | None = None) -> Outcome:
+    """Run (or resume) a meta-training job to the end: train, validate, meta-test every seed,
+    and package each seed's phi as a bundle, publishing the best on meta-validation."""
+    plan = spec if isinstance(spec, Plan) else parse_spec(spec)
+    if plan.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA was requested but this worker has no GPU")
+    trainer = MetaTrainer(plan.family, plan.loss, plan.train)
+    if resume is not None:
+        trainer.load_state(resume)
+    result = trainer.run(hooks)
+    if result.stopped:
+        return Outcome(True, result.iteration, result)
+    cfg = plan.train
+    test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner_lr,
+                     cfg.device, cfg.dtype)
+    report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
+              "meta_test": test, "published_seed": result.validation["chosen_seed"]}
+    bundles = []
+    for i, seed in enumerate(cfg.seed_ids):
+        metrics = {
+            "seed": seed,
+            "validation_heldout_mse": result.validation["scores"][i],
+            "validation_heldout_mse_baseline": result.validation["mse_baseline"][i],
+            "meta_test": {name: {m: v[i] for m, v in final.items()} for name, final in test["final"].items()},
+            "meta_test_steps": test["steps"],
+            "horizon": test["horizon"] if i == result.chosen else None,
+        }
+        training = {**{k: v for k, v in asdict(cfg).items() if k not in ("seeds", "seed")}, "seed": seed}
+        bundles.append(Bundle.build(result.seed_phi(i), plan.loss, plan.task_dict(), training, metrics))
+    figures = {
+        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps),
+        "meta_test.png": plots.meta_test_figure(test),
+    }
+    figures.update(plan.family.figures(plan.loss, bundles[result.chosen].params(), report))
+    return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
+
+
+def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu") -> tuple[dict, dict]:
+    """Meta-test a stored loss: train fresh models on test tasks with it and with MSE.
+
+    spec: {"task": {overrides of the bundle's task config}, "seeds": [0, 1] or 2, and the
+    MetaTestConfig fields (tasks, steps, lr, horizons)}. Returns (report, figures).
+    """
+    spec = dict(spec or {})
+    task = {**bundle.spec["task"], **spec.pop("task", {})}
+    family = make_family(task)
+    seeds = spec.pop("seeds", 1)
+    check(isinstance(seeds, (int, list)) and not isinstance(seeds, bool), "seeds", "a count or a list of seed ids")
+    seed_ids = list(range(seeds)) if isinstance(seeds, int) else seeds
+    check(0 < len(seed_ids) <= 1000 and all(isinstance(s, int) and s >= 0 for s in seed_ids), "seeds",
+          "1..1000 non-negative seed ids")
+    cfg = MetaTestConfig.from_dict(spec)
+    lr = bundle.spec.get("training", {}).get("inner_lr", 1e-3)
+    params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
+    report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, lr, device, per_seed_phi=False)
+    report["loss_sha256"] = bundle.sha256
+    return report, {"meta_test.png": plots.meta_test_figure(report)}
+
+
+def landscape(bundle: Bundle, options: dict | None = None) -> dict:
+    """The loss over a grid, as the family of the bundle defines it (see TaskFamily.landscape)."""
+    family = make_family(bundle.spec["task"])
+    return family.landscape(bundle.loss_spec(), bundle.params(), dict(options or {}))
+
+
+def landscape_png(data: dict) -> bytes:
+    return plots.landscape_figure(data)

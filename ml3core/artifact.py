@@ -1,0 +1,92 @@
+"""Loss bundles: ``loss.safetensors`` + ``loss.json``; as a directory or a deterministic zip."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+
+from safetensors.torch import save as st_save
+
+from .losses import LossSpec
+from .portable import (
+    FORMAT,
+    FORMAT_VERSION,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    LearnedLoss,
+    parse_bundle,
+    read_bundle_files,
+)
+
+
+@dataclass
+class Bundle:
+    weights: bytes
+    spec: dict
+
+    @classmethod
+    def build(cls, params: dict, loss_spec: LossSpec, task: dict, training: dict, metrics: dict,
+              extra: dict | None = None) -> Bundle:
+        """task: the family config (with ``family``); training: how phi was meta-trained."""
+        tensors = {k: v.detach().cpu().float().contiguous() for k, v in params.items()}
+        weights = st_save(tensors)
+        spec = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": loss_spec.architecture(),
+            "input_order": list(loss_spec.inputs),
+            "task_family": task.get("family"),
+            "task": task,
+            "training": training,
+            "metrics": metrics,
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            **(extra or {}),
+        }
+        return cls(weights, spec)
+
+    @classmethod
+    def from_files(cls, files: dict) -> Bundle:
+        parse_bundle(files)  # verifies format and checksum
+        return cls(files[WEIGHTS_FILE], json.loads(files[SPEC_FILE]))
+
+    @classmethod
+    def read(cls, source) -> Bundle:
+        return cls.from_files(read_bundle_files(source))
+
+    @property
+    def sha256(self) -> str:
+        return self.spec["weights_sha256"]
+
+    @property
+    def files(self) -> dict:
+        return {WEIGHTS_FILE: self.weights, SPEC_FILE: json.dumps(self.spec, indent=2, sort_keys=True).encode()}
+
+    def to_zip(self) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in self.files.items():
+                info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # same bytes every time
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+        return buf.getvalue()
+
+    def write_dir(self, path) -> None:
+        os.makedirs(path, exist_ok=True)
+        for name, data in self.files.items():
+            with open(os.path.join(path, name), "wb") as f:
+                f.write(data)
+
+    def loss_spec(self) -> LossSpec:
+        arch = {k: v for k, v in self.spec["architecture"].items() if k != "type"}
+        return LossSpec(**arch)
+
+    def module(self) -> LearnedLoss:
+        params, spec = parse_bundle(self.files)
+        return LearnedLoss(params, spec)
+
+    def params(self) -> dict:
+        return parse_bundle(self.files)[0]

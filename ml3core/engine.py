@@ -1,0 +1,391 @@
+"""The ML3 meta-training engine, batched over seeds and tasks.
+
+One meta-iteration (review Alg. 1, eq. 3-5):
+    theta_0 ~ init                                 fresh optimizees, one per (seed, task)
+    theta_{m+1} = theta_m - alpha * grad_theta L_phi(f_theta_m(x), y[, x])    m < M, unrolled
+    phi <- Adam(grad_phi L_T(theta_M))             L_T = beta * MSE + gamma * extra
+
+S seeds x T tasks run as one batch: every parameter tensor carries leading dims (S, T) and
+the forwards are broadcasting matmuls, so a single autograd pass yields every seed's exact
+meta-gradient (the per-seed losses are independent, so the gradient of their sum is the
+stack of per-seed gradients). Adam is elementwise, so one optimizer over the stacked phi is
+S independent optimizers. Each seed draws from its own generator: seed s of a 5-seed run
+is seed s of a 1-seed run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .config import ConfigError, check, check_range, from_dict
+from .losses import LossSpec, apply_loss, init_loss_params
+from .models import stack_params
+from .tasks import TaskFamily
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TrainConfig:
+    seeds: int = 5
+    seed: int = 0  # seed ids are seed, seed+1, ..., seed+seeds-1
+    outer_iterations: int = 500
+    inner_steps: int = 1  # M: unrolled SGD steps per meta-gradient
+    inner_lr: float = 1e-3  # alpha
+    outer_lr: float = 1e-3  # eta (Adam)
+    tasks_per_batch: int = 1  # T
+    schedule: str = "unrolled"  # "unrolled": one phi step per M-step unroll; "online": one per inner step
+    first_order: bool = False  # drop d theta_m / d theta_{m-1} terms (keeps the mixed d grad / d phi)
+    eval_every: int = 10  # meta-train curve: train fresh models with L_phi every k iterations
+    eval_steps: int = 100  # ... for this many SGD steps (also the meta-validation horizon)
+    eval_tasks: int = 1  # tasks in the meta-train curve when the family samples its train tasks
+    validation_tasks: int = 10  # meta-validation tasks used to pick the published seed
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        check_range(self.seeds, "seeds", 1, 100_000)
+        check_range(self.seed, "seed", 0, 2**31 - 1)
+        check_range(self.outer_iterations, "outer_iterations", 0, 10_000_000)
+        check_range(self.inner_steps, "inner_steps", 1, 10_000)
+        check_range(self.inner_lr, "inner_lr", 0, 1e3)
+        check_range(self.outer_lr, "outer_lr", 0, 10)
+        check_range(self.tasks_per_batch, "tasks_per_batch", 1, 100_000)
+        check(self.schedule in ("unrolled", "online"), "schedule", "unrolled or online")
+        check_range(self.eval_every, "eval_every", 1, 10_000_000)
+        check_range(self.eval_steps, "eval_steps", 0, 100_000)
+        check_range(self.eval_tasks, "eval_tasks", 1, 10_000)
+        check_range(self.validation_tasks, "validation_tasks", 1, 10_000)
+        check(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}")
+        check(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu or cuda[:N]")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return from_dict(cls, d, "train")
+
+    @property
+    def seed_ids(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass
+class Hooks:
+    """How a caller (CLI, service runner) watches and steers a run."""
+
+    on_progress: object = None  # f(completed, total, metrics: dict)
+    should_stop: object = None  # f() -> bool, checked once per iteration
+    on_checkpoint: object = None  # f(state: bytes)
+    progress_every: int = 10
+    checkpoint_every: int = 50
+
+
+@dataclass
+class TrainResult:
+    phi: dict  # stacked (S, ...) on the CPU
+    seed_ids: list[int]
+    history: dict
+    iteration: int
+    stopped: bool
+    validation: dict = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> int:
+        return self.validation.get("chosen_index", 0)
+
+    def seed_phi(self, i: int) -> dict:
+        return {k: v[i].clone() for k, v in self.phi.items()}
+
+
+def stream_generator(seed: int, stream: str) -> torch.Generator:
+    """A generator for one named stream of one seed, independent of the training stream."""
+    if stream == "train":
+        return torch.Generator().manual_seed(seed)  # seed s of any run is plain manual_seed(s)
+    offset = {"eval": 1, "validation": 2, "test": 3}[stream]
+    return torch.Generator().manual_seed(2**32 + 16 * seed + offset)
+
+def sample_data(family: TaskFamily, gens: list, n: int, split: str, device, dtype) -> dict:
+    """n tasks of ``split`` per seed generator, stacked to (S, n, ...)."""
+    return to(family.sample_tasks(gens, n, split), device, dtype)
+
+
+def fresh_theta(family: TaskFamily, gens: list, n: int, device, dtype) -> dict:
+    """n freshly initialised models per seed generator, stacked to (S, n, ...)."""
+    return to(family.init_theta(gens, n), device, dtype)
+
+
+def to(tree: dict, device, dtype) -> dict:
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in tree.items()}
+
+
+def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: float,
+        record_at=None) -> dict:
+    """Plain SGD of the models in ``theta`` on ``objective(theta, data)`` (one value per model).
+
+    Returns {metric: (R, *batch)} with the family's metrics after k steps for each recorded
+    k (k = 0 is the initial model; every step unless ``record_at`` names some).
+    """
+    record_at = set(range(steps + 1)) if record_at is None else set(record_at)
+    curves: dict[str, list] = {}
+
+    def record():
+        with torch.no_grad():
+            for name, value in family.metrics(theta, data).items():
+                curves.setdefault(name, []).append(value.detach())
+
+    theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+    if 0 in record_at:
+        record()
+    for k in range(1, steps + 1):
+        with torch.enable_grad():
+            loss = objective(theta, data)
+            grads = torch.autograd.grad(loss.sum(), list(theta.values()))
+        theta = {n: (v - lr * g).detach().requires_grad_() for (n, v), g in zip(theta.items(), grads, strict=True)}
+        if k in record_at:
+            record()
+    return {name: torch.stack(vals) for name, vals in curves.items()}
+
+
+def learned_objective(family: TaskFamily, spec: LossSpec, phi: dict):
+    """theta -> L_phi on the train points. phi may be stacked per seed (S, ...) against data (S, n, ...)."""
+
+    def objective(theta, data):
+        pred, target, x = family.loss_inputs(theta, data)
+        return apply_loss(spec, phi, pred, target, x)
+
+    return objective
+
+
+def broadcast_seeds(phi: dict) -> dict:
+    """(S, ...) -> (S, 1, ...): one loss per seed, shared by that seed's tasks."""
+    return {k: v.unsqueeze(1) for k, v in phi.items()}
+
+
+class MetaTrainer:
+    def __init__(self, family: TaskFamily, spec: LossSpec, config: TrainConfig):
+        self.family, self.spec, self.cfg = family, spec, config
+        self.device, self.dtype = torch.device(config.device), DTYPES[config.dtype]
+        self.gens = [stream_generator(s, "train") for s in config.seed_ids]
+        phi = stack_params([init_loss_params(spec, g) for g in self.gens])  # once per run
+        self.phi = {k: v.to(self.device, self.dtype).requires_grad_() for k, v in phi.items()}
+        self.opt = torch.optim.Adam(list(self.phi.values()), lr=config.outer_lr, fused=True)
+        self.iteration = 0
+        self.history = {"iteration": [], "meta_loss": [], "eval": {}, "baseline": {}}
+        self.fixed = None
+        if family.fixed_train:
+            self.fixed = self._sample_data(self.gens, config.tasks_per_batch, "train")
+        self._setup_eval()
+
+    # -- data -------------------------------------------------------------------------------
+    def _sample_data(self, gens, n, split):
+        return sample_data(self.family, gens, n, split, self.device, self.dtype)
+
+    def _fresh_theta(self, gens, n):
+        return fresh_theta(self.family, gens, n, self.device, self.dtype)
+
+    def _setup_eval(self):
+        """The meta-train curve's fixed models and tasks: drawn from their own stream, so
+        evaluating never perturbs training (the official code reseeds its global RNG)."""
+        gens = [stream_generator(s, "eval") for s in self.cfg.seed_ids]
+        if self.fixed is not None:
+            self.eval_data = self.fixed
+        else:
+            self.eval_data = self._sample_data(gens, self.cfg.eval_tasks, "train")
+        n = next(iter(self.eval_data.values())).shape[1]
+        self.eval_theta = self._fresh_theta(gens, n)
+
+    # -- one meta-iteration ------------------------------------------------------------------
+    def meta_objective(self, theta0: dict, data: dict, steps: int | None = None):
+        """L_T after ``steps`` unrolled inner SGD steps on L_phi; returns (theta_M, per-seed L_T)."""
+        steps = self.cfg.inner_steps if steps is None else steps
+        phi_b = broadcast_seeds(self.phi)
+        theta = {k: v.detach().requires_grad_() for k, v in theta0.items()}
+        for _ in range(steps):
+            at = {k: v.detach().requires_grad_() for k, v in theta.items()} if self.cfg.first_order else theta
+            pred, target, x = self.family.loss_inputs(at, data)
+            inner = apply_loss(self.spec, phi_b, pred, target, x)
+            grads = torch.autograd.grad(inner.sum(), list(at.values()), create_graph=True)
+            theta = {k: v - self.cfg.inner_lr * g for (k, v), g in zip(theta.items(), grads, strict=True)}
+        return theta, self.family.task_loss(theta, data).mean(dim=1)
+
+    def outer_step(self, per_seed_loss):
+        """One Adam step on every seed's phi; a seed whose loss is not finite is not moved."""
+        finite = torch.isfinite(per_seed_loss)
+        total = torch.where(finite, per_seed_loss, torch.zeros_like(per_seed_loss)).sum()
+        grads = torch.autograd.grad(total, list(self.phi.values()), allow_unused=True)
+        for p, g in zip(self.phi.values(), grads, strict=True):
+            g = torch.zeros_like(p) if g is None else g
+            ok = finite & torch.isfinite(g).flatten(1).all(1)
+            p.grad = torch.where(ok.view(-1, *[1] * (g.dim() - 1)), g, torch.zeros_like(g))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self) -> float:
+        """One outer iteration; returns the mean meta-loss over seeds."""
+        T = self.cfg.tasks_per_batch
+        data = self.fixed if self.fixed is not None else self._sample_data(self.gens, T, "train")
+        theta = self._fresh_theta(self.gens, T)
+        if self.cfg.schedule == "unrolled":
+            _, losses = self.meta_objective(theta, data)
+            self.outer_step(losses)
+            mean = losses.detach().mean()
+        else:  # official shaping loop: a 1-step unroll and a phi update after every inner step
+            total = 0.0
+            for _ in range(self.cfg.inner_steps):
+                theta, losses = self.meta_objective(theta, data, steps=1)
+                self.outer_step(losses)
+                theta = {k: v.detach() for k, v in theta.items()}
+                total = total + losses.detach().mean()
+            mean = total / self.cfg.inner_steps
+        self.iteration += 1
+        return float(mean)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Train the fixed eval models for ``eval_steps`` with each seed's L_phi; metrics per seed."""
+        phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
+        curves = fit(self.family, learned_objective(self.family, self.spec, phi), self.eval_theta,
+                     self.eval_data, self.cfg.eval_steps, self.cfg.inner_lr, record_at=[self.cfg.eval_steps])
+        return {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+
+    def baseline(self) -> dict:
+        curves = fit(self.family, self.family.plain_loss, self.eval_theta, self.eval_data,
+                     self.cfg.eval_steps, self.cfg.inner_lr, record_at=[self.cfg.eval_steps])
+        return {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+
+    def _record_eval(self, meta_loss):
+        self.history["iteration"].append(self.iteration)
+        self.history["meta_loss"].append(meta_loss)
+        for k, v in self.evaluate().items():
+            self.history["eval"].setdefault(k, []).append(v)
+
+    def latest_metrics(self) -> dict:
+        h = self.history
+        out = {"iteration": self.iteration}
+        if h["meta_loss"] and h["meta_loss"][-1] is not None:
+            out["meta_loss"] = h["meta_loss"][-1]
+        for k, per_seed in h["eval"].items():
+            out[f"eval_{k}"] = _mean(per_seed[-1])
+        for k, per_seed in h["baseline"].items():
+            out[f"baseline_{k}"] = _mean(per_seed)
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, hooks: Hooks | None = None) -> TrainResult:
+        hooks = hooks or Hooks()
+        cfg, total = self.cfg, self.cfg.outer_iterations
+        if not self.history["baseline"]:
+            self.history["baseline"] = self.baseline()
+        if self.iteration == 0 and not self.history["iteration"]:
+            self._record_eval(None)
+        stopped = False
+        while self.iteration < total:
+            if hooks.should_stop is not None and hooks.should_stop():
+                stopped = True
+                break
+            meta_loss = self.step()
+            if self.iteration % cfg.eval_every == 0 or self.iteration == total:
+                self._record_eval(meta_loss)
+            if hooks.on_progress and (self.iteration % hooks.progress_every == 0 or self.iteration == total):
+                hooks.on_progress(self.iteration, total, self.latest_metrics())
+            if hooks.on_checkpoint and self.iteration % hooks.checkpoint_every == 0 and self.iteration < total:
+                hooks.on_checkpoint(self.state_bytes())
+        if stopped and hooks.on_checkpoint:
+            hooks.on_checkpoint(self.state_bytes())
+        result = TrainResult(phi={k: v.detach().cpu().clone() for k, v in self.phi.items()},
+                             seed_ids=cfg.seed_ids, history=self.history, iteration=self.iteration,
+                             stopped=stopped)
+        if not stopped:
+            result.validation = self.validate()
+        return result
+
+    def validate(self) -> dict:
+        """Pick the seed to publish: lowest held-out MSE after ``eval_steps`` on meta-validation
+        tasks (drawn from the meta-test distribution, never used for training or testing)."""
+        gens = [stream_generator(s, "validation") for s in self.cfg.seed_ids]
+        data = self._sample_data(gens, self.cfg.validation_tasks, "test")
+        theta = self._fresh_theta(gens, self.cfg.validation_tasks)
+        phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
+        steps, lr = self.cfg.eval_steps, self.cfg.inner_lr
+        learned = fit(self.family, learned_objective(self.family, self.spec, phi), theta, data, steps, lr,
+                      record_at=[steps])["mse_heldout"][-1].mean(1)
+        plain = fit(self.family, self.family.plain_loss, theta, data, steps, lr,
+                    record_at=[steps])["mse_heldout"][-1].mean(1)
+        scores = torch.where(torch.isfinite(learned), learned, torch.full_like(learned, math.inf))
+        chosen = int(torch.argmin(scores))
+        return {
+            "metric": f"held-out MSE after {steps} SGD steps on {self.cfg.validation_tasks} meta-validation tasks",
+            "scores": _clean(learned.tolist()),
+            "mse_baseline": _clean(plain.tolist()),
+            "chosen_index": chosen,
+            "chosen_seed": self.cfg.seed_ids[chosen],
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"family": self.family.name, "task": asdict(self.family.config), "loss": self.spec.to_dict(),
+                "train": {k: v for k, v in asdict(self.cfg).items() if k not in ("outer_iterations", "device")}}
+
+    def state_bytes(self) -> bytes:
+        """Everything needed to continue bit-for-bit: phi, Adam state, RNG states, data, history."""
+        tensors = {f"phi.{k}": v.detach().cpu().contiguous() for k, v in self.phi.items()}
+        opt = self.opt.state_dict()
+        for idx, st in opt["state"].items():
+            for name, value in st.items():
+                tensors[f"adam.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        for i, g in enumerate(self.gens):
+            tensors[f"rng.{i}"] = g.get_state()
+        if self.fixed is not None:
+            tensors.update({f"fixed.{k}": v.cpu().contiguous() for k, v in self.fixed.items()})
+        meta = {"format": "ml3-checkpoint", "version": 1, "iteration": self.iteration,
+                "identity": self._identity(), "history": self.history,
+                "adam_param_groups": opt["param_groups"]}
+        return st_save(tensors, metadata={"json": json.dumps(meta)})
+
+    def load_state(self, blob: bytes) -> None:
+        try:
+            tensors = st_load(blob)
+            meta = json.loads(_safetensors_metadata(blob)["json"])
+        except Exception as e:
+            raise ConfigError("checkpoint", f"unreadable checkpoint: {e}") from e
+        if meta.get("identity") != json.loads(json.dumps(self._identity())):
+            raise ConfigError("checkpoint", "checkpoint belongs to a different configuration")
+        with torch.no_grad():
+            for k, v in self.phi.items():
+                v.copy_(tensors[f"phi.{k}"])
+        state = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        groups = meta["adam_param_groups"]
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
+        for i, g in enumerate(self.gens):
+            g.set_state(tensors[f"rng.{i}"])
+        if self.fixed is not None:
+            self.fixed = to({k[6:]: v for k, v in tensors.items() if k.startswith("fixed.")}, self.device, self.dtype)
+            self._setup_eval()
+        self.iteration = meta["iteration"]
+        self.history = meta["history"]
+
+
+def _safetensors_metadata(blob: bytes) -> dict:
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + n]).get("__metadata__", {})
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _clean(values):
+    """JSON has no NaN/inf: report them as null."""
+    if isinstance(values, list):
+        return [_clean(v) for v in values]
+    return values if values is None or math.isfinite(values) else None

@@ -1,0 +1,94 @@
+"""The learned loss L_phi: an MLP over (pred, target[, x]) per point, as a parameter dict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .config import ConfigError, check, from_dict
+from .portable import ACTIVATIONS, OUTPUTS, mlp_loss
+
+INPUT_NAMES = ("pred", "target", "x")
+
+
+@dataclass
+class LossSpec:
+    """Architecture of L_phi. Defaults are the official sine loss: 2->50->50->1, ReLU, no bias,
+    Softplus output, mean over the batch, Xavier-uniform init."""
+
+    inputs: list[str] = field(default_factory=lambda: ["pred", "target"])
+    hidden: list[int] = field(default_factory=lambda: [50, 50])
+    activation: str = "relu"
+    bias: bool = False
+    output: str = "softplus"
+    reduction: str = "mean"
+    init: str = "xavier_uniform"
+    per_output: bool = False  # one shared net applied to each output dimension
+    pred_dim: int = 1  # set by the task family
+    x_dim: int = 0  # set by the task family when "x" is an input
+
+    def __post_init__(self):
+        self._arch = None
+        self.inputs = list(self.inputs)
+        self.hidden = [int(h) for h in self.hidden]
+        check(len(self.inputs) > 0 and len(set(self.inputs)) == len(self.inputs), "loss.inputs",
+              "a non-empty list without repeats")
+        for name in self.inputs:
+            check(name in INPUT_NAMES, "loss.inputs", f"unknown input {name!r}; choose from {INPUT_NAMES}")
+        check(all(1 <= h <= 4096 for h in self.hidden) and len(self.hidden) <= 8, "loss.hidden",
+              "up to 8 layers of 1..4096 units")
+        check(self.activation in ACTIVATIONS, "loss.activation", f"one of {sorted(ACTIVATIONS)}")
+        check(self.output in OUTPUTS, "loss.output", f"one of {sorted(OUTPUTS)}")
+        check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
+        check(self.init in ("xavier_uniform", "xavier_normal", "default"), "loss.init",
+              "xavier_uniform, xavier_normal or default")
+
+    @classmethod
+    def from_dict(cls, d: dict | None, **family_defaults) -> LossSpec:
+        merged = {**family_defaults, **(d or {})}
+        return from_dict(cls, merged, "loss")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def in_features(self) -> int:
+        per_point = 1 if self.per_output else self.pred_dim
+        return sum(self.x_dim if n == "x" else per_point for n in self.inputs)
+
+    def architecture(self) -> dict:
+        """The JSON architecture block of a bundle (what portable.mlp_loss reads)."""
+        if self._arch is None:  # cached: mlp_loss reads it on every call of the hot loop
+            self._arch = {"type": "mlp", **{k: v for k, v in self.to_dict().items() if k != "init"}}
+        return self._arch
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        sizes = [self.in_features, *self.hidden, 1]
+        return list(zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def init_loss_params(spec: LossSpec, generator: torch.Generator, n: int | None = None) -> dict:
+    """Fresh phi (n stacked copies if n is given), drawn from ``generator`` on the CPU."""
+    lead = () if n is None else (n,)
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(spec.layer_sizes()):
+        if spec.init == "xavier_uniform":
+            a = math.sqrt(6.0 / (fan_in + fan_out))
+            w = (torch.rand(*lead, fan_out, fan_in, generator=generator) * 2 - 1) * a
+        elif spec.init == "xavier_normal":
+            w = torch.randn(*lead, fan_out, fan_in, generator=generator) * math.sqrt(2.0 / (fan_in + fan_out))
+        else:  # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            w = (torch.rand(*lead, fan_out, fan_in, generator=generator) * 2 - 1) / math.sqrt(fan_in)
+        params[f"layers.{i}.weight"] = w
+        if spec.bias:
+            params[f"layers.{i}.bias"] = torch.zeros(*lead, fan_out)
+    return params
+
+
+def apply_loss(spec: LossSpec, params: dict, pred, target, x=None, reduction: str | None = None):
+    return mlp_loss(params, spec.architecture(), pred, target, x, reduction or spec.reduction)
+
+
+__all__ = ["LossSpec", "init_loss_params", "apply_loss", "ConfigError"]

@@ -1,0 +1,76 @@
+"""Figures as PNG bytes (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+LEARNED, PLAIN, SHAPED = "tab:blue", "tab:orange", "tab:green"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _band(ax, x, rows, color, label):
+    """Mean over rows (seeds) with a min-max band."""
+    a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+    ax.plot(x, np.nanmean(a, 0), color=color, label=label)
+    if len(a) > 1:
+        ax.fill_between(x, np.nanmin(a, 0), np.nanmax(a, 0), color=color, alpha=0.2)
+
+
+def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout") -> bytes:
+    """Review Fig. 2: the train task's MSE after ``eval_steps`` steps with L_phi at each
+    meta-train iteration (band over seeds) against plain MSE training."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    it = history["iteration"]
+    per_iter = history["eval"][metric]  # [iteration][seed]
+    _band(ax, it, list(zip(*per_iter, strict=True)), LEARNED, "trained with learned loss")
+    base = [b for b in history["baseline"][metric] if b is not None]
+    if base:
+        _band(ax, it, [[b] * len(it) for b in base], PLAIN, "trained with MSE")
+    ax.set_xlabel("meta-train iteration")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} after {eval_steps} steps")
+    ax.set_title("Meta-train task")
+    ax.legend()
+    return _png(fig)
+
+
+def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Meta-test tasks") -> bytes:
+    """Review Fig. 3: test-task MSE per SGD step, learned loss (band over seeds) against MSE."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(report["steps"] + 1)
+    names = {"learned": ("learned loss", LEARNED), "mse": ("MSE", PLAIN), "shaped": ("shaped loss", SHAPED)}
+    for name, curves in report["curves"].items():
+        label, color = names.get(name, (name, None))
+        _band(ax, x, curves[metric], color, label)
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def landscape_figure(data: dict) -> bytes:
+    """Loss over a grid: one line per curve in ``data['curves']`` ({label: values})."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    grid = data["grid"]
+    for label, values in data["curves"].items():
+        ax.plot(grid, values, label=label)
+    for x in data.get("markers", []):
+        ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel(data.get("xlabel", "prediction"))
+    ax.set_ylabel("loss")
+    ax.set_title(data.get("title", "Loss landscape"))
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,121 @@
+"""The task-family interface: what the engine needs to know about a family of regression tasks.
+
+A family owns its optimizee (init + forward), its data (sampled per seed from that seed's
+generator) and its task loss L_T = beta * MSE + gamma * extra (review eq. 5). Data are dicts
+of tensors whose leading dims are (*batch, ...): the engine stacks seeds and tasks in front.
+Keys every family provides: ``x``/``y`` (train points, used for the SGD steps) and
+``x_heldout``/``y_heldout`` (points of the same task the model never trains on).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import check, check_range
+
+
+class TaskFamily:
+    name: str = ""
+    config_cls: type = object
+    fixed_train: bool = False  # True: one set of meta-train tasks for the whole run
+    extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
+
+    def __init__(self, config):
+        self.config = config
+
+    # -- what the engine calls -------------------------------------------------------
+    def loss_defaults(self) -> dict:
+        """Default LossSpec fields for this family (architecture and input dims)."""
+        return {}
+
+    def init_theta(self, generators: list, n: int) -> dict:
+        """n fresh models per generator (one generator per seed), stacked (S, n, ...)."""
+        raise NotImplementedError
+
+    def predict(self, theta: dict, x):
+        raise NotImplementedError
+
+    def sample_tasks(self, generators: list, n: int, split: str) -> dict:
+        """n tasks per generator of ``split`` 'train' (meta-train distribution) or 'test'
+        (meta-test), stacked (S, n, ...). Each seed's tasks come from its own generator."""
+        raise NotImplementedError
+
+    def loss_inputs(self, theta: dict, data: dict):
+        """(pred, target, x) on the train points: what L_phi sees."""
+        return self.predict(theta, data["x"]), data["y"], data["x"]
+
+    def extra_loss(self, theta: dict, data: dict):
+        """L_extra of eq. 5: information only available at meta-train time."""
+        raise NotImplementedError(f"{self.name} has no extra task loss")
+
+    def task_loss(self, theta: dict, data: dict):
+        """L_T on the train points, one value per task: beta * MSE + gamma * extra."""
+        beta, gamma = self.config.beta, getattr(self.config, "gamma", 0.0)
+        out = beta * mse(self.predict(theta, data["x"]), data["y"]) if beta else 0.0
+        if gamma:
+            out = out + gamma * self.extra_loss(theta, data)
+        return out
+
+    def plain_loss(self, theta: dict, data: dict):
+        """The baseline a learned loss is compared with: plain MSE on the train points."""
+        return mse(self.predict(theta, data["x"]), data["y"])
+
+    def metrics(self, theta: dict, data: dict) -> dict:
+        return {
+            "mse_train": mse(self.predict(theta, data["x"]), data["y"]),
+            "mse_heldout": mse(self.predict(theta, data["x_heldout"]), data["y_heldout"]),
+        }
+
+
+    # -- what the service shows -------------------------------------------------------------
+    def landscape(self, spec, params: dict, options: dict) -> dict:
+        """L_phi(pred, target) over a grid of predictions for each given target, beside MSE.
+
+        options: targets (list), lo, hi, points, x (inputs for losses that read x).
+        """
+        from ..losses import apply_loss
+
+        check(spec.pred_dim == 1, "loss", "the prediction-grid landscape needs a scalar prediction")
+        targets = options.get("targets", [0.0])
+        lo, hi, n = options.get("lo", -3.0), options.get("hi", 3.0), options.get("points", 121)
+        check(isinstance(targets, list) and 0 < len(targets) <= 16, "targets", "1..16 numbers")
+        check_range(n, "points", 2, 10_000)
+        check_range(lo, "lo", -1e6, 1e6)
+        check_range(hi, "hi", lo, 1e6)
+        for t in targets:
+            check_range(t, "targets", -1e6, 1e6)
+        grid = torch.linspace(float(lo), float(hi), int(n))
+        curves = {}
+        for t in targets:
+            pred = grid.view(-1, 1)
+            target = torch.full_like(pred, float(t))
+            x = None
+            if "x" in spec.inputs:
+                x = torch.full((int(n), spec.x_dim), float(options.get("x", 0.0)))
+            with torch.no_grad():
+                values = apply_loss(spec, params, pred.unsqueeze(-2), target.unsqueeze(-2),
+                                    None if x is None else x.unsqueeze(-2))
+            curves[f"learned, target={t:g}"] = values.tolist()
+            curves[f"MSE, target={t:g}"] = (grid - t).pow(2).tolist()
+        return {"kind": "prediction", "grid": grid.tolist(), "xlabel": "prediction", "targets": targets,
+                "curves": curves, "markers": targets, "title": "Learned loss vs MSE"}
+
+    def figures(self, spec, params: dict, report: dict) -> dict:
+        """Extra figures (name -> PNG bytes) a family adds to a finished job."""
+        return {}
+
+
+def mse(pred, target):
+    """Mean squared error per task: mean over points and output dims."""
+    return (pred - target).pow(2).flatten(-2).mean(-1)
+
+
+def uniform(generators: list, shape, interval):
+    """U[lo, hi) of ``shape`` from each generator, stacked (S, *shape)."""
+    lo, hi = interval
+    return torch.stack([torch.rand(*shape, generator=g) for g in generators]) * (hi - lo) + lo
+
+
+def check_task_loss_weights(beta, gamma, prefix="task") -> None:
+    check_range(beta, f"{prefix}.beta", 0, 1e6)
+    check_range(gamma, f"{prefix}.gamma", 0, 1e6)
