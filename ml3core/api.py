@@ -46,7 +46,7 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     loss = LossSpec.from_dict(spec.pop("loss", None), **family.loss_defaults())
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
-    return Plan(family, loss, TrainConfig.from_dict(spec), mt)
+    return Plan(family, loss, TrainConfig.from_dict({**family.train_defaults(), **spec}), mt)
 
 
 @dataclass
@@ -97,21 +97,29 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
 
 
+def parse_meta_test(bundle: Bundle, spec: dict | None = None) -> tuple[TaskFamily, list[int], MetaTestConfig]:
+    """Validate a meta-test spec against a bundle (raises ConfigError): (family, seed ids, config)."""
+    check(spec is None or isinstance(spec, dict), "spec", "an object")
+    spec = dict(spec or {})
+    overrides = spec.pop("task", {})
+    check(isinstance(overrides, dict), "task", "an object of task settings")
+    family = make_family({**bundle.spec["task"], **overrides})
+    seeds = spec.pop("seeds", 1)
+    check(isinstance(seeds, (int, list)) and not isinstance(seeds, bool), "seeds",
+          "a count or a list of seed ids")
+    seed_ids = list(range(seeds)) if isinstance(seeds, int) else seeds
+    check(0 < len(seed_ids) <= 1000 and all(isinstance(s, int) and s >= 0 for s in seed_ids), "seeds",
+          "1..1000 non-negative seed ids")
+    return family, seed_ids, MetaTestConfig.from_dict(spec)
+
+
 def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu") -> tuple[dict, dict]:
     """Meta-test a stored loss: train fresh models on test tasks with it and with MSE.
 
     spec: {"task": {overrides of the bundle's task config}, "seeds": [0, 1] or 2, and the
     MetaTestConfig fields (tasks, steps, lr, horizons)}. Returns (report, figures).
     """
-    spec = dict(spec or {})
-    task = {**bundle.spec["task"], **spec.pop("task", {})}
-    family = make_family(task)
-    seeds = spec.pop("seeds", 1)
-    check(isinstance(seeds, (int, list)) and not isinstance(seeds, bool), "seeds", "a count or a list of seed ids")
-    seed_ids = list(range(seeds)) if isinstance(seeds, int) else seeds
-    check(0 < len(seed_ids) <= 1000 and all(isinstance(s, int) and s >= 0 for s in seed_ids), "seeds",
-          "1..1000 non-negative seed ids")
-    cfg = MetaTestConfig.from_dict(spec)
+    family, seed_ids, cfg = parse_meta_test(bundle, spec)
     lr = bundle.spec.get("training", {}).get("inner_lr", 1e-3)
     params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
     report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, lr, device, per_seed_phi=False)

@@ -43,22 +43,26 @@ def from_dict(cls, data: dict | None, prefix: str):
     """Build dataclass ``cls`` from a JSON-like dict: reject unknown keys and wrong scalar types."""
     if data is None:
         data = {}
-    check(isinstance(data, dict), prefix, "an object")
+    check(isinstance(data, dict), prefix or "spec", "an object")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
-    check(not unknown, f"{prefix}.{unknown[0]}" if unknown else prefix,
+    check(not unknown, _join(prefix, unknown[0]) if unknown else prefix,
           f"unknown field; known fields: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         want = hints.get(key)
         if want in _SCALARS:
             ok = isinstance(value, _SCALARS[want]) and (want is bool or not isinstance(value, bool))
-            check(ok, f"{prefix}.{key}", f"expected {want.__name__}, got {type(value).__name__}")
+            check(ok, _join(prefix, key), f"expected {want.__name__}, got {type(value).__name__}")
         elif typing.get_origin(want) in (list, tuple):
-            check(isinstance(value, (list, tuple)), f"{prefix}.{key}", "expected a list")
+            check(isinstance(value, (list, tuple)), _join(prefix, key), "expected a list")
     try:
         return cls(**data)
     except ConfigError as e:
         if not e.loc.startswith(prefix):
-            raise ConfigError(f"{prefix}.{e.loc}", e.msg) from None
+            raise ConfigError(_join(prefix, e.loc), e.msg) from None
         raise
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key

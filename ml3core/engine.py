@@ -42,10 +42,10 @@ class TrainConfig:
     tasks_per_batch: int = 1  # T
     schedule: str = "unrolled"  # "unrolled": one phi step per M-step unroll; "online": one per inner step
     first_order: bool = False  # drop d theta_m / d theta_{m-1} terms (keeps the mixed d grad / d phi)
-    eval_every: int = 10  # meta-train curve: train fresh models with L_phi every k iterations
-    eval_steps: int = 100  # ... for this many SGD steps (also the meta-validation horizon)
-    eval_tasks: int = 1  # tasks in the meta-train curve when the family samples its train tasks
-    validation_tasks: int = 10  # meta-validation tasks used to pick the published seed
+    eval_every: int = 10  # curves: train fresh models with the current L_phi every k iterations
+    eval_steps: int = 100  # ... for this many SGD steps
+    eval_tasks: int = 1  # meta-train tasks in the curve when the family samples its train tasks
+    validation_tasks: int = 10  # meta-validation tasks: a curve, and the choice of the published seed
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -67,7 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return from_dict(cls, d, "train")
+        return from_dict(cls, d, "")  # train fields sit at the top level of a job spec
 
     @property
     def seed_ids(self) -> list[int]:
@@ -138,14 +138,17 @@ def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: 
             for name, value in family.metrics(theta, data).items():
                 curves.setdefault(name, []).append(value.detach())
 
-    theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+    theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+    leaves = list(theta.values())
     if 0 in record_at:
         record()
     for k in range(1, steps + 1):
         with torch.enable_grad():
             loss = objective(theta, data)
-            grads = torch.autograd.grad(loss.sum(), list(theta.values()))
-        theta = {n: (v - lr * g).detach().requires_grad_() for (n, v), g in zip(theta.items(), grads, strict=True)}
+            grads = torch.autograd.grad(loss.sum(), leaves)
+        with torch.no_grad():  # in place: no graph is needed between steps
+            for v, g in zip(leaves, grads, strict=True):
+                v.sub_(g, alpha=lr)
         if k in record_at:
             record()
     return {name: torch.stack(vals) for name, vals in curves.items()}
@@ -189,15 +192,19 @@ class MetaTrainer:
         return fresh_theta(self.family, gens, n, self.device, self.dtype)
 
     def _setup_eval(self):
-        """The meta-train curve's fixed models and tasks: drawn from their own stream, so
-        evaluating never perturbs training (the official code reseeds its global RNG)."""
+        """Fixed models and tasks for the curves, drawn from their own streams, so evaluating
+        never perturbs training (the official code reseeds its global RNG instead):
+        'train_task' = the meta-train task(s); 'validation' = meta-validation tasks from the
+        meta-test distribution, never used for training or testing."""
         gens = [stream_generator(s, "eval") for s in self.cfg.seed_ids]
-        if self.fixed is not None:
-            self.eval_data = self.fixed
-        else:
-            self.eval_data = self._sample_data(gens, self.cfg.eval_tasks, "train")
-        n = next(iter(self.eval_data.values())).shape[1]
-        self.eval_theta = self._fresh_theta(gens, n)
+        train = self.fixed if self.fixed is not None else self._sample_data(gens, self.cfg.eval_tasks, "train")
+        n = next(iter(train.values())).shape[1]
+        vgens = [stream_generator(s, "validation") for s in self.cfg.seed_ids]
+        self.eval_sets = {
+            "train_task": (self._fresh_theta(gens, n), train),
+            "validation": (self._fresh_theta(vgens, self.cfg.validation_tasks),
+                           self._sample_data(vgens, self.cfg.validation_tasks, "test")),
+        }
 
     # -- one meta-iteration ------------------------------------------------------------------
     def meta_objective(self, theta0: dict, data: dict, steps: int | None = None):
@@ -246,33 +253,40 @@ class MetaTrainer:
         return float(mean)
 
     # -- evaluation --------------------------------------------------------------------------
+    def _final_metrics(self, objective) -> dict:
+        """Train each eval set's models ``eval_steps`` steps on ``objective``: {set: {metric: per seed}}."""
+        out = {}
+        for name, (theta, data) in self.eval_sets.items():
+            curves = fit(self.family, objective, theta, data, self.cfg.eval_steps, self.cfg.inner_lr,
+                         record_at=[self.cfg.eval_steps])
+            out[name] = {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+        return out
+
     def evaluate(self) -> dict:
-        """Train the fixed eval models for ``eval_steps`` with each seed's L_phi; metrics per seed."""
+        """Metrics after ``eval_steps`` with each seed's current L_phi."""
         phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
-        curves = fit(self.family, learned_objective(self.family, self.spec, phi), self.eval_theta,
-                     self.eval_data, self.cfg.eval_steps, self.cfg.inner_lr, record_at=[self.cfg.eval_steps])
-        return {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+        return self._final_metrics(learned_objective(self.family, self.spec, phi))
 
     def baseline(self) -> dict:
-        curves = fit(self.family, self.family.plain_loss, self.eval_theta, self.eval_data,
-                     self.cfg.eval_steps, self.cfg.inner_lr, record_at=[self.cfg.eval_steps])
-        return {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+        """The same with plain MSE: it does not depend on phi, so it is computed once per run."""
+        return self._final_metrics(self.family.plain_loss)
 
     def _record_eval(self, meta_loss):
         self.history["iteration"].append(self.iteration)
         self.history["meta_loss"].append(meta_loss)
-        for k, v in self.evaluate().items():
-            self.history["eval"].setdefault(k, []).append(v)
+        for group, metrics in self.evaluate().items():
+            for k, v in metrics.items():
+                self.history["eval"].setdefault(group, {}).setdefault(k, []).append(v)
 
     def latest_metrics(self) -> dict:
         h = self.history
         out = {"iteration": self.iteration}
         if h["meta_loss"] and h["meta_loss"][-1] is not None:
             out["meta_loss"] = h["meta_loss"][-1]
-        for k, per_seed in h["eval"].items():
-            out[f"eval_{k}"] = _mean(per_seed[-1])
-        for k, per_seed in h["baseline"].items():
-            out[f"baseline_{k}"] = _mean(per_seed)
+        for group, metrics in h["eval"].items():
+            for k, per_iteration in metrics.items():
+                out[f"{group}.{k}"] = _mean(per_iteration[-1])
+                out[f"{group}.{k}.mse_baseline"] = _mean(h["baseline"][group][k])
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -295,7 +309,7 @@ class MetaTrainer:
                 hooks.on_progress(self.iteration, total, self.latest_metrics())
             if hooks.on_checkpoint and self.iteration % hooks.checkpoint_every == 0 and self.iteration < total:
                 hooks.on_checkpoint(self.state_bytes())
-        if stopped and hooks.on_checkpoint:
+        if hooks.on_checkpoint:  # the final state too: a run can be extended or resumed later
             hooks.on_checkpoint(self.state_bytes())
         result = TrainResult(phi={k: v.detach().cpu().clone() for k, v in self.phi.items()},
                              seed_ids=cfg.seed_ids, history=self.history, iteration=self.iteration,
@@ -305,23 +319,17 @@ class MetaTrainer:
         return result
 
     def validate(self) -> dict:
-        """Pick the seed to publish: lowest held-out MSE after ``eval_steps`` on meta-validation
-        tasks (drawn from the meta-test distribution, never used for training or testing)."""
-        gens = [stream_generator(s, "validation") for s in self.cfg.seed_ids]
-        data = self._sample_data(gens, self.cfg.validation_tasks, "test")
-        theta = self._fresh_theta(gens, self.cfg.validation_tasks)
-        phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
-        steps, lr = self.cfg.eval_steps, self.cfg.inner_lr
-        learned = fit(self.family, learned_objective(self.family, self.spec, phi), theta, data, steps, lr,
-                      record_at=[steps])["mse_heldout"][-1].mean(1)
-        plain = fit(self.family, self.family.plain_loss, theta, data, steps, lr,
-                    record_at=[steps])["mse_heldout"][-1].mean(1)
-        scores = torch.where(torch.isfinite(learned), learned, torch.full_like(learned, math.inf))
-        chosen = int(torch.argmin(scores))
+        """Pick the seed to publish: the lowest held-out MSE on the meta-validation tasks after
+        ``eval_steps`` with the final phi (the last point of the validation curve)."""
+        assert self.history["iteration"][-1] == self.iteration, "the final phi has not been evaluated"
+        scores = self.history["eval"]["validation"]["mse_heldout"][-1]
+        finite = [math.inf if v is None else v for v in scores]
+        chosen = min(range(len(finite)), key=finite.__getitem__)
         return {
-            "metric": f"held-out MSE after {steps} SGD steps on {self.cfg.validation_tasks} meta-validation tasks",
-            "scores": _clean(learned.tolist()),
-            "mse_baseline": _clean(plain.tolist()),
+            "metric": f"held-out MSE after {self.cfg.eval_steps} SGD steps on "
+                      f"{self.cfg.validation_tasks} meta-validation tasks",
+            "scores": scores,
+            "mse_baseline": self.history["baseline"]["validation"]["mse_heldout"],
             "chosen_index": chosen,
             "chosen_seed": self.cfg.seed_ids[chosen],
         }

@@ -30,19 +30,22 @@ def _band(ax, x, rows, color, label):
 
 
 def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout") -> bytes:
-    """Review Fig. 2: the train task's MSE after ``eval_steps`` steps with L_phi at each
-    meta-train iteration (band over seeds) against plain MSE training."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Review Fig. 2, and the same on meta-validation tasks: MSE after ``eval_steps`` SGD steps
+    with L_phi at each meta-train iteration (band over seeds), against plain MSE training."""
+    groups = list(history["eval"])
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
     it = history["iteration"]
-    per_iter = history["eval"][metric]  # [iteration][seed]
-    _band(ax, it, list(zip(*per_iter, strict=True)), LEARNED, "trained with learned loss")
-    base = [b for b in history["baseline"][metric] if b is not None]
-    if base:
-        _band(ax, it, [[b] * len(it) for b in base], PLAIN, "trained with MSE")
-    ax.set_xlabel("meta-train iteration")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} after {eval_steps} steps")
-    ax.set_title("Meta-train task")
-    ax.legend()
+    titles = {"train_task": "Meta-train task", "validation": "Meta-validation tasks"}
+    for ax, group in zip(axes[0], groups, strict=True):
+        per_iter = history["eval"][group][metric]  # [iteration][seed]
+        _band(ax, it, list(zip(*per_iter, strict=True)), LEARNED, "trained with learned loss")
+        base = [b for b in history["baseline"][group][metric] if b is not None]
+        if base:
+            _band(ax, it, [[b] * len(it) for b in base], PLAIN, "trained with MSE")
+        ax.set_xlabel("meta-train iteration")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} after {eval_steps} steps")
+        ax.set_title(titles.get(group, group))
+        ax.legend()
     return _png(fig)
 
 

@@ -28,6 +28,10 @@ class TaskFamily:
         """Default LossSpec fields for this family (architecture and input dims)."""
         return {}
 
+    def train_defaults(self) -> dict:
+        """TrainConfig fields this family's official setting uses where a spec gives none."""
+        return {}
+
     def init_theta(self, generators: list, n: int) -> dict:
         """n fresh models per generator (one generator per seed), stacked (S, n, ...)."""
         raise NotImplementedError

@@ -1,0 +1,129 @@
+"""Bundles round-trip, load without the project, keep autograd, and refuse damage."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import ml3core
+from ml3core import LossBundleError, LossSpec, init_loss_params, load_loss
+from ml3core.artifact import Bundle
+from ml3core.losses import apply_loss
+
+PORTABLE = os.path.join(os.path.dirname(ml3core.__file__), "portable.py")
+
+
+def make_bundle(inputs=("pred", "target"), **arch):
+    spec = LossSpec(inputs=list(inputs), x_dim=1, **arch)
+    params = init_loss_params(spec, torch.Generator().manual_seed(3))
+    return Bundle.build(params, spec, {"family": "sine"}, {"inner_lr": 1e-3}, {"score": 1.0}), spec, params
+
+
+def test_round_trip_dir_zip_and_bytes(tmp_path):
+    bundle, spec, params = make_bundle()
+    bundle.write_dir(tmp_path / "b")
+    (tmp_path / "b.zip").write_bytes(bundle.to_zip())
+    pred, target = torch.randn(7, 1), torch.randn(7, 1)
+    expected = apply_loss(spec, params, pred, target)
+    for source in (tmp_path / "b", str(tmp_path / "b.zip"), bundle.to_zip()):
+        loss = load_loss(source)
+        torch.testing.assert_close(loss(pred, target), expected)
+    assert bundle.to_zip() == Bundle.read(tmp_path / "b").to_zip()  # deterministic bytes
+    meta = json.loads((tmp_path / "b" / "loss.json").read_text())
+    assert meta["format"] == "ml3-loss" and meta["input_order"] == ["pred", "target"]
+    assert meta["architecture"]["hidden"] == [50, 50] and meta["task_family"] == "sine"
+
+
+def test_gradients_flow_to_pred_and_match_the_functional_form():
+    bundle, spec, params = make_bundle()
+    loss = bundle.module()
+    pred = torch.randn(9, 1, requires_grad=True)
+    target = torch.randn(9, 1)
+    loss(pred, target).backward()
+    pred2 = pred.detach().clone().requires_grad_()
+    apply_loss(spec, params, pred2, target).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    torch.testing.assert_close(pred.grad, pred2.grad)
+    assert not any(p.requires_grad for p in loss.buffers())  # never trained by the user's optimizer
+    flat = loss(pred.detach().view(-1), target.view(-1), reduction="none")  # 1-D inputs work too
+    assert flat.shape == (9,)
+
+
+def test_loss_reading_x_requires_x():
+    bundle, spec, params = make_bundle(inputs=("x", "pred", "target"))
+    loss = bundle.module()
+    pred, target, x = torch.randn(4, 1), torch.randn(4, 1), torch.randn(4, 1)
+    torch.testing.assert_close(loss(pred, target, x=x), apply_loss(spec, params, pred, target, x))
+    with pytest.raises(ValueError, match="x="):
+        loss(pred, target)
+
+
+def test_standalone_loader_in_a_fresh_process(tmp_path):
+    """The copyable loader needs torch + safetensors only: no project import at all."""
+    bundle, spec, params = make_bundle()
+    bundle.write_dir(tmp_path / "bundle")
+    shutil.copy(PORTABLE, tmp_path / "ml3_loss.py")
+    pred = [[0.1], [0.5], [-1.0]]
+    target = [[0.0], [1.0], [2.0]]
+    script = f"""
+import json, sys, torch
+from ml3_loss import load_loss
+loss = load_loss({str(tmp_path / 'bundle')!r})
+pred = torch.tensor({pred}, requires_grad=True)
+value = loss(pred, torch.tensor({target}))
+value.backward()
+assert not [m for m in sys.modules if m.startswith(("ml3core", "app", "worker"))]
+print(json.dumps({{"value": value.item(), "grad": pred.grad.view(-1).tolist()}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    p = torch.tensor(pred, requires_grad=True)
+    expected = apply_loss(spec, params, p, torch.tensor(target))
+    expected.backward()
+    assert got["value"] == pytest.approx(expected.item(), rel=1e-6)
+    assert got["grad"] == pytest.approx(p.grad.view(-1).tolist(), rel=1e-5)
+
+
+def test_corrupted_bundle_is_refused(tmp_path):
+    bundle, _, _ = make_bundle()
+    bundle.write_dir(tmp_path / "b")
+    weights = bytearray((tmp_path / "b" / "loss.safetensors").read_bytes())
+    weights[-3] ^= 0xFF
+    (tmp_path / "b" / "loss.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(LossBundleError, match="sha256"):
+        load_loss(tmp_path / "b")
+
+
+def test_truncated_and_malformed_bundles_are_refused(tmp_path):
+    bundle, _, _ = make_bundle()
+    data = bundle.to_zip()
+    with pytest.raises(LossBundleError, match="zip"):
+        load_loss(data[: len(data) // 2])
+    with pytest.raises(LossBundleError, match="no such"):
+        load_loss(tmp_path / "missing")
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "loss.json").write_text("{}")
+    with pytest.raises(LossBundleError, match="missing loss.safetensors"):
+        load_loss(tmp_path / "partial")
+    bad = io.BytesIO()
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("loss.json", "{not json")
+        zf.writestr("loss.safetensors", bundle.weights)
+    with pytest.raises(LossBundleError, match="JSON"):
+        load_loss(bad.getvalue())
+    newer = dict(bundle.spec, format_version=99)
+    with pytest.raises(LossBundleError, match="newer"):
+        Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(newer).encode()})
+    truncated_weights = bundle.weights[:40]
+    spec = dict(bundle.spec, weights_sha256=__import__("hashlib").sha256(truncated_weights).hexdigest())
+    with pytest.raises(LossBundleError, match="unreadable"):
+        Bundle.from_files({"loss.safetensors": truncated_weights, "loss.json": json.dumps(spec).encode()})

@@ -1,0 +1,79 @@
+"""Specs are strict, ml3core stays pure, and `ml3 train sine` writes what it promises."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ml3core import ConfigError, load_loss
+from ml3core.api import parse_spec
+
+ML3 = os.path.join(os.path.dirname(sys.executable), "ml3")
+
+
+@pytest.mark.parametrize("spec,loc", [
+    ({"task": {"family": "sine"}, "sedes": 3}, "sedes"),
+    ({"task": {"family": "cosine"}}, "task.family"),
+    ({"task": {"family": "sine", "points": 0}}, "task.points"),
+    ({"task": {"family": "sine", "amplitude": [5, 1]}}, "task.amplitude"),
+    ({"task": {"family": "sine", "points": "many"}}, "task.points"),
+    ({"task": {"family": "sine"}, "inner_steps": 0}, "inner_steps"),
+    ({"task": {"family": "sine"}, "outer_lr": float("nan")}, "outer_lr"),
+    ({"task": {"family": "sine"}, "loss": {"activation": "swish"}}, "loss.activation"),
+    ({"task": {"family": "sine"}, "loss": {"inputs": ["pred", "pred"]}}, "loss.inputs"),
+    ({"task": {"family": "sine"}, "meta_test": {"steps": -1}}, "meta_test.steps"),
+    ({"task": {"family": "sine"}, "device": "tpu"}, "device"),
+    ({"task": {"family": "sine"}, "seeds": True}, "seeds"),
+    ({}, "task"),
+])
+def test_bad_specs_name_the_field(spec, loc):
+    with pytest.raises(ConfigError) as err:
+        parse_spec(spec)
+    assert err.value.loc == loc, err.value
+
+
+def test_defaults_are_the_official_sine_settings():
+    plan = parse_spec({"task": {"family": "sine"}})
+    assert plan.train.seeds == 5 and plan.train.outer_iterations == 500 and plan.train.inner_steps == 1
+    assert plan.train.inner_lr == 1e-3 and plan.train.outer_lr == 1e-3
+    assert plan.loss.hidden == [50, 50] and not plan.loss.bias and plan.loss.output == "softplus"
+    assert plan.family.config.model_hidden == [100, 10] and plan.family.config.points == 100
+    assert plan.to_dict()["task"]["family"] == "sine"
+
+
+def test_ml3core_does_not_import_the_web_or_database_stack():
+    code = ("import sys, ml3core, ml3core.api, ml3core.engine, ml3core.plots;"
+            "bad = [m for m in ('fastapi', 'sqlalchemy', 'celery', 'starlette', 'app') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_cli_train_sine_writes_bundles_report_and_figures(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [ML3, "train", "sine", "--seeds", "2", "--outer-iters", "10", "--eval-every", "5", "--eval-steps", "5",
+         "--meta-test-steps", "10", "--meta-test-tasks", "3", "--horizons", "10,20", "--threads", "1",
+         "--set", "task.points=30", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "meta-train" in proc.stderr and "published loss" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["spec"]["task"]["points"] == 30
+    assert report["history"]["iteration"] == [0, 5, 10]
+    assert len(report["meta_test"]["curves"]["learned"]["mse_heldout"]) == 2  # one row per seed
+    assert len(report["meta_test"]["curves"]["learned"]["mse_heldout"][0]) == 11  # k = 0..10
+    assert [h["steps"] for h in report["meta_test"]["horizon"]] == [10, 20]
+    for fig in ("meta_train.png", "meta_test.png"):
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for seed in (0, 1):
+        assert load_loss(out / "seeds" / f"seed-{seed}").spec["training"]["seed"] == seed
+    published = load_loss(out / "loss").spec
+    assert published["training"]["seed"] == report["published_seed"]
+
+
+def test_cli_rejects_a_bad_setting_with_exit_2(tmp_path):
+    proc = subprocess.run([ML3, "train", "sine", "--inner-steps", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "inner_steps" in proc.stderr
