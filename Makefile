@@ -21,6 +21,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/pip install -q --no-deps differentiable-robot-model==0.2.3 'urdf-parser-py>=0.0.4' 'pyyaml>=6' 'lxml>=5'
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -29,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/meta_train.py
+	$(BIN)/python bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) runs var

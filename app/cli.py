@@ -81,7 +81,12 @@ def build_train_spec(args, family_cls) -> dict:
         mt["tasks"] = args.meta_test_tasks
     if args.horizons is not None:
         mt["horizons"] = [int(h) for h in args.horizons.split(",") if h]
-    for item in args.set or []:
+    return apply_sets(spec, args.set)
+
+
+def apply_sets(spec: dict, items: list[str] | None) -> dict:
+    """Apply ``--set a.b=VALUE`` items (VALUE as JSON when it parses) to a spec, in place."""
+    for item in items or []:
         path, _, value = item.partition("=")
         *parents, leaf = path.split(".")
         node = spec
@@ -133,6 +138,51 @@ def summary(report: dict) -> None:
         print(f"  k={row['steps']:>6}: learned {fmt(learned)}  MSE {fmt(plain)}")
 
 
+def add_train_arguments(p, name: str, cls) -> None:
+    p.add_argument("--out", default=f"runs/{name}", help="output directory")
+    p.add_argument("--spec", help="a JSON job spec to start from")
+    p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
+    p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
+    p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")
+    p.add_argument("--horizons", help="comma-separated horizon report steps, e.g. 10,100,1000,5000")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    for flag, key, typ, hlp in TRAIN_FLAGS:
+        p.add_argument(flag, dest=key, type=typ, help=hlp)
+    for flag, (_, typ, hlp) in getattr(cls, "cli_flags", {}).items():
+        p.add_argument(flag, type=typ, help=hlp)
+
+
+def cmd_experiment(args) -> int:
+    """Meta-train one loss per task-loss variant, meta-test all against plain MSE, write the figure."""
+    import torch
+
+    from ml3core import ConfigError
+    from ml3core.tasks import FAMILIES
+    from ml3core.tasks.inverse_dynamics import experiment
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    spec = build_train_spec(args, FAMILIES[args.family])
+    variants = tuple(v for v in args.variants.split(",") if v)
+    try:
+        out = experiment(spec, variants, hooks=None)
+    except ConfigError as e:
+        print(f"ml3 experiment: invalid setting {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "figure7.png"), "wb") as f:
+        f.write(out["figure"])
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump({"summary": out["summary"], "reports": out["reports"]}, f, indent=1)
+    fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
+    for name, final in out["summary"]["final"].items():
+        print(f"{name:34s} held-out torque MSE {fmt(final['mse_heldout'])}, "
+              f"inertia error {fmt(final['prior_heldout'])}")
+    print(f"figure: {os.path.join(args.out, 'figure7.png')}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     from ml3core.tasks import FAMILIES
 
@@ -143,20 +193,15 @@ def make_parser() -> argparse.ArgumentParser:
     fam_sub = train.add_subparsers(dest="family", required=True)
     for name, cls in FAMILIES.items():
         p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
-        p.add_argument("--out", default=f"runs/{name}", help="output directory")
-        p.add_argument("--spec", help="a JSON job spec to start from")
-        p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
-        p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
-        p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")
-        p.add_argument("--horizons", help="comma-separated horizon report steps, e.g. 10,100,1000,5000")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
-        p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-        for flag, key, typ, hlp in TRAIN_FLAGS:
-            p.add_argument(flag, dest=key, type=typ, help=hlp)
-        for flag, (_, typ, hlp) in getattr(cls, "cli_flags", {}).items():
-            p.add_argument(flag, type=typ, help=hlp)
+        add_train_arguments(p, name, cls)
         p.set_defaults(func=cmd_train)
+
+    experiment = sub.add_parser("experiment", help="reproduce a figure of the paper locally")
+    exp_sub = experiment.add_subparsers(dest="family", required=True)
+    p = exp_sub.add_parser("inverse-dynamics", help="review Fig. 7: plain MSE vs L_phi learned with MSE / the prior")
+    add_train_arguments(p, "experiment-inverse-dynamics", FAMILIES["inverse-dynamics"])
+    p.add_argument("--variants", default="mse,prior,mixed", help="task losses to meta-train, comma-separated")
+    p.set_defaults(func=cmd_experiment)
 
     from . import cli_service  # the service's commands (serve, db, jobs, losses, worker)
 

@@ -1,0 +1,68 @@
+"""Liveness, readiness, Prometheus metrics, and a bare echo route the benchmark compares against."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import func, select, text
+
+from ...errors import Problem
+from ...models import Job
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database (and the broker or runner) can be reached")
+def readyz(request: Request) -> dict:
+    state = request.app.state
+    try:
+        with state.Session() as db:
+            db.execute(text("SELECT 1"))
+    except Exception as e:
+        raise Problem(503, "database_unavailable", f"database unreachable: {type(e).__name__}: {e}") from None
+    problem = state.runner.problem()
+    if problem:
+        raise Problem(503, "runner_unavailable", problem)
+    return {"status": "ready", "runner": state.settings.runner}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    state = request.app.state
+    lines = ["# TYPE ml3_http_requests_total counter"]
+    for (method, route, status), n in sorted(state.stats["requests"].items()):
+        lines.append(f'ml3_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}')
+    lines.append("# TYPE ml3_http_request_duration_seconds summary")
+    for (method, route), (count, total) in sorted(state.stats["durations"].items()):
+        labels = f'method="{method}",route="{route}"'
+        lines.append(f"ml3_http_request_duration_seconds_count{{{labels}}} {count}")
+        lines.append(f"ml3_http_request_duration_seconds_sum{{{labels}}} {total:.6f}")
+    lines.append("# TYPE ml3_jobs gauge")
+    with state.Session() as db:
+        counts = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    for status in ("queued", "running", "succeeded", "failed", "canceled"):
+        lines.append(f'ml3_jobs{{status="{status}"}} {counts.get(status, 0)}')
+    cache = state.cache
+    lines += ["# TYPE ml3_loss_cache_hits_total counter", f"ml3_loss_cache_hits_total {cache.hits}",
+              "# TYPE ml3_loss_cache_misses_total counter", f"ml3_loss_cache_misses_total {cache.misses}",
+              "# TYPE ml3_evaluate_values_total counter",
+              f"ml3_evaluate_values_total {state.stats['evaluate_values']}",
+              "# TYPE ml3_runner_up gauge", f"ml3_runner_up {0 if state.runner.problem() else 1}"]
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/_echo", include_in_schema=False)
+async def echo_get(request: Request) -> Response:
+    """Parses and returns its query: the cost of HTTP and the framework alone (see bench/)."""
+    return Response(json.dumps(dict(request.query_params)), media_type="application/json")
+
+
+@router.post("/v1/_echo", include_in_schema=False)
+async def echo_post(request: Request) -> Response:
+    return Response(json.dumps(await request.json()), media_type="application/json")

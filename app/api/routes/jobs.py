@@ -1,0 +1,208 @@
+"""Jobs: submit (202 + Location, Idempotency-Key), list, show, metrics, events (SSE), cancel, results."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from ml3core.api import parse_spec
+
+from ... import registry
+from ...errors import Problem, invalid, not_found
+from ...models import CANCELED, FINAL, META_TRAIN, QUEUED, Checkpoint, Job, JobEvent, JobFile, utcnow
+from ...schemas import JobSpec, job_json
+from ..deps import DB, PageDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("ml3.api")
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+def request_hash(route: str, body) -> str:
+    return hashlib.sha256(json.dumps([route, body], sort_keys=True).encode()).hexdigest()
+
+
+def create_job(request: Request, response: Response, db, kind: str, spec: dict, plan: dict,
+               idempotency_key: str | None, route: str, **fields) -> dict:
+    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key."""
+    digest = request_hash(route, spec)
+    for _ in range(2):
+        if idempotency_key is not None:
+            job = db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+            if job is not None:
+                if job.request_hash != digest:
+                    raise Problem(422, "idempotency_key_reused",
+                                  "Idempotency-Key was already used with a different request body")
+                response.status_code = 202
+                response.headers["Location"] = f"/v1/jobs/{job.id}"
+                return job_json(job)
+        job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
+                  request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
+        db.add(job)
+        try:
+            db.flush()
+            db.add(JobEvent(job_id=job.id, type="status", data={"status": QUEUED}))
+            db.commit()
+            break
+        except IntegrityError:  # the same key raced in from another request: answer with that job
+            db.rollback()
+    else:
+        raise Problem(409, "conflict", "could not create the job; retry")
+    try:
+        request.app.state.runner.enqueue(job.id)
+    except Exception:  # the row is the truth: a runner that polls or a later retry still finds it
+        log.exception("enqueue of job %s failed", job.id)
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_json(job)
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+
+@router.post("", status_code=202, summary="Submit a meta-train job")
+def submit(request: Request, response: Response, db: DB, spec: Annotated[JobSpec, Body()],
+           idempotency_key: IdempotencyKey = None) -> dict:
+    body = spec.model_dump(exclude_unset=True)
+    register_as = body.get("register_as")
+    if register_as is not None:
+        registry.check_name(register_as, "register_as")
+    plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
+    body.setdefault("kind", META_TRAIN)
+    return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
+                      register_as=register_as or plan.family.name,
+                      progress_total=plan.train.outer_iterations, progress_unit="iterations")
+
+
+@router.get("", summary="List jobs, newest first")
+def list_jobs(db: DB, page: PageDep, status: str | None = None, kind: str | None = None) -> dict:
+    q = select(Job).order_by(Job.id.desc()).limit(page.limit + 1)
+    if status is not None:
+        if status not in STATUSES:
+            raise invalid("status", f"one of {list(STATUSES)}")
+        q = q.where(Job.status == status)
+    if kind is not None:
+        q = q.where(Job.kind == kind)
+    if page.after is not None:
+        q = q.where(Job.id < page.after)
+    return page.result(list(db.scalars(q)), lambda j: j.id, job_json)
+
+
+def get_job(db, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise not_found(f"job {job_id}")
+    return job
+
+
+@router.get("/{job_id}", summary="A job: status, progress, latest metrics, error, result")
+def show(db: DB, job_id: int) -> dict:
+    job = get_job(db, job_id)
+    files = list(db.scalars(select(JobFile.name).where(JobFile.job_id == job_id)))
+    out = job_json(job, files)
+    out["checkpoint"] = db.scalar(select(Checkpoint.iteration).where(Checkpoint.job_id == job_id))
+    return out
+
+
+@router.get("/{job_id}/metrics", summary="Metric history (one entry per evaluation)")
+def metrics(db: DB, job_id: int) -> dict:
+    get_job(db, job_id)
+    q = (select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+         .order_by(JobEvent.id))
+    return {"job_id": job_id, "items": list(db.scalars(q))}
+
+
+@router.post("/{job_id}/cancel", status_code=202, summary="Ask a job to stop (cooperative; checkpoint kept)")
+def cancel(db: DB, job_id: int) -> dict:
+    job = get_job(db, job_id)
+    if job.status in FINAL:
+        raise Problem(409, "job_finished", f"job {job_id} is already {job.status}")
+    # a queued job ends at once; a running one sees the flag at its next heartbeat
+    now = utcnow()
+    res = db.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
+                     .values(status=CANCELED, cancel_requested=True, finished_at=now, updated_at=now))
+    if res.rowcount == 1:
+        db.add(JobEvent(job_id=job_id, type="status", data={"status": CANCELED}))
+    else:
+        db.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
+    db.commit()
+    db.refresh(job)
+    return job_json(job)
+
+
+def _file(db, job_id: int, name: str) -> JobFile:
+    job = get_job(db, job_id)
+    row = db.get(JobFile, (job_id, name))
+    if row is None:
+        if job.status not in FINAL:
+            raise Problem(404, "not_ready", f"job {job_id} is {job.status}; {name} comes when it succeeds")
+        raise not_found(f"{name} of job {job_id}")
+    return row
+
+
+@router.get("/{job_id}/report", summary="The report of a finished job (JSON)")
+def report(db: DB, job_id: int) -> Response:
+    return Response(_file(db, job_id, "report.json").data, media_type="application/json")
+
+
+@router.get("/{job_id}/figures/{name}", summary="A figure of a finished job (PNG)")
+def figure(db: DB, job_id: int, name: str) -> Response:
+    if not name.endswith(".png"):
+        raise not_found(f"figure {name!r}")
+    return Response(_file(db, job_id, name).data, media_type="image/png")
+
+
+def _sse(event: JobEvent) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+
+
+@router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
+            response_class=StreamingResponse)
+async def events(request: Request, job_id: int, last_event_id: Annotated[str | None, Header()] = None,
+                 after: int | None = None) -> StreamingResponse:
+    Session = request.app.state.Session
+    with Session() as db:
+        get_job(db, job_id)
+    start = after or 0
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise invalid("Last-Event-ID", "an event id from this stream")
+        start = int(last_event_id)
+
+    def poll(last: int):
+        with Session() as db:
+            status = db.scalar(select(Job.status).where(Job.id == job_id))  # read before the events
+            rows = list(db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > last)
+                                   .order_by(JobEvent.id).limit(500)))
+        return status, rows
+
+    async def stream():
+        last, idle = start, 0.0
+        yield "retry: 1000\n\n"
+        while True:
+            status, rows = await run_in_threadpool(poll, last)
+            for ev in rows:
+                last = ev.id
+                yield _sse(ev)
+            if status in FINAL and len(rows) < 500:
+                return
+            if not rows:
+                idle += 0.25
+                if idle >= 15:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.25)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,282 @@
+"""The loss registry and what a client does with a loss: evaluate, artifact, landscape, meta-test.
+
+``{loss_id}`` is ``name``, ``name:3`` or ``name@alias``, resolved on every request."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from ml3core.api import landscape, landscape_png, parse_meta_test
+
+from ... import registry
+from ...errors import invalid
+from ...evaluate import evaluate, to_tensor, torch_threads
+from ...models import META_TEST, Loss, LossAlias, LossVersion
+from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagRequest, iso, version_json
+from ..deps import DB, PageDep, reject_unknown_query
+from .jobs import IdempotencyKey, create_job
+
+router = APIRouter(prefix="/v1/losses", tags=["losses"])
+INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
+
+
+def _aliases_of(db, v: LossVersion) -> list[str]:
+    return list(db.scalars(select(LossAlias.alias).where(LossAlias.version_id == v.id)))
+
+
+def _version(db, loss_id: str) -> tuple[registry.Resolved, LossVersion]:
+    r = registry.resolve(db, loss_id)
+    return r, db.get(LossVersion, r.id)
+
+
+@router.get("", summary="List registered losses")
+def list_losses(db: DB, page: PageDep) -> dict:
+    q = select(Loss).order_by(Loss.id).limit(page.limit + 1)
+    if page.after is not None:
+        q = q.where(Loss.id > page.after)
+    rows = list(db.scalars(q))
+    latest = dict(db.execute(select(LossVersion.loss_id, func.max(LossVersion.version))
+                             .where(LossVersion.loss_id.in_([r.id for r in rows]))
+                             .group_by(LossVersion.loss_id)).all())
+
+    def render(loss: Loss) -> dict:
+        versions = {v.id: v.version for v in loss.versions}
+        return {"name": loss.name, "latest_version": latest.get(loss.id), "created_at": iso(loss.created_at),
+                "aliases": {a.alias: versions.get(a.version_id) for a in loss.aliases},
+                "links": {"self": f"/v1/losses/{loss.name}", "versions": f"/v1/losses/{loss.name}/versions"}}
+
+    return page.result(rows, lambda r: r.id, render)
+
+
+@router.get("/{loss_id}", summary="A loss version (latest, :version or @alias)")
+def show(db: DB, loss_id: str) -> dict:
+    r, v = _version(db, loss_id)
+    return version_json(r.name, v, _aliases_of(db, v))
+
+
+@router.get("/{name}/versions", summary="Versions of a loss, newest first")
+def versions(db: DB, name: str, page: PageDep) -> dict:
+    loss = registry.get_loss(db, name)
+    q = select(LossVersion).where(LossVersion.loss_id == loss.id).order_by(LossVersion.version.desc())
+    if page.after is not None:
+        q = q.where(LossVersion.version < page.after)
+    rows = list(db.scalars(q.limit(page.limit + 1)))
+    by_version: dict[int, list[str]] = {}
+    for a in loss.aliases:
+        by_version.setdefault(a.version_id, []).append(a.alias)
+    return page.result(rows, lambda v: v.version, lambda v: version_json(name, v, by_version.get(v.id, [])))
+
+
+@router.get("/{name}/aliases", summary="Aliases of a loss")
+def aliases(db: DB, name: str) -> dict:
+    loss = registry.get_loss(db, name)
+    q = select(LossVersion.id, LossVersion.version).where(LossVersion.loss_id == loss.id)
+    versions = dict(db.execute(q).all())
+    return {"name": name, "aliases": {a.alias: versions[a.version_id] for a in loss.aliases}}
+
+
+@router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version")
+def set_alias(db: DB, name: str, alias: str, body: AliasRequest) -> dict:
+    registry.set_alias(db, name, alias, body.version)
+    db.commit()
+    return {"name": name, "alias": alias, "version": body.version, "id": f"{name}@{alias}"}
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204, summary="Delete an alias")
+def delete_alias(db: DB, name: str, alias: str) -> Response:
+    registry.delete_alias(db, name, alias)
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.get("/{loss_id}/tags", summary="Tags of a loss version")
+def tags(db: DB, loss_id: str) -> dict:
+    r, v = _version(db, loss_id)
+    return {"id": r.ref, "tags": {t.key: t.value for t in v.tags}}
+
+
+@router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version")
+def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
+    r = registry.resolve(db, loss_id)
+    registry.set_tag(db, r.id, key, body.value)
+    db.commit()
+    return tags(db, r.ref)
+
+
+@router.delete("/{loss_id}/tags/{key}", status_code=204, summary="Delete a tag of a loss version")
+def delete_tag(db: DB, loss_id: str, key: str) -> Response:
+    r = registry.resolve(db, loss_id)
+    registry.delete_tag(db, r.id, key)
+    db.commit()
+    return Response(status_code=204)
+
+
+# -- using a loss ------------------------------------------------------------------------------------
+def _loaded(request: Request, loss_id: str):
+    """Resolve now (aliases move), then the cached module for (version id, sha256)."""
+    state = request.app.state
+    r = state.resolve(loss_id)
+
+    def load():
+        with state.engine.connect() as conn:
+            return registry.load_bundle(conn, r.id).module()
+
+    return r, state.cache.get((r.id, r.sha256), load)
+
+
+def _encode(t, encoding: str):
+    if not isinstance(t, torch.Tensor):
+        return t
+    if encoding == "base64":
+        return base64.b64encode(t.detach().contiguous().float().numpy().tobytes()).decode()
+    return t.tolist()
+
+
+async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, return_grad,
+                    encoding) -> Response:
+    r, module = _loaded(request, loss_id)
+    request.app.state.stats["evaluate_values"] += pred.numel()
+    args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
+    if pred.numel() > INLINE_VALUES:
+        loss, grad = await run_in_threadpool(evaluate, *args)
+    else:
+        loss, grad = evaluate(*args)
+    out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
+    if grad is not None:
+        out["grad"] = _encode(grad, encoding)
+    return Response(json.dumps(out), media_type="application/json")
+
+
+def _query_array(text: str | None, loc: str, limit: int):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise invalid(loc, "comma-separated numbers, e.g. 0.1,0.5") from None
+    return to_tensor(values, loc, limit)
+
+
+def _param(name: str, description: str, required: bool = False, **schema) -> dict:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+EVAL_QUERY = [
+    _param("pred", "comma-separated predictions, e.g. 0.1,0.5", True),
+    _param("target", "comma-separated targets, as many as pred", True),
+    _param("x", "comma-separated inputs, for losses that read them"),
+    _param("reduction", "mean (default), sum or none", enum=["mean", "sum", "none"]),
+    _param("return_grad", "also return d loss / d pred", type="boolean"),
+]
+BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+# the query is parsed by hand (documented below): FastAPI's parameter machinery would cost as much as
+# the loss itself on this, the smallest and most frequent request
+@router.get("/{loss_id}/evaluate", summary="Evaluate a loss on a few points given in the query",
+            openapi_extra={"parameters": EVAL_QUERY})
+async def evaluate_get(request: Request, loss_id: str) -> Response:
+    q = request.query_params
+    reject_unknown_query(request, {p["name"] for p in EVAL_QUERY})
+    limit = request.app.state.settings.max_query_values
+    for name in ("pred", "target"):
+        if name not in q:
+            raise invalid(name, "required")
+    reduction, return_grad = q.get("reduction", "mean"), BOOLS.get(q.get("return_grad", "false").lower())
+    if reduction not in ("mean", "sum", "none"):
+        raise invalid("reduction", "mean, sum or none")
+    if return_grad is None:
+        raise invalid("return_grad", "true or false")
+    p, t = _query_array(q["pred"], "pred", limit), _query_array(q["target"], "target", limit)
+    x = _query_array(q.get("x"), "x", limit)
+    return await _evaluate(request, loss_id, p, t, x, reduction, return_grad, "json")
+
+
+EVAL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": EvaluateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+@router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
+             openapi_extra=EVAL_BODY)
+async def evaluate_post(request: Request, loss_id: str) -> Response:
+    try:  # parsed by hand, like the GET: the body model is in the OpenAPI schema all the same
+        body = EvaluateRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+    limit = request.app.state.settings.max_eval_values
+    shape = body.shape
+    p, t = to_tensor(body.pred, "pred", limit, shape), to_tensor(body.target, "target", limit, shape)
+    x = None if body.x is None else to_tensor(body.x, "x", limit)
+    if x is not None and isinstance(body.x, str) and shape and shape[0] and x.numel() % shape[0] == 0:
+        x = x.reshape(shape[0], -1)  # base64 x: one row of inputs per point
+    return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
+
+
+@router.get("/{loss_id}/artifact", summary="The loss bundle (zip of loss.safetensors + loss.json)",
+            response_class=Response, responses={200: {"content": {"application/zip": {}}}, 304: {}})
+def artifact(db: DB, loss_id: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    r = registry.resolve(db, loss_id)
+    etag = f'"{r.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Loss-Id": r.ref}
+    wanted = [t.strip() for t in (if_none_match or "").split(",")]
+    if "*" in wanted or etag in wanted:
+        return Response(status_code=304, headers=headers)
+    data = registry.load_bundle(db, r.id).to_zip()
+    headers["Content-Disposition"] = f'attachment; filename="{r.name}-v{r.version}.zip"'
+    return Response(data, media_type="application/zip", headers=headers)
+
+
+LANDSCAPE_QUERY = {"targets", "lo", "hi", "points", "x", "format"}
+
+
+@router.get("/{loss_id}/landscape", summary="The loss over a grid of predictions (JSON or ?format=png)",
+            responses={200: {"content": {"application/json": {}, "image/png": {}}}})
+def landscape_view(request: Request, db: DB, loss_id: str,
+                   format: Annotated[str, Query(pattern="^(json|png)$")] = "json") -> Response:
+    reject_unknown_query(request, LANDSCAPE_QUERY)
+    q = request.query_params
+    options: dict = {}
+    try:
+        if "targets" in q:
+            options["targets"] = [float(t) for t in q["targets"].split(",")]
+        for key in ("lo", "hi", "x"):
+            if key in q:
+                options[key] = float(q[key])
+        if "points" in q:
+            options["points"] = int(q["points"])
+    except ValueError as e:
+        raise invalid("query", f"numbers expected: {e}") from None
+    r = registry.resolve(db, loss_id)
+    torch_threads(request.app.state.settings.api_threads)
+    data = landscape(registry.load_bundle(db, r.id), options)  # ConfigError -> 422
+    if format == "png":
+        return Response(landscape_png(data), media_type="image/png")
+    return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
+
+
+@router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)")
+def meta_test(request: Request, response: Response, db: DB, loss_id: str,
+              body: Annotated[MetaTestRequest | None, Body()] = None,
+              idempotency_key: IdempotencyKey = None) -> dict:
+    body = body or MetaTestRequest()
+    r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
+    spec = body.model_dump(exclude_none=True, exclude={"device"})
+    if not (body.device == "cpu" or body.device.startswith("cuda")):
+        raise invalid("device", "cpu or cuda[:N]")
+    parse_meta_test(registry.load_bundle(db, r.id), spec)  # ConfigError -> 422 before anything is stored
+    request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
+    return create_job(request, response, db, META_TEST, request_body,
+                      {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
+                      f"losses/{loss_id}/meta-test", loss_version_id=r.id, progress_total=1,
+                      progress_unit="runs")
+

@@ -1,0 +1,146 @@
+"""Evaluating a stored loss on request: arrays in, loss (and d loss / d pred) out.
+
+Arrays arrive as JSON lists or, for large batches, as base64 little-endian float32 strings
+(JSON parsing of millions of numbers costs more than the loss itself). Points are evaluated
+in chunks so a large batch never holds one huge activation tensor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import threading
+from collections import OrderedDict
+
+import torch
+
+from ml3core.portable import LearnedLoss, mlp_loss
+
+from .errors import Problem, invalid
+
+CHUNK = 65536
+_local = threading.local()
+
+
+def torch_threads(n: int) -> None:
+    """torch's thread count holds per OS thread: a request thread left at the default (all cores,
+    spinning) makes a tiny forward pass 30x slower on a busy machine. Set it once per thread."""
+    if getattr(_local, "threads", None) != n:
+        torch.set_num_threads(n)
+        _local.threads = n
+
+
+class LossCache:
+    """LRU of loaded losses keyed by (version id, sha256): a new version never hits a stale entry."""
+
+    def __init__(self, size: int):
+        self.size, self.hits, self.misses = size, 0, 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, load) -> LearnedLoss:
+        with self._lock:
+            if key in self._items:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return self._items[key]
+        module = load()
+        with self._lock:
+            self.misses += 1
+            self._items[key] = module
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return module
+
+
+def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None) -> torch.Tensor:
+    """A finite float32 tensor from a (nested) list, a number or a base64 float32 string."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise invalid(loc, f"not base64: {e}") from None
+        if len(raw) % 4:
+            raise invalid(loc, "base64 data must hold float32 values (a multiple of 4 bytes)")
+        if len(raw) // 4 > limit:
+            raise Problem(413, "too_large", f"{loc}: {len(raw) // 4} values; the limit is {limit}")
+        t = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.zeros(0)
+        if shape is not None:
+            if any(not isinstance(n, int) or n < 0 for n in shape) or t.numel() != _prod(shape):
+                raise invalid("shape", f"{shape} does not fit {t.numel()} values of {loc}")
+            t = t.reshape(shape)
+    else:
+        if isinstance(value, list) and len(value) > limit:
+            raise Problem(413, "too_large", f"{loc}: {len(value)} values; the limit is {limit}")
+        try:
+            t = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
+    if t.numel() > limit:
+        raise Problem(413, "too_large", f"{loc}: {t.numel()} values; the limit is {limit}")
+    small = isinstance(value, list) and t.dim() == 1 and len(value) <= 64
+    if not (all(map(math.isfinite, value)) if small else bool(torch.isfinite(t).all())):  # a few: in Python
+        raise invalid(loc, "NaN or infinite values")
+    return t
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,
+             reduction: str = "mean", return_grad: bool = False, threads: int = 1):
+    """(loss, grad): loss is a float (mean|sum) or per-point values (none); grad = d loss / d pred."""
+    torch_threads(threads)
+    arch = module.arch
+    dim = arch.get("pred_dim", 1)
+    if pred.shape != target.shape:
+        raise invalid("target", f"shape {list(target.shape)} differs from pred {list(pred.shape)}")
+    flat = pred.dim() == 1
+    if pred.dim() == 0 or pred.dim() > 2 or (flat and dim != 1) or (not flat and pred.shape[1] != dim):
+        want = "(N,) or (N, 1)" if dim == 1 else f"(N, {dim})"
+        raise invalid("pred", f"shape {list(pred.shape)}; this loss takes {want}")
+    if pred.shape[0] == 0:
+        raise invalid("pred", "no points")
+    p2, t2 = (pred[:, None], target[:, None]) if flat else (pred, target)
+    n = p2.shape[0]
+    if "x" in arch["inputs"]:
+        xd = arch.get("x_dim", 1)
+        if x is None:
+            raise invalid("x", "required: this loss reads the inputs")
+        if x.dim() == 1 and xd == 1:
+            x = x[:, None]
+        if list(x.shape) != [n, xd]:
+            raise invalid("x", f"shape {list(x.shape)}; this loss takes ({n}, {xd})")
+    else:
+        x = None
+    values, grads = [], []
+    params = module.params
+    chunks = [(p2, t2, x)] if n <= CHUNK else [
+        (p2[s:s + CHUNK], t2[s:s + CHUNK], None if x is None else x[s:s + CHUNK]) for s in range(0, n, CHUNK)]
+    for p, t, xc in chunks:
+        if return_grad:
+            p = p.detach().clone().requires_grad_()
+            with torch.enable_grad():
+                v = mlp_loss(params, arch, p, t, xc, "none")
+                (g,) = torch.autograd.grad(v.sum(), p)
+            grads.append(g)
+            values.append(v.detach())
+        else:
+            with torch.inference_mode():
+                values.append(mlp_loss(params, arch, p, t, xc, "none"))
+    v = values[0] if len(values) == 1 else torch.cat(values)
+    g = None if not return_grad else grads[0] if len(grads) == 1 else torch.cat(grads)
+    if reduction == "mean":
+        loss, g = float(v.mean()), None if g is None else g / v.numel()
+    elif reduction == "sum":
+        loss = float(v.sum())
+    else:
+        loss = v
+    if g is not None and flat:
+        g = g[:, 0]
+    return loss, g

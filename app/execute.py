@@ -1,0 +1,270 @@
+"""run_job(job_id, owner): the one path that executes a job, whoever calls it (the embedded
+runner process or a Celery worker). No web framework here.
+
+A job row is claimed with a lease: ``owner`` plus a ``heartbeat_at`` that a background thread
+renews. A live lease held by someone else means "do nothing"; an expired one may be taken
+over, and the run resumes from the job's latest checkpoint. Every write checks that we still
+own the lease, and the loss version is registered in the same transaction that marks the job
+succeeded, behind a unique constraint on the producing job: exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import traceback
+from datetime import timedelta
+from math import gcd
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ml3core import ConfigError, Hooks
+
+from . import registry
+from .core.config import Settings, get_settings
+from .db import get_sessionmaker
+from .models import (
+    CANCELED,
+    FAILED,
+    META_TEST,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Checkpoint,
+    Job,
+    JobEvent,
+    JobFile,
+    LossVersion,
+    utcnow,
+)
+
+log = logging.getLogger("ml3.execute")
+
+
+class LeaseLost(Exception):
+    """Another runner took the job over: stop without writing anything."""
+
+
+def clean(obj):
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def checkpoint_iteration(blob: bytes) -> int:
+    """The iteration stored in an engine checkpoint (a safetensors header's metadata)."""
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(json.loads(blob[8:8 + n])["__metadata__"]["json"])["iteration"]
+
+
+class Lease:
+    """Owns a claimed job: heartbeats it in a thread, notices cancel requests and lost leases."""
+
+    def __init__(self, Session, job_id: int, owner: str, settings: Settings, stop: threading.Event | None):
+        self.Session, self.job_id, self.owner = Session, job_id, owner
+        self.interval = min(1.0, settings.lease_seconds / 3)
+        self.stop = stop or threading.Event()
+        self.lost, self.cancel, self._done = threading.Event(), threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"lease-{job_id}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    def _loop(self):
+        while not self._done.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # a busy database must not kill the heartbeat; the next beat retries
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+    def beat(self, **values):
+        """Renew the lease (and write ``values``) if we still own it; note a cancel request."""
+        with self.Session.begin() as db:
+            cancel = db.scalar(update(Job).where(Job.id == self.job_id, Job.owner == self.owner)
+                               .values(heartbeat_at=utcnow(), **values).returning(Job.cancel_requested))
+        if cancel is None:
+            self.lost.set()
+            raise LeaseLost(self.job_id)
+        if cancel:
+            self.cancel.set()
+
+    def should_stop(self) -> bool:
+        return self.lost.is_set() or self.cancel.is_set() or self.stop.is_set()
+
+    def write(self, db, **values) -> None:
+        """Inside a transaction: update the job row only while we own it."""
+        res = db.execute(update(Job).where(Job.id == self.job_id, Job.owner == self.owner)
+                         .values(heartbeat_at=utcnow(), **values))
+        if res.rowcount != 1:
+            self.lost.set()
+            raise LeaseLost(self.job_id)
+
+
+def claim(Session, job_id: int, owner: str, settings: Settings) -> Job | None:
+    """Take the job if it is queued, or running under our own or an expired lease."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.lease_seconds)
+    with Session.begin() as db:
+        res = db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)),
+                   or_(Job.owner.is_(None), Job.owner == owner, Job.heartbeat_at < cutoff))
+            .values(owner=owner, heartbeat_at=now, status=RUNNING, attempts=Job.attempts + 1)
+        )
+        if res.rowcount != 1:
+            return None
+        job = db.get(Job, job_id)
+        job.started_at = job.started_at or now
+        if job.cancel_requested:
+            _finish(db, job, CANCELED)
+            return None
+        if job.attempts > settings.max_attempts:
+            _finish(db, job, FAILED, error={"code": "too_many_attempts",
+                                            "detail": f"gave up after {job.attempts - 1} attempts"})
+            return None
+        resumed = db.scalar(select(Checkpoint.iteration).where(Checkpoint.job_id == job_id))
+        db.add(JobEvent(job_id=job_id, type="status",
+                        data={"status": RUNNING, "attempt": job.attempts, "resumed_from": resumed}))
+        return job
+
+
+def _finish(db, job: Job, status: str, **values) -> None:
+    for k, v in values.items():
+        setattr(job, k, v)
+    job.status, job.owner, job.heartbeat_at, job.finished_at = status, None, None, utcnow()
+    data = {"status": status, **{k: values[k] for k in ("error", "result") if k in values}}
+    db.add(JobEvent(job_id=job.id, type="status", data=data))
+
+
+def run_job(job_id: int, owner: str, settings: Settings | None = None,
+            stop: threading.Event | None = None) -> str | None:
+    """Run a job to a final status, or until ``stop`` is set (then it is queued again, to resume
+    from its checkpoint). Returns the status it left the job in, or None if not ours to run."""
+    settings = settings or get_settings()
+    Session = get_sessionmaker(settings.db_url)
+    job = claim(Session, job_id, owner, settings)
+    if job is None:
+        return None
+    lease = Lease(Session, job_id, owner, settings, stop)
+    try:
+        with lease:
+            if job.kind == META_TEST:
+                return _meta_test(Session, job, lease)
+            return _meta_train(Session, job, lease, settings)
+    except LeaseLost:
+        log.warning("job %s: lease lost to another runner; leaving it", job_id)
+        return None
+    except Exception as e:
+        code = "invalid_spec" if isinstance(e, ConfigError) else "execution_error"
+        detail = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        log.error("job %s failed: %s", job_id, "".join(traceback.format_exception(e)))
+        return _end(Session, lease, FAILED, error={"code": code, "detail": detail})
+
+
+def _end(Session, lease: Lease, status: str, files: dict | None = None, register=None,
+         **values) -> str | None:
+    """Write a final (or re-queued) state in one transaction, only while we own the lease."""
+    for attempt in range(5):
+        try:
+            with Session.begin() as db:
+                lease.write(db)
+                job = db.get(Job, lease.job_id)
+                if register is not None:
+                    values["result"] = register(db, job)
+                if status == QUEUED:  # stopped by the runner: free the lease, keep the attempt count fair
+                    job.status, job.owner, job.heartbeat_at = QUEUED, None, None
+                    job.attempts -= 1
+                    db.add(JobEvent(job_id=job.id, type="status",
+                                    data={"status": QUEUED, "reason": "runner stopped"}))
+                else:
+                    _finish(db, job, status, **values)
+                for name, (media_type, data) in (files or {}).items():
+                    db.merge(JobFile(job_id=job.id, name=name, media_type=media_type, data=data))
+            return status
+        except LeaseLost:
+            return None
+        except IntegrityError:  # another job took the same next version number: try again
+            if attempt == 4:
+                raise
+    return None
+
+
+def _stopped(Session, lease: Lease) -> str | None:
+    if lease.lost.is_set():
+        return None
+    return _end(Session, lease, CANCELED if lease.cancel.is_set() else QUEUED)
+
+
+def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | None:
+    from ml3core.api import meta_train, parse_spec
+
+    plan = parse_spec(job.plan)
+    total, eval_every = plan.train.outer_iterations, plan.train.eval_every
+    with Session() as db:
+        resume = db.scalar(select(Checkpoint.data).where(Checkpoint.job_id == job.id))
+
+    def on_progress(done, total, metrics):
+        metrics = clean(metrics)
+        with Session.begin() as db:
+            lease.write(db, progress_completed=done, progress_total=total, metrics=metrics)
+            db.add(JobEvent(job_id=job.id, type="progress",
+                            data={"completed": done, "total": total, "unit": "iterations"}))
+            if done % eval_every == 0 or done == total:
+                db.add(JobEvent(job_id=job.id, type="metrics", data=metrics))
+
+    def on_checkpoint(blob: bytes):
+        with Session.begin() as db:
+            lease.write(db)
+            db.merge(Checkpoint(job_id=job.id, iteration=checkpoint_iteration(blob), data=blob,
+                                created_at=utcnow()))
+
+    hooks = Hooks(on_progress=on_progress, should_stop=lease.should_stop, on_checkpoint=on_checkpoint,
+                  progress_every=gcd(settings.progress_every, eval_every),
+                  checkpoint_every=settings.checkpoint_every)
+    out = meta_train(plan, hooks, resume=resume)
+    if out.stopped:
+        return _stopped(Session, lease)
+
+    def register(db, job):
+        name = job.register_as or plan.family.name
+        if db.scalar(select(LossVersion.id).where(LossVersion.job_id == job.id)) is not None:
+            raise LeaseLost(job.id)  # registered already: someone else finished this job
+        v = registry.register(db, name, out.bundle, job.id, clean(out.bundle.spec.get("metrics")))
+        return {"loss": f"{name}:{v.version}", "name": name, "version": v.version, "sha256": v.sha256,
+                "published_seed": out.report.get("published_seed")}
+
+    files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
+    files.update({name: ("image/png", png) for name, png in out.figures.items()})
+    return _end(Session, lease, SUCCEEDED, files=files, register=register,
+                progress_completed=total, progress_total=total)
+
+
+def _meta_test(Session, job: Job, lease: Lease) -> str | None:
+    from ml3core.api import run_meta_test
+
+    with Session() as db:
+        bundle = registry.load_bundle(db, job.loss_version_id)
+    plan = dict(job.plan)
+    device = plan.pop("device", "cpu")
+    ref = plan.pop("loss")
+    report, figures = run_meta_test(bundle, plan.get("spec"), device)
+    report = clean(report)
+    files = {"report.json": ("application/json", json.dumps(report).encode())}
+    files.update({name: ("image/png", png) for name, png in figures.items()})
+    result = {"loss": ref, "report": f"/v1/jobs/{job.id}/report",
+              "figures": {name: f"/v1/jobs/{job.id}/figures/{name}" for name in figures},
+              "horizon": report["horizon"], "final": report["final"]}
+    return _end(Session, lease, SUCCEEDED, files=files, result=result, progress_completed=1, progress_total=1)

@@ -1,0 +1,125 @@
+"""The FastAPI application: ``create_app(settings)``. Migrations run and the job runner starts in
+the lifespan; every error leaves as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ml3core import ConfigError
+
+from .api.routes import health, jobs, losses
+from .core.config import Settings, get_settings
+from .db import get_engine, get_sessionmaker, upgrade
+from .errors import Problem, problem_body
+from .evaluate import LossCache
+from .registry import FastResolver
+from .runner import make_runner
+
+log = logging.getLogger("ml3.api")
+PROBLEM = "application/problem+json"
+
+
+def problem_response(status: int, code: str, detail: str, headers=None, **extra) -> JSONResponse:
+    return JSONResponse(problem_body(status, code, detail, **extra), status_code=status, media_type=PROBLEM,
+                        headers=headers)
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, e: Problem):
+        return JSONResponse(e.body(), status_code=e.status, media_type=PROBLEM, headers=e.headers)
+
+    @app.exception_handler(ConfigError)
+    async def on_config_error(request: Request, e: ConfigError):
+        return problem_response(422, "invalid_spec", str(e), errors=e.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, e: RequestValidationError):
+        errors = [{"loc": _loc(err["loc"]), "msg": err["msg"]} for err in e.errors()]
+        detail = "; ".join(f"{err['loc']}: {err['msg']}" for err in errors[:5])
+        return problem_response(422, "invalid_request", detail, errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, e: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return problem_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, e: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal_error", f"{type(e).__name__}: the server failed this request")
+
+
+class Guard:
+    """Pure ASGI middleware: rejects oversized bodies early and counts requests for /metrics."""
+
+    def __init__(self, app, state):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.state.settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                resp = problem_response(413, "too_large", f"request body over {limit} bytes")
+                return await resp(scope, receive, send)
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            stats = self.state.stats
+            stats["requests"][(scope["method"], route, status[0])] += 1
+            d = stats["durations"][(scope["method"], route)]
+            d[0] += 1
+            d[1] += time.perf_counter() - start
+
+
+def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        upgrade(settings.db_url)
+        app.state.runner.start()
+        yield
+        app.state.runner.stop()
+
+    app = FastAPI(title="ml3", version="1", lifespan=lifespan,
+                  description="Meta-learn loss functions (ML3) and serve them: jobs, registry, evaluate.")
+    torch.set_num_threads(settings.api_threads)
+    app.state.settings = settings
+    app.state.Session = get_sessionmaker(settings.db_url)
+    app.state.engine = get_engine(settings.db_url)
+    app.state.resolve = FastResolver(app.state.engine)
+    app.state.runner = runner if runner is not None else make_runner(settings)
+    app.state.cache = LossCache(settings.loss_cache_size)
+    app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
+                       "evaluate_values": 0}
+    install_error_handlers(app)
+    app.add_middleware(Guard, state=app.state)
+    for module in (health, jobs, losses):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,184 @@
+"""Job runners behind one small interface: ``enqueue(job_id)``, ``start()``, ``stop()``, ``problem()``.
+
+- ``LocalRunner`` (ML3_RUNNER=local, the default): a separate process (``python -m app.runner``)
+  that polls the jobs table for queued jobs and expired leases, so a long job never slows a
+  request and a restarted server resumes the jobs that were running when it stopped.
+- ``CeleryRunner`` (ML3_RUNNER=celery): sends the task ``ml3.run_job`` by name; a worker calls
+  ``app.execute.run_job``, the same function.
+- ``NoRunner`` (ML3_RUNNER=none): jobs wait for runners started elsewhere.
+
+The API enqueues only after the job row is committed, so a runner never sees a missing job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select
+
+from .core.config import Settings, get_settings
+from .db import get_sessionmaker
+from .models import QUEUED, RUNNING, Job, utcnow
+
+log = logging.getLogger("ml3.runner")
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def next_job(settings: Settings) -> int | None:
+    """The oldest job that is queued or whose runner stopped heartbeating."""
+    cutoff = utcnow() - timedelta(seconds=settings.lease_seconds)
+    with get_sessionmaker(settings.db_url)() as db:
+        return db.scalar(
+            select(Job.id)
+            .where(or_(Job.status == QUEUED,
+                       and_(Job.status == RUNNING, or_(Job.owner.is_(None), Job.heartbeat_at < cutoff))))
+            .order_by(Job.id).limit(1)
+        )
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    """Run jobs one at a time until ``stop`` is set."""
+    from .execute import run_job
+
+    owner = new_owner()
+    log.info("runner %s polling %s", owner, settings.db_url)
+    while not stop.is_set():
+        try:
+            job_id = next_job(settings)
+            if job_id is None:
+                stop.wait(settings.poll_seconds)
+                continue
+            status = run_job(job_id, owner, settings, stop)
+            log.info("job %s -> %s", job_id, status)
+            if status is None:  # someone else holds it: do not spin on it
+                stop.wait(settings.poll_seconds)
+        except Exception:
+            log.exception("runner loop error")
+            stop.wait(settings.poll_seconds)
+
+
+def _watch_parent(stop: threading.Event, parent: int) -> None:
+    """Stop when the server that started us is gone (even after a SIGKILL), so no orphan runs on."""
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            log.warning("server process %s is gone; stopping", parent)
+            stop.set()
+
+
+def main() -> None:
+    import torch
+
+    import ml3core.api  # noqa: F401  (imported now, while the server starts, not when the first job does)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
+    settings = get_settings()
+    torch.set_num_threads(settings.runner_threads)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    parent = int(os.environ.get("ML3_RUNNER_PARENT", "0"))
+    if parent:
+        threading.Thread(target=_watch_parent, args=(stop, parent), daemon=True).start()
+    serve(settings, stop)
+
+
+class LocalRunner:
+    def __init__(self, settings: Settings):
+        self.settings, self.proc = settings, None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        env = {**os.environ, **self.settings.env(), "ML3_RUNNER_PARENT": str(os.getpid())}
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.runner"], env=env)
+
+    def enqueue(self, job_id: int) -> None:
+        """The runner polls the table; only restart it if it died."""
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is not None:
+                log.warning("runner exited with %s; restarting", self.proc.returncode)
+                self.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM: the running job checkpoints and is queued again for the next start."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def problem(self) -> str | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return "the job runner process is not running"
+        return None
+
+
+class CeleryRunner:
+    def __init__(self, settings: Settings):
+        self.settings, self._app = settings, None
+
+    @property
+    def app(self):
+        if self._app is None:
+            from celery import Celery
+
+            self._app = Celery("ml3", broker=self.settings.broker_url)
+        return self._app
+
+    def start(self) -> None:
+        pass
+
+    def enqueue(self, job_id: int) -> None:
+        self.app.send_task("ml3.run_job", args=[job_id])
+
+    def stop(self) -> None:
+        pass
+
+    def problem(self) -> str | None:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception as e:
+            return f"broker unreachable: {type(e).__name__}: {e}"
+        return None
+
+
+class NoRunner:
+    def __init__(self, settings: Settings):
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def enqueue(self, job_id: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def problem(self) -> str | None:
+        return None
+
+
+RUNNERS = {"local": LocalRunner, "celery": CeleryRunner, "none": NoRunner}
+
+
+def make_runner(settings: Settings):
+    return RUNNERS[settings.runner](settings)
+
+
+if __name__ == "__main__":
+    main()

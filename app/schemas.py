@@ -1,0 +1,97 @@
+"""Request bodies and response shapes of the API (pydantic). Job specs themselves are checked by
+``ml3core.api.parse_spec``, which knows every task family's fields."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import Job, LossVersion
+
+STRICT = ConfigDict(extra="forbid")
+
+
+class JobSpec(BaseModel):
+    """A meta-train job. More fields (every TrainConfig field, ``meta_test``) are accepted and
+    checked by the engine; unknown ones are rejected."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "kind": "meta-train", "task": {"family": "sine"}, "loss": {"hidden": [50, 50]}, "seeds": 5,
+        "outer_iterations": 500, "inner_steps": 1, "device": "cpu", "register_as": "my-loss"}]})
+
+    kind: Literal["meta-train"] = "meta-train"
+    task: dict[str, Any]
+    register_as: str | None = Field(None, description="registry name; default: the task family's name")
+
+
+class MetaTestRequest(BaseModel):
+    model_config = STRICT
+
+    task: dict[str, Any] | None = Field(None, description="overrides of the loss's task settings")
+    seeds: int | list[int] | None = None
+    tasks: int | None = None
+    steps: int | None = None
+    lr: float | None = None
+    horizons: list[int] | None = None
+    device: str = "cpu"
+
+
+class EvaluateRequest(BaseModel):
+    """Arrays are JSON numbers/lists or base64 strings of little-endian float32 (fast for big batches)."""
+
+    model_config = STRICT
+
+    pred: Any = Field(description="(N,) or (N, D) predictions")
+    target: Any = Field(description="targets, the shape of pred")
+    x: Any = Field(None, description="inputs (N,) or (N, X), for losses that read them")
+    shape: list[int] | None = Field(None, description="shape of base64 pred/target (default: 1-D)")
+    reduction: Literal["mean", "sum", "none"] = "mean"
+    return_grad: bool = False
+    encoding: Literal["json", "base64"] = Field("json", description="how arrays in the response are sent")
+
+
+class AliasRequest(BaseModel):
+    model_config = STRICT
+    version: int = Field(ge=1)
+
+
+class TagRequest(BaseModel):
+    model_config = STRICT
+    value: str = Field(max_length=256)
+
+
+def iso(t) -> str | None:
+    return None if t is None else t.isoformat(timespec="milliseconds") + "Z"
+
+
+def job_json(job: Job, files: list[str] | None = None) -> dict:
+    out = {
+        "id": job.id, "kind": job.kind, "status": job.status, "spec": job.spec,
+        "progress": {"completed": job.progress_completed, "total": job.progress_total,
+                     "unit": job.progress_unit},
+        "metrics": job.metrics, "error": job.error, "result": job.result, "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested, "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "links": {"self": f"/v1/jobs/{job.id}", "events": f"/v1/jobs/{job.id}/events",
+                  "metrics": f"/v1/jobs/{job.id}/metrics"},
+    }
+    if files is not None:
+        if "report.json" in files:
+            out["links"]["report"] = f"/v1/jobs/{job.id}/report"
+        out["links"]["figures"] = {n: f"/v1/jobs/{job.id}/figures/{n}" for n in files if n.endswith(".png")}
+    return out
+
+
+def version_json(name: str, v: LossVersion, aliases: list[str] = ()) -> dict:
+    ref = f"{name}:{v.version}"
+    base = f"/v1/losses/{ref}"
+    spec = v.spec
+    return {
+        "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": v.status,
+        "job_id": v.job_id, "created_at": iso(v.created_at), "aliases": sorted(aliases),
+        "tags": {t.key: t.value for t in v.tags}, "metrics": v.metrics,
+        "architecture": spec.get("architecture"), "task": spec.get("task"), "training": spec.get("training"),
+        "links": {"self": base, "artifact": f"{base}/artifact", "evaluate": f"{base}/evaluate",
+                  "landscape": f"{base}/landscape", "meta_test": f"{base}/meta-test"},
+    }

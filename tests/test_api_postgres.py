@@ -1,0 +1,62 @@
+"""The same schema and job path on PostgreSQL (ML3_TEST_DATABASE_URL): one migration history
+serves both databases. A throwaway database is created for the test and dropped after."""
+
+import os
+import uuid
+
+import pytest
+from conftest import require_service
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.core.config import Settings
+from app.execute import run_job
+from app.main import create_app
+
+pytestmark = pytest.mark.integration
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 1, "outer_iterations": 10,
+         "eval_every": 5, "eval_steps": 5, "validation_tasks": 2,
+         "meta_test": {"steps": 5, "tasks": 2, "horizons": [5]}}
+
+
+@pytest.fixture
+def pg_url():
+    base = make_url(os.environ.get("ML3_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"ml3_api_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        require_service("PostgreSQL", f"{type(e).__name__}: {e}")
+    url = base.set(database=name).render_as_string(hide_password=False)
+    yield url
+    from app.db import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_migrations_and_a_job_on_postgresql(pg_url, tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.db import get_engine
+    from app.models import Base
+
+    settings = Settings(data_dir=tmp_path, database_url=pg_url, runner="none", checkpoint_every=5)
+    with TestClient(create_app(settings)) as c:
+        with get_engine(pg_url).connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        job = c.post("/v1/jobs", json={**SMALL, "register_as": "pg"}, headers={"Idempotency-Key": "pg-1"}).json()
+        assert run_job(job["id"], "runner-pg", settings) == "succeeded"
+        assert run_job(job["id"], "runner-pg", settings) is None
+        assert c.get(f"/v1/jobs/{job['id']}").json()["result"]["loss"] == "pg:1"
+        assert c.put("/v1/losses/pg/aliases/production", json={"version": 1}).status_code == 200
+        got = c.get("/v1/losses/pg@production/evaluate", params={"pred": "0.1,0.5", "target": "0,1"}).json()
+        assert got["id"] == "pg:1" and got["loss"] > 0
+        assert c.get("/v1/losses/pg@production/artifact").status_code == 200
+        assert c.get("/readyz").json()["status"] == "ready"

@@ -1,0 +1,104 @@
+"""The runners: the embedded polling loop, its process (which must not outlive the server), the
+Celery runner's readiness check."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.core.config import Settings
+from app.db import get_sessionmaker
+from app.main import create_app
+from app.models import Job, LossVersion
+from app.runner import CeleryRunner, LocalRunner, next_job, serve
+
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 1, "outer_iterations": 10,
+         "eval_every": 10, "eval_steps": 5, "validation_tasks": 2,
+         "meta_test": {"steps": 5, "tasks": 2, "horizons": [5]}}
+
+
+def test_polling_loop_runs_queued_jobs_in_order_then_stops(tmp_path):
+    settings = Settings(data_dir=tmp_path, runner="none", poll_seconds=0.05, lease_seconds=5)
+    with TestClient(create_app(settings)) as c:
+        ids = [c.post("/v1/jobs", json={**SMALL, "register_as": "polled", "seed": s}).json()["id"] for s in (0, 1)]
+        assert next_job(settings) == ids[0]
+        stop = threading.Event()
+        thread = threading.Thread(target=serve, args=(settings, stop))
+        thread.start()
+        try:
+            end = time.time() + 120
+            while time.time() < end and any(c.get(f"/v1/jobs/{i}").json()["status"] != "succeeded" for i in ids):
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(60)
+        assert not thread.is_alive()
+        assert [c.get(f"/v1/jobs/{i}").json()["result"]["loss"] for i in ids] == ["polled:1", "polled:2"]
+        assert next_job(settings) is None
+    with get_sessionmaker(settings.db_url)() as db:
+        assert [v.job_id for v in db.scalars(select(LossVersion).order_by(LossVersion.version))] == ids
+        assert all(j.owner is None for j in db.scalars(select(Job)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited already
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_runner_process_does_not_outlive_a_killed_server(tmp_path):
+    parent = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from app.core.config import Settings
+        from app.db import upgrade
+        from app.runner import LocalRunner
+        settings = Settings(data_dir={str(tmp_path)!r})
+        upgrade(settings.db_url)
+        runner = LocalRunner(settings)
+        runner.start()
+        print(runner.proc.pid, flush=True)
+        time.sleep(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
+    end = time.time() + 30
+    while time.time() < end and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def test_local_runner_reports_and_restarts_a_dead_process(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    from app.db import upgrade
+
+    upgrade(settings.db_url)
+    runner = LocalRunner(settings)
+    assert runner.problem() is not None  # not started
+    runner.start()
+    try:
+        assert runner.problem() is None
+        runner.proc.kill()
+        runner.proc.wait()
+        assert "not running" in runner.problem()
+        runner.enqueue(1)
+        assert runner.problem() is None
+    finally:
+        runner.stop()
+    assert runner.proc.poll() is not None
+
+
+def test_celery_runner_is_not_ready_without_a_broker():
+    runner = CeleryRunner(Settings(runner="celery", broker_url="redis://127.0.0.1:1/0"))
+    assert "broker unreachable" in runner.problem()

@@ -1,0 +1,220 @@
+"""End to end: a real ``ml3 serve`` process on a free port with a temporary data directory,
+driven over HTTP by ``app.client``: train, follow SSE, evaluate, download, meta-test, move an
+alias; then stop the server mid-job (SIGTERM, then SIGKILL) and restart it."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from app.client import ApiError, Client
+from ml3core import load_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 2, "outer_iterations": 20,
+         "eval_every": 10, "eval_steps": 10, "validation_tasks": 2,
+         "meta_test": {"steps": 20, "tasks": 3, "horizons": [10, 20]}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``ml3 serve`` in its own process group (server + its runner process)."""
+
+    def __init__(self, data_dir: Path, **env):
+        self.data_dir, self.port, self.proc = data_dir, free_port(), None
+        self.env = {**os.environ, "ML3_DATA_DIR": str(data_dir), "ML3_CHECKPOINT_EVERY": "5",
+                    "ML3_PROGRESS_EVERY": "5", "ML3_LEASE_SECONDS": "3", "ML3_POLL_SECONDS": "0.2",
+                    "ML3_RUNNER_THREADS": "1", **env}
+        self.env.pop("ML3_DATABASE_URL", None)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        log = open(self.data_dir / "server.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
+                                      "--log-level", "warning"], env=self.env, cwd=ROOT, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        end = time.time() + 90
+        while time.time() < end:
+            assert self.proc.poll() is None, (self.data_dir / "server.log").read_text()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not become ready")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if sig == signal.SIGKILL:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its runner, no goodbyes
+        else:
+            self.proc.send_signal(sig)
+        self.proc.wait(60)
+        _wait_group_gone(self.proc.pid)
+
+    def rows(self, table: str, where: str = "1=1") -> int:
+        with sqlite3.connect(self.data_dir / "ml3.db") as db:
+            return db.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+
+
+def _wait_group_gone(pgid: int, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("runner process outlived the server")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("e2e")).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def c(server):
+    with Client(server.url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trained(c):
+    """A small sine job followed over SSE to success: (job, events)."""
+    job = c.submit({**SMALL, "register_as": "e2e"})
+    events = list(c.events(job["id"]))
+    return c.job(job["id"]), events
+
+
+def test_sse_follows_a_job_to_success(trained):
+    job, events = trained
+    assert job["status"] == "succeeded" and job["result"]["loss"] == "e2e:1"
+    kinds = [e for _, e, _ in events]
+    statuses = [d["status"] for _, e, d in events if e == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert [d["completed"] for _, e, d in events if e == "progress"] == [5, 10, 15, 20]
+    assert kinds.count("metrics") == 2
+    assert [i for i, _, _ in events] == sorted(i for i, _, _ in events)
+
+
+def test_evaluate_equals_the_loss_loaded_locally(server, c, trained):
+    by_url = load_loss(f"{server.url}/v1/losses/e2e")  # ml3core fetches .../artifact
+    path = c.pull("e2e", str(server.data_dir / "e2e.zip"))
+    pulled = load_loss(path)
+    pred, target = torch.linspace(-3, 3, 50), torch.linspace(-1, 1, 50)
+    expected = float(pulled(pred, target))
+    assert float(by_url(pred, target)) == expected
+    assert c.evaluate("e2e", pred, target)["loss"] == pytest.approx(expected, rel=1e-6)
+    cli = subprocess.run([sys.executable, "-m", "app.cli", "losses", "evaluate", "e2e", "--server", server.url,
+                          "--pred", "0.1,0.5", "--target", "0,1"], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["loss"] == pytest.approx(float(pulled(torch.tensor([0.1, 0.5]),
+                                                                        torch.tensor([0.0, 1.0]))), rel=1e-6)
+
+
+def test_meta_test_job(c, trained):
+    job = c.meta_test("e2e", tasks=3, steps=20, horizons=[10, 20], seeds=2)
+    job = c.wait(job["id"], progress=False, timeout=300)
+    assert job["status"] == "succeeded" and job["kind"] == "meta-test"
+    report = c.report(job["id"])
+    assert set(report["curves"]) == {"learned", "mse"}
+    assert {"mse_train", "mse_heldout"} <= set(report["curves"]["learned"])
+    assert [h["steps"] for h in report["horizon"]] == [10, 20]
+    assert c.request("GET", job["result"]["figures"]["meta_test.png"]).content[:4] == b"\x89PNG"
+
+
+def test_alias_move_is_followed(c, trained):
+    second = c.wait(c.submit({**SMALL, "seed": 7, "register_as": "e2e"})["id"], progress=False, timeout=300)
+    assert second["result"]["loss"] == "e2e:2"
+    pred, target = [0.3, 1.5, -0.7], [0.0, 1.0, 0.0]
+    v1 = c.evaluate("e2e:1", pred, target)["loss"]
+    v2 = c.evaluate("e2e:2", pred, target)["loss"]
+    assert v1 != v2
+    c.set_alias("e2e", "production", 1)
+    assert c.evaluate("e2e@production", pred, target)["loss"] == v1
+    c.set_alias("e2e", "production", 2)
+    got = c.evaluate("e2e@production", pred, target)
+    assert got["loss"] == v2 and got["id"] == "e2e:2"
+
+
+def test_downstream_example_trains_with_the_served_loss(server, trained):
+    out = subprocess.run([sys.executable, "examples/downstream_training.py", "--server", server.url,
+                          "--loss", "e2e:1", "--steps", "30"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 3, 15, 30]
+    assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+
+
+def test_bad_inputs_are_problems_and_change_nothing(server, c, trained):
+    tables = ("jobs", "job_events", "loss_versions", "loss_aliases", "checkpoints")
+    before = {t: server.rows(t) for t in tables}
+    bad = [
+        ("POST", "/v1/jobs", {"json": {"task": {"family": "nope"}}}, 422),
+        ("POST", "/v1/jobs", {"json": {**SMALL, "unknown": 1}}, 422),
+        ("POST", "/v1/jobs", {"json": {**SMALL, "outer_iterations": -5}}, 422),
+        ("POST", "/v1/losses/e2e/evaluate", {"content": b'{"pred": [NaN], "target": [0]}',
+                                             "headers": {"content-type": "application/json"}}, 422),
+        ("POST", "/v1/losses/e2e/evaluate", {"json": {"pred": [1, 2, 3], "target": [1, 2]}}, 422),
+        ("GET", "/v1/losses/e2e/evaluate?pred=" + ",".join(["1"] * 1001) + "&target=1", {}, 413),
+        ("PUT", "/v1/losses/e2e/aliases/production", {"json": {"version": 42}}, 422),
+        ("GET", "/v1/losses/e2e:42", {}, 404),
+    ]
+    for method, path, kw, status in bad:
+        with pytest.raises(ApiError) as e:
+            c.request(method, path, **kw)
+        assert e.value.status == status, (path, e.value)
+        assert {"type", "title", "status", "detail", "code"} <= set(e.value.problem)
+    assert {t: server.rows(t) for t in tables} == before
+
+
+def _until(cond, timeout=180):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_restart_mid_job_resumes_from_checkpoint_and_registers_once(tmp_path, sig):
+    server = Server(tmp_path).start()
+    spec = {**SMALL, "outer_iterations": 120, "eval_every": 60, "register_as": "restarted"}
+    try:
+        with Client(server.url) as c:
+            job_id = c.submit(spec)["id"]
+            checkpoint = _until(lambda: c.job(job_id)["checkpoint"])
+        server.stop(sig)
+        left = server.rows("jobs", f"id = {job_id} AND status IN ('queued', 'running')")
+        assert left == 1  # neither finished nor failed while the server was down
+        server.start()
+        with Client(server.url) as c:
+            job = c.wait(job_id, progress=False, timeout=300)
+            assert job["status"] == "succeeded" and job["progress"]["completed"] == 120
+            runs = [d for _, e, d in c.events(job_id) if e == "status" and d["status"] == "running"]
+            assert len(runs) == 2 and runs[1]["resumed_from"] >= checkpoint > 0
+            versions = c.request("GET", "/v1/losses/restarted/versions").json()["items"]
+            assert [(v["version"], v["job_id"]) for v in versions] == [(1, job_id)]
+    finally:
+        server.stop()
