@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from ml3core import ConfigError
 
+from . import dashboard
 from .api.routes import health, jobs, losses
 from .core.config import Settings, get_settings
 from .db import get_engine, get_sessionmaker, upgrade
@@ -122,4 +123,5 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.add_middleware(Guard, state=app.state)
     for module in (health, jobs, losses):
         app.include_router(module.router)
+    app.include_router(dashboard.router)  # the web pages at /
     return app

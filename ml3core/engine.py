@@ -279,14 +279,18 @@ class MetaTrainer:
                 self.history["eval"].setdefault(group, {}).setdefault(k, []).append(v)
 
     def latest_metrics(self) -> dict:
+        """Means over seeds as flat numbers; ``per_seed`` holds each seed's values (for bands)."""
         h = self.history
-        out = {"iteration": self.iteration}
+        out, per_seed = {"iteration": self.iteration}, {}
         if h["meta_loss"] and h["meta_loss"][-1] is not None:
             out["meta_loss"] = h["meta_loss"][-1]
         for group, metrics in h["eval"].items():
             for k, per_iteration in metrics.items():
                 out[f"{group}.{k}"] = _mean(per_iteration[-1])
                 out[f"{group}.{k}.mse_baseline"] = _mean(h["baseline"][group][k])
+                per_seed[f"{group}.{k}"] = per_iteration[-1]
+                per_seed[f"{group}.{k}.mse_baseline"] = h["baseline"][group][k]
+        out["per_seed"] = per_seed
         return out
 
     # -- the loop ----------------------------------------------------------------------------
