@@ -1,10 +1,12 @@
 """Inverse dynamics with a physics prior (review §3.3, paper §IV.C): u = M(q)·q̈ + c(q, q̇) + g(q).
 
-A task is a set of joint trajectories q_i(t) = c_i + A_i·sin(2π·f_i·t + φ_i) with the task's own
-frequencies f_i and centres c_i (and payload, if any); each trajectory has its own phases. Its
-train points come from ``trajectories`` of them, its held-out points from other ones; q̇, q̈ are
-analytic and u comes from the robot's inverse dynamics, so the data are exact. Each sample also
-carries the true M(q): the label of the prior, known only at meta-train time.
+A task is a set of joint trajectories q_i(t) = c_i + A_i·sin(2π·f_i·t + φ_i) around the task's
+own centres c_i (and with its payload, if any); each trajectory has its own frequencies and
+phases. (Were the frequencies shared, q̈ = −ω²·(q − c) would be a function of q on every
+trajectory of a task, and M·q̈ could hide in g(q).) The train points come from ``trajectories``
+of them, the held-out points from other ones; q̇, q̈ are analytic and u comes from the robot's
+inverse dynamics, so the data are exact. Each sample also carries the true M(q): the label of
+the prior, known only at meta-train time.
 
 The optimizee (``model="delan"``) is a Deep Lagrangian Network with its own inertia M_theta(q);
 ``"mlp"`` is a black box whose implied inertia is ∂û/∂q̈. Task losses at meta-train:
@@ -12,10 +14,13 @@ The optimizee (``model="delan"``) is a Deep Lagrangian Network with its own iner
 the review reads the paper) and ``"mixed"`` β·MSE + γ·prior (the review's eq. 5 reading).
 Meta-test trains on torques only; the inertia error is measured, never trained on.
 
-Scales: torques are divided per joint by their standard deviation and the inertia error is
-measured in D^{-1/2}·(M − M_theta)·D^{-1/2} with D the mean diagonal of M, both taken from a
-fixed reference set of the family's train distribution, so that the iiwa's joint 7 (torques
-≈0.1 Nm, M77 ≈ 0.003) counts as much as joint 2 (≈140 Nm).
+Scales, all from a fixed reference set of the family's train distribution: torques are divided
+per joint by their standard deviation, and the inertia error is measured in
+D^{-1/2}·(M − M_theta)·D^{-1/2} with D the mean diagonal of M, so that the iiwa's joint 7
+(torques ≈0.1 Nm, M77 ≈ 0.003) counts as much as joint 2 (≈140 Nm). L_phi sees those
+normalised torques and x = [q, q̇, q̈] divided by its std (``scales``); a user of a published
+loss feeds it the same. The DeLaN's inertia gets a per-joint unit √(torque std / q̈ std),
+taken from torques and motions only, never from M.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from ..config import check, check_interval, check_range
 from ..losses import apply_loss
 from ..models import mlp_forward, mlp_init
-from ..models_delan import DERIVATIVES, delan_init, delan_torque, mlp_torque
+from ..models_delan import DERIVATIVES, delan_gravity, delan_inertia, delan_init, mlp_torque
 from ..robots import JOINTS, ROBOTS, make_robot
 from .base import TaskFamily, mse, uniform
 
@@ -45,7 +50,7 @@ class InverseDynamicsConfig:
     task_loss: str = "mse"  # mse | prior | mixed
     beta: float = 1.0  # "mixed": beta * torque MSE + gamma * prior
     gamma: float = 1.0
-    train_task: str = "fixed"  # "fixed": one set of meta-train tasks per run; "sampled": new ones each step
+    train_task: str = "sampled"  # "sampled": new meta-train tasks each iteration; "fixed": one set per run
     trajectories: int = 2  # per task, for the train points
     heldout_trajectories: int = 2
     points: int = 32  # samples per trajectory, evenly spaced over ``duration``
@@ -103,15 +108,26 @@ class InverseDynamicsFamily(TaskFamily):
         return self.config.train_task == "fixed"
 
     def loss_defaults(self) -> dict:
-        return {"pred_dim": self.n, "x_dim": 3 * self.n}
+        """L_phi reads the state too: weighing torque errors by (q, q̇, q̈) is how a loss can
+        steer M_theta (without x, the prior-shaped loss lowered the 2-link inertia error about
+        half as much in our runs)."""
+        return {"inputs": ["pred", "target", "x"], "pred_dim": self.n, "x_dim": 3 * self.n}
 
     def train_defaults(self) -> dict:
-        return {"inner_lr": 0.03, "outer_lr": 1e-3, "tasks_per_batch": 4, "eval_steps": 100}
+        """A phi update after every inner step along 100-step trainings (``online``): the loss
+        is shaped over the whole meta-test horizon, not only at the initial models. Plain SGD
+        on a DeLaN diverges on some 2-link tasks from lr ≈ 0.01 on (0.005 leaves a margin) and
+        on most iiwa tasks from 5e-4 on: with torques per joint std, joint 7's tiny torques
+        amplify every q7-dependence of the big joints' inertia."""
+        lr = 0.005 if self.config.robot == "2link" else 1e-4
+        return {"inner_lr": lr, "outer_lr": 1e-3, "tasks_per_batch": 4, "schedule": "online",
+                "inner_steps": 100, "outer_iterations": 20, "eval_every": 5, "eval_steps": 100}
 
     # -- scales -------------------------------------------------------------------------------
     @property
-    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(torque std per joint (n,), mean inertia diagonal (n,)) of the reference set."""
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(torque std per joint (n,), mean inertia diagonal (n,), std of [q, q̇, q̈] (3n,)) of the
+        reference set."""
         c = self.config
         return _reference_scales(c.robot, c.points, c.duration, tuple(c.frequency), c.amplitude,
                                  tuple(c.payload))
@@ -125,12 +141,15 @@ class InverseDynamicsFamily(TaskFamily):
 
     def forward(self, theta, x):
         """(normalised torque (..., N, n), M_theta (..., N, n, n)) at x = [q, q̇, q̈]."""
-        sigma = self.scales[0].to(x)
+        sigma, _, x_std = (s.to(x) for s in self.scales)
         q, qd, qdd = x.split(self.n, -1)
-        if self.config.model == "delan":
-            u, inertia = delan_torque(theta, q, qd, qdd, self.config.model_activation, self.config.eps)
-            return u / sigma, inertia
-        u, jac = mlp_torque(theta, q, qd, qdd, self.config.model_activation)
+        act = self.config.model_activation
+        if self.config.model == "delan":  # the gravity head speaks normalised torque directly
+            unit = (sigma / x_std[2 * self.n :]).sqrt()  # √(torque std / acceleration std): data, not M
+            inertia, c = delan_inertia(theta, q, qd, act, self.config.eps, unit)
+            u = (inertia @ qdd.unsqueeze(-1)).squeeze(-1) + c
+            return u / sigma + delan_gravity(theta, q, act), inertia
+        u, jac = mlp_torque(theta, q, qd, qdd, act)
         return u, sigma.unsqueeze(-1) * jac
 
     def predict(self, theta, x):
@@ -159,6 +178,11 @@ class InverseDynamicsFamily(TaskFamily):
         return out
 
     # -- losses and metrics --------------------------------------------------------------------
+    def loss_inputs(self, theta, data):
+        """L_phi sees normalised torques and the state [q, q̇, q̈] divided by its reference std."""
+        x = data["x"]
+        return self.predict(theta, x), data["y"], x / self.scales[2].to(x)
+
     def extra_loss(self, theta, data):
         return self.prior(self.forward(theta, data["x"])[1], data["M"])
 
@@ -207,9 +231,9 @@ class InverseDynamicsFamily(TaskFamily):
 
 # -- data ------------------------------------------------------------------------------------------
 def sinusoids(t, frequency, phase, centre, amplitude):
-    """q, q̇, q̈ of q = c + A·sin(2π·f·t + φ): t (P,), frequency/centre/amplitude (..., n),
+    """q, q̇, q̈ of q = c + A·sin(2π·f·t + φ): t (P,), centre/amplitude (..., n), frequency and
     phase (..., K, n) -> each (..., K, P, n)."""
-    w = (2 * math.pi * frequency).unsqueeze(-2).unsqueeze(-2)
+    w = (2 * math.pi * frequency).unsqueeze(-2)
     arg = w * t.view(-1, 1) + phase.unsqueeze(-2)
     a = amplitude.unsqueeze(-2).unsqueeze(-2)
     q = centre.unsqueeze(-2).unsqueeze(-2) + a * torch.sin(arg)
@@ -222,7 +246,7 @@ def _sample_raw(robot, generators, n, trajectories, heldout, points, duration, f
     mid, half = (upper + lower) / 2, (upper - lower) / 2
     amp = amplitude * half
     J, K = robot.n_joints, trajectories + heldout
-    f = uniform(generators, (n, J), frequency).double()
+    f = uniform(generators, (n, K, J), frequency).double()
     centre = mid + uniform(generators, (n, J), (-1.0, 1.0)).double() * amp
     phase = uniform(generators, (n, K, J), (0.0, 2 * math.pi)).double()
     mass = uniform(generators, (n,), payload).double()
@@ -242,5 +266,86 @@ def _reference_scales(robot, points, duration, frequency, amplitude, payload):
     gen = [torch.Generator().manual_seed(REFERENCE_SEED)]
     raw = _sample_raw(make_robot(robot), gen, REFERENCE_TASKS, 2, 0, points, duration, frequency, amplitude,
                       payload)
-    u, M = raw["u"].flatten(0, -2), raw["M"].flatten(0, -3)
-    return u.std(0), M.diagonal(dim1=-2, dim2=-1).mean(0)
+    u, M, x = raw["u"].flatten(0, -2), raw["M"].flatten(0, -3), raw["x"].flatten(0, -2)
+    return u.std(0), M.diagonal(dim1=-2, dim2=-1).mean(0), x.std(0)
+
+
+# -- the review's Fig. 7 --------------------------------------------------------------------------
+VARIANT_LABELS = {"mse": "L_φ learned with torque MSE", "prior": "L_φ learned with the prior",
+                  "mixed": "L_φ learned with β·MSE + γ·prior"}
+
+
+def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None) -> dict:
+    """Meta-train one loss per task-loss variant, meta-test each against plain torque MSE on the
+    same held-out tasks from the same initial models, and draw the curves (review Fig. 7).
+
+    ``spec`` is a job spec (seeds, iterations, ``task`` settings such as the robot); its
+    ``task.task_loss`` is replaced by each variant in turn. Returns {"summary": end points per
+    curve, "reports": meta-test report per variant, "figure": PNG bytes}.
+    """
+    from ..api import parse_spec
+    from ..engine import MetaTrainer
+    from ..metatest import meta_test
+
+    spec = dict(spec or {})
+    task = {**spec.pop("task", {}), "family": InverseDynamicsFamily.name}
+    check(len(variants) > 0 and all(v in TASK_LOSSES for v in variants), "variants", f"some of {TASK_LOSSES}")
+    reports = {}
+    for variant in variants:
+        plan = parse_spec({**spec, "task": {**task, "task_loss": variant}})
+        cfg = plan.train
+        result = MetaTrainer(plan.family, plan.loss, cfg).run(hooks)
+        reports[variant] = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test,
+                                     cfg.inner_lr, cfg.device, cfg.dtype)
+    robot = plan.family.config.robot
+    first = reports[variants[0]]
+    plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)] for m, rows in first["curves"]["mse"].items()
+             if all(None not in r for r in rows)}
+    curves = {"MSE": first["curves"]["mse"]}
+    curves.update({VARIANT_LABELS[v]: r["curves"]["learned"] for v, r in reports.items()})
+    summary = {"robot": robot, "steps": first["steps"], "tasks": first["tasks"], "seed_ids": first["seed_ids"],
+               "final": {name: {m: _mean(rows, -1) for m, rows in c.items()} for name, c in curves.items()},
+               "horizon": [{"steps": row["steps"], "MSE": row["mse"],
+                            **{VARIANT_LABELS[v]: r["horizon"][i]["learned"] for v, r in reports.items()}}
+                           for i, row in enumerate(first["horizon"])],
+               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, r) for v, r in reports.items()}}
+    return {"summary": summary, "reports": reports, "figure": _figure7(curves, first["steps"], robot)}
+
+
+def _at_equal_torque(plain: dict, report: dict) -> dict | None:
+    """Plain MSE's inertia error at its first step whose held-out torque MSE is as low as the
+    learned loss's at the end: a loss that merely fits torques more slowly keeps M_theta near its
+    initial value, so an inertia error is only better if it beats this."""
+    target = _mean(report["curves"]["learned"]["mse_heldout"], -1)
+    if target is None or "mse_heldout" not in plain:
+        return None
+    step = next((k for k, v in enumerate(plain["mse_heldout"]) if v <= target), None)
+    return None if step is None else {"step": step, "mse_heldout": plain["mse_heldout"][step],
+                                      "prior_heldout": plain["prior_heldout"][step]}
+
+
+def _mean(rows, index):
+    vals = [r[index] for r in rows if r[index] is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _figure7(curves: dict, steps: int, robot: str) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..plots import LEARNED, PLAIN, SHAPED, _band, _png
+
+    colors = {"MSE": PLAIN, VARIANT_LABELS["mse"]: LEARNED, VARIANT_LABELS["prior"]: SHAPED,
+              VARIANT_LABELS["mixed"]: "tab:purple"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(steps + 1)
+    for ax, metric, label in ((axes[0], "mse_heldout", "torque MSE, held-out trajectories (normalised)"),
+                              (axes[1], "prior_heldout", "inertia error ‖D^-½(M − M_θ)D^-½‖² (held-out)")):
+        for name, c in curves.items():
+            _band(ax, x, c[metric], colors.get(name), "trained with " + name if name == "MSE" else name)
+        ax.set_xlabel("gradient step (meta-test, torques only)")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+    axes[0].set_title(f"Inverse dynamics, {robot}: held-out tasks")
+    axes[1].legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,246 @@
+"""The inverse-dynamics family: DeLaN structure, data, the three task losses, and the physics
+prior's effect on the 2-link arm (review §3.3)."""
+
+import math
+
+import pytest
+import torch
+
+from ml3core import ConfigError, make_family
+from ml3core.api import parse_spec
+from ml3core.engine import MetaTrainer, fresh_theta, sample_data
+from ml3core.models import mlp_init
+from ml3core.models_delan import delan_inertia, delan_init, mlp_torque
+from ml3core.robots import make_robot
+from ml3core.tasks.inverse_dynamics import sinusoids
+
+SMALL = {"points": 16, "trajectories": 1, "heldout_trajectories": 1, "model_hidden": [16, 16]}
+
+
+def family(**task):
+    return make_family({"family": "inverse-dynamics", **SMALL, **task})
+
+
+def random_delan(n, seed, count=3, hidden=(16, 16)):
+    """A DeLaN with a random inertia head too (a fresh one starts at zero: constant M, no Coriolis)."""
+    g = torch.Generator().manual_seed(seed)
+    params = delan_init(n, list(hidden), [g], count)
+    fill = lambda v: v if v.abs().sum() > 0 else 0.3 * torch.randn(v.shape, generator=g)  # noqa: E731
+    return {k: fill(v).double() for k, v in params.items()}
+
+
+def test_fresh_delan_starts_with_constant_diagonal_inertia():
+    params = delan_init(3, [8], [torch.Generator().manual_seed(0)], 2)
+    q = torch.randn(1, 2, 4, 3)
+    M, c = delan_inertia(params, q, torch.randn_like(q), eps=0.0, scale=torch.tensor([2.0, 1.0, 0.1]))
+    expected = torch.diag(torch.tensor([2.0, 1.0, 0.1]) ** 2 * math.log(2) ** 2)
+    torch.testing.assert_close(M, expected.expand_as(M))
+    assert torch.equal(c, torch.zeros_like(c))
+
+
+@pytest.mark.parametrize("n", [2, 7])
+def test_delan_inertia_is_symmetric_positive_definite(n):
+    theta = random_delan(n, seed=n)
+    g = torch.Generator().manual_seed(0)
+    q = 10 * torch.randn(1, 3, 200, n, generator=g, dtype=torch.float64)  # far outside any joint range too
+    M, _ = delan_inertia(theta, q, torch.zeros_like(q), eps=1e-5, scale=torch.linspace(0.05, 3, n))
+    assert M.shape == (1, 3, 200, n, n)
+    assert torch.equal(M, M.mT)
+    assert torch.linalg.eigvalsh(M).min() >= 1e-5 * 0.99
+
+
+@pytest.mark.parametrize("n", [2, 7])
+def test_delan_coriolis_matches_finite_differences_of_m(n):
+    """c = Ṁ·q̇ − ½·∂(q̇ᵀMq̇)/∂q, both derivatives by central differences of M_theta alone."""
+    theta = random_delan(n, seed=10 + n)
+    g = torch.Generator().manual_seed(1)
+    q, qd = (torch.randn(1, 3, 5, n, generator=g, dtype=torch.float64) for _ in range(2))
+    scale = torch.linspace(0.1, 2, n, dtype=torch.float64)
+    M, c = delan_inertia(theta, q, qd, scale=scale)
+    h = 1e-6
+    inertia = lambda q: delan_inertia(theta, q, qd, scale=scale)[0]  # noqa: E731
+    kinetic = lambda q: (qd.unsqueeze(-2) @ inertia(q) @ qd.unsqueeze(-1)).flatten(-3)  # noqa: E731
+    mdot = (inertia(q + h * qd) - inertia(q - h * qd)) / (2 * h)
+    eye = torch.eye(n, dtype=torch.float64)
+    grad_kinetic = torch.stack([(kinetic(q + h * e) - kinetic(q - h * e)) / (2 * h) for e in eye], -1)
+    expected = (mdot @ qd.unsqueeze(-1)).squeeze(-1) - 0.5 * grad_kinetic
+    assert c.abs().max() > 1e-3  # not trivially zero
+    torch.testing.assert_close(c, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_mlp_implied_inertia_is_the_jacobian_in_the_accelerations():
+    n = 3
+    theta = {k: v.double() for k, v in mlp_init([3 * n, 8, n], [torch.Generator().manual_seed(2)], 1).items()}
+    g = torch.Generator().manual_seed(3)
+    q, qd, qdd = (torch.randn(1, 1, 4, n, generator=g, dtype=torch.float64) for _ in range(3))
+    _, jac = mlp_torque(theta, q, qd, qdd)
+    for i in range(4):
+        def f(a, i=i):
+            return mlp_torque(theta, q[..., i : i + 1, :], qd[..., i : i + 1, :], a.view(1, 1, 1, n))[0].flatten()
+
+        torch.testing.assert_close(jac[0, 0, i], torch.autograd.functional.jacobian(f, qdd[0, 0, i]))
+
+
+def test_sinusoid_derivatives_are_analytic():
+    t = torch.linspace(0, 3, 50, dtype=torch.float64, requires_grad=True)
+    f, phase = torch.tensor([[0.3, 0.2]], dtype=torch.float64), torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    centre, amp = torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor([0.5, 0.8], dtype=torch.float64)
+    q, qd, qdd = sinusoids(t, f, phase, centre, amp)
+    for j in range(2):
+        (dq,) = torch.autograd.grad(q[0, :, j].sum(), t, create_graph=True)
+        (ddq,) = torch.autograd.grad(dq.sum(), t, retain_graph=True)
+        torch.testing.assert_close(dq, qd[0, :, j])
+        torch.testing.assert_close(ddq, qdd[0, :, j])
+
+
+@pytest.mark.parametrize("payload", [[0.0, 0.0], [0.5, 2.0]])
+def test_tasks_carry_exact_torques_and_inertia_labels(payload):
+    fam = family(payload=payload)
+    data = fam.sample_tasks([torch.Generator().manual_seed(s) for s in (0, 1)], 3, "test")
+    assert data["x"].shape == (2, 3, 16, 6) and data["y"].shape == (2, 3, 16, 2)
+    assert data["M"].shape == (2, 3, 16, 2, 2) and data["x_heldout"].shape == (2, 3, 16, 6)
+    sigma = fam.scales[0]
+    arm = make_robot("2link")
+    for s in range(2):
+        for i in range(3):
+            robot = arm.with_payload(float(data["payload"][s, i]))
+            for key in ("", "_heldout"):
+                q, qd, qdd = data["x" + key][s, i].split(2, -1)
+                torch.testing.assert_close(data["y" + key][s, i] * sigma, robot.inverse_dynamics(q, qd, qdd))
+                torch.testing.assert_close(data["M" + key][s, i], robot.mass_matrix(q))
+    lo, hi = payload
+    assert ((data["payload"] >= lo) & (data["payload"] <= hi)).all()
+    assert not torch.equal(data["x"], data["x_heldout"])  # held-out trajectories are other trajectories
+
+
+def test_torques_are_normalised_per_joint():
+    fam = family(robot="2link")
+    data = fam.sample_tasks([torch.Generator().manual_seed(7)], 16, "train")
+    std = data["y"].flatten(0, -2).std(0)
+    assert ((std > 0.5) & (std < 2.0)).all(), std  # both joints on one scale (raw: ~11 vs ~3.5 Nm)
+
+
+@pytest.mark.parametrize("model", ["delan", "mlp"])
+@pytest.mark.parametrize("task_loss", ["mse", "prior", "mixed"])
+def test_every_variant_meta_trains_with_finite_second_order_gradients(model, task_loss):
+    plan = parse_spec({"task": {"family": "inverse-dynamics", "model": model, "task_loss": task_loss, **SMALL},
+                       "seeds": 2, "outer_iterations": 1, "tasks_per_batch": 2, "eval_steps": 2})
+    trainer = MetaTrainer(plan.family, plan.loss, plan.train)
+    before = {k: v.detach().clone() for k, v in trainer.phi.items()}
+    loss = trainer.step()
+    assert math.isfinite(loss)
+    moved = [not torch.equal(before[k], v) for k, v in trainer.phi.items()]
+    assert all(moved)
+    theta = trainer._fresh_theta(trainer.gens, 2)
+    data = trainer._sample_data(trainer.gens, 2, "train")
+    metrics = plan.family.metrics(theta, data)
+    assert set(metrics) == {"mse_train", "mse_heldout", "prior_train", "prior_heldout"}
+    assert all(v.shape == (2, 2) and torch.isfinite(v).all() for v in metrics.values())
+
+
+def test_task_losses_weigh_mse_and_prior():
+    theta_data = {}
+    values = {}
+    for task_loss in ("mse", "prior", "mixed"):
+        fam = family(task_loss=task_loss, beta=2.0, gamma=3.0)
+        if not theta_data:
+            gens = [torch.Generator().manual_seed(0)]
+            theta_data = {"theta": fresh_theta(fam, gens, 2, "cpu", torch.float64),
+                          "data": sample_data(fam, gens, 2, "train", "cpu", torch.float64)}
+        values[task_loss] = fam.task_loss(theta_data["theta"], theta_data["data"])
+    fam = family()
+    mse = fam.plain_loss(theta_data["theta"], theta_data["data"])
+    prior = fam.extra_loss(theta_data["theta"], theta_data["data"])
+    torch.testing.assert_close(values["mse"], mse)
+    torch.testing.assert_close(values["prior"], prior)
+    torch.testing.assert_close(values["mixed"], 2 * mse + 3 * prior)
+
+
+@pytest.mark.parametrize("task, loc", [
+    ({"robot": "3link"}, "task.robot"),
+    ({"task_loss": "shaping"}, "task.task_loss"),
+    ({"model": "rnn"}, "task.model"),
+    ({"eps": 0.01}, "task.eps"),  # larger than the iiwa's M77: the prior could never be met
+    ({"frequency": [0.5, 0.1]}, "task.frequency"),
+    ({"payload": [-1, 0]}, "task.payload"),
+])
+def test_bad_task_settings_name_the_field(task, loc):
+    with pytest.raises(ConfigError) as e:
+        family(**task)
+    assert e.value.loc == loc
+
+
+def test_landscape_and_figures():
+    from ml3core.losses import LossSpec, init_loss_params
+
+    fam = family()
+    spec = LossSpec.from_dict({"inputs": ["pred", "target", "x"]}, **fam.loss_defaults())
+    params = init_loss_params(spec, torch.Generator().manual_seed(0))
+    land = fam.landscape(spec, params, {"points": 11})
+    assert set(land["curves"]) == {"learned, joint 1", "learned, joint 2", "MSE"}
+    assert all(len(v) == 11 for v in land["curves"].values())
+    assert land["curves"]["MSE"][5] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError):
+        fam.landscape(spec, params, {"points": 1})
+    curve = [[1.0, 0.5, 0.2]]
+    curves = {"learned": {"prior_heldout": curve}, "mse": {"prior_heldout": curve}}
+    report = {"meta_test": {"steps": 2, "curves": curves}}
+    png = fam.figures(spec, params, report)["inertia_error.png"]
+    assert png.startswith(b"\x89PNG")
+
+
+# -- the review's claim, measured on the 2-link arm -------------------------------------------------
+CLAIM_SPEC = {"task": {"robot": "2link", "model_hidden": [32, 32]}, "seeds": 1, "outer_iterations": 6,
+              "inner_steps": 50, "eval_every": 6, "eval_steps": 50, "validation_tasks": 1,
+              "meta_test": {"tasks": 6, "steps": 50, "horizons": [50]}}
+
+
+def test_prior_shaped_loss_on_the_two_link_arm():
+    """Meta-train L_phi with the prior and with torque MSE (300 phi updates each, online along
+    50-step trainings), then train fresh DeLaNs on 6 held-out tasks with torques only for 50
+    steps. Measured (CPU, 1 thread), held-out trajectories after 50 steps:
+
+        trained with             torque MSE   inertia error
+        plain MSE                   0.240        3.68   (two tasks with poorly excited joints drift)
+        L_phi learned w/ MSE        0.775        0.654
+        L_phi learned w/ prior      0.490        0.401
+        plain MSE at step 8         0.448        0.616  (its first step with torque MSE <= 0.490)
+
+    What holds: the prior-shaped loss gives the lowest inertia error, below the MSE-shaped loss,
+    below plain MSE, and below plain MSE stopped at the same torque error (so not merely by
+    fitting more slowly). What does not: its torques are worse than plain MSE's (about 2x), so
+    the paper's "better torque prediction" does not reproduce at this scale. The full default run
+    (`ml3 experiment inverse-dynamics --robot 2link --seeds 2`: 2000 phi updates, 10 tasks, 100
+    steps) agrees on the inertia (0.60 vs 0.77 plain, 0.79 MSE-shaped) and is worse on torques
+    (7.9 vs 0.29: the prior alone never asks for the gravity torques).
+    """
+    from ml3core.tasks.inverse_dynamics import VARIANT_LABELS, experiment
+
+    out = experiment(CLAIM_SPEC, ("prior", "mse"))
+    final = out["summary"]["final"]
+    plain, shaped, learned_mse = final["MSE"], final[VARIANT_LABELS["prior"]], final[VARIANT_LABELS["mse"]]
+    at_equal = out["summary"]["mse_at_equal_torque_error"][VARIANT_LABELS["prior"]]
+    assert shaped["prior_heldout"] < 0.8 * learned_mse["prior_heldout"]
+    assert shaped["prior_heldout"] < 0.5 * plain["prior_heldout"]
+    assert shaped["prior_heldout"] < 0.9 * at_equal["prior_heldout"]
+    # the part of the claim that does not hold here: torque MSE is worse than plain MSE, not better
+    assert plain["mse_heldout"] < shaped["mse_heldout"] < 3 * plain["mse_heldout"]
+    assert out["figure"].startswith(b"\x89PNG")
+
+
+TINY = ["--seeds", "1", "--outer-iters", "1", "--inner-steps", "3", "--eval-steps", "3", "--meta-test-tasks", "2",
+        "--meta-test-steps", "3", "--horizons", "3", "--set", "task.points=8", "--set", "task.model_hidden=[8]",
+        "--set", "validation_tasks=1", "--threads", "1"]
+
+
+def test_cli_train_and_experiment(tmp_path, capsys):
+    from app.cli import main
+
+    assert main(["train", "inverse-dynamics", "--robot", "2link", "--task-loss", "prior", "--model", "mlp",
+                 "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert (tmp_path / "run" / "inertia_error.png").exists() and (tmp_path / "run" / "loss" / "loss.json").exists()
+    assert main(["experiment", "inverse-dynamics", "--robot", "2link", "--variants", "mse,prior",
+                 "--out", str(tmp_path / "fig"), *TINY]) == 0
+    assert (tmp_path / "fig" / "figure7.png").read_bytes().startswith(b"\x89PNG")
+    assert "L_φ learned with the prior" in capsys.readouterr().out
+    assert main(["experiment", "inverse-dynamics", "--robot", "3link", "--out", str(tmp_path / "bad"), *TINY]) == 2
