@@ -1,0 +1,106 @@
+"""Data sets of tasks for the ``dataset`` family: upload (CSV or NPZ), list, show, delete.
+
+A meta-train job names one with ``{"task": {"family": "dataset", "dataset": ID}}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import delete, select
+
+from ... import datasets
+from ...errors import Problem
+from ...models import Dataset
+from ..deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[READ])
+OPTIONS = {"name", "filename", "format", "task_column", "inputs", "outputs"}
+
+UPLOAD_DOC = {
+    "parameters": [
+        {"name": "name", "in": "query", "schema": {"type": "string", "maxLength": 128},
+         "description": "a label (default: the file name)"},
+        {"name": "filename", "in": "query", "schema": {"type": "string"},
+         "description": "the file's name, for a raw body (its extension gives the format)"},
+        {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["csv", "npz"]},
+         "description": "default: from the file name, the Content-Type, then the bytes"},
+        {"name": "task_column", "in": "query", "schema": {"type": "string"},
+         "description": "CSV: the column of task labels (default task)"},
+        {"name": "inputs", "in": "query", "schema": {"type": "string"},
+         "description": "comma-separated input columns (CSV default: all but task and outputs)"},
+        {"name": "outputs", "in": "query", "schema": {"type": "string"},
+         "description": "comma-separated output columns (CSV default: y, y1, y2, ..., y_*)"},
+    ],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary"}, **{k: {"type": "string"} for k in sorted(OPTIONS)}}}},
+        "text/csv": {"schema": {"type": "string"}},
+        "application/x-npz": {"schema": {"type": "string", "format": "binary"}},
+    }},
+}
+
+
+def _save(Session, data, name: str, filename: str | None, fmt: str) -> dict:
+    with Session() as db:
+        row = datasets.store(db, data, name, filename, fmt)
+        db.commit()
+        return datasets.dataset_json(row, full=True)
+
+
+@router.post("", status_code=201, summary="Upload a data set of tasks (multipart file or raw CSV/NPZ body)",
+             openapi_extra=UPLOAD_DOC)
+async def upload(request: Request, response: Response, key: SubmitKey) -> dict:
+    reject_unknown_query(request, OPTIONS)
+    settings = request.app.state.settings
+    options = dict(request.query_params)
+    media_type = request.headers.get("content-type", "")
+    if media_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=len(OPTIONS))
+        file = form.get("file")
+        if file is None or isinstance(file, str):
+            raise datasets.bad("file", "a multipart upload sends the data in a file field named 'file'")
+        if file.size is not None and file.size > settings.dataset_max_bytes:
+            raise datasets.too_large("dataset_max_bytes", f"a file of {file.size} bytes, at most "
+                                     f"{settings.dataset_max_bytes}")
+        for key, value in form.multi_items():
+            if key != "file":
+                if key not in OPTIONS or not isinstance(value, str):
+                    raise datasets.bad(key, f"unknown form field; known: {sorted(OPTIONS)}")
+                options.setdefault(key, value)
+        body, filename, media_type = await file.read(), file.filename, file.content_type
+    else:
+        body, filename = await request.body(), options.get("filename")
+    name = options.get("name") or filename or "dataset"
+    if len(name) > 128 or (filename is not None and len(filename) > 256):
+        raise datasets.bad("name", "at most 128 characters (a file name at most 256)")
+    fmt, data = await run_in_threadpool(datasets.read_upload, body, options, filename, media_type, settings)
+    out = await run_in_threadpool(_save, request.app.state.Session, data, name, filename, fmt)
+    response.headers["Location"] = out["links"]["self"]
+    return out
+
+
+@router.get("", summary="List data sets, newest first")
+def list_datasets(db: DB, page: PageDep) -> dict:
+    q = select(Dataset).order_by(Dataset.id.desc()).limit(page.limit + 1)
+    if page.after is not None:
+        q = q.where(Dataset.id < page.after)
+    return page.result(list(db.scalars(q)), lambda r: r.id, datasets.dataset_json)
+
+
+@router.get("/{dataset_id}", summary="A data set: shapes, rows per task, column statistics, active jobs")
+def show(db: DB, dataset_id: Id) -> dict:
+    out = datasets.dataset_json(datasets.get(db, dataset_id), full=True)
+    out["active_jobs"] = datasets.jobs_using(db, dataset_id)
+    return out
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a data set (409 while a job uses it)")
+def remove(db: DB, key: AdminKey, dataset_id: Id) -> Response:
+    datasets.get(db, dataset_id)
+    users = datasets.jobs_using(db, dataset_id)
+    if users:
+        raise Problem(409, "dataset_in_use", f"data set {dataset_id} is used by queued or running jobs {users}; "
+                      "cancel them or wait until they end", jobs=users)
+    db.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    db.commit()
+    return Response(status_code=204)

@@ -1,0 +1,284 @@
+"""Uploaded data sets: read a CSV or NPZ file of tasks, check it against the settings' limits,
+store it normalised in the database, and serve it to ml3core's ``dataset`` family.
+
+Every check runs before anything is written, so a rejected upload stores nothing. The stored
+form is ``ml3core.tasks.dataset.TaskData.to_bytes()`` (safetensors: deterministic, never
+unpickled); the database is the one store that the API, the embedded runner and Celery
+workers on other machines all share.
+
+CSV: a header row, one row per point. ``task_column`` (default ``task``) labels each row's
+task; ``outputs`` names the output columns (default: the columns called ``y``, ``y1``, ``y2``,
+... or ``y_<anything>``); ``inputs`` names the input columns (default: every other column).
+NPZ: arrays ``x`` (N,) or (N, X), ``y`` (N,) or (N, Y) and ``task`` (N,) of numbers or strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+import zipfile
+
+import numpy as np
+import torch
+from sqlalchemy import select
+
+from ml3core import ConfigError
+from ml3core.tasks import dataset as family
+
+from .core.config import Settings
+from .db import get_sessionmaker
+from .errors import Problem, invalid
+from .models import FINAL, META_TEST, Dataset, Job, LossVersion
+from .schemas import iso
+
+FORMATS = ("csv", "npz", "parquet")
+MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",
+               "application/zip": "npz", "application/vnd.apache.parquet": "parquet"}
+OUTPUT_NAME = re.compile(r"^y(\d+|_.*)?$")
+
+
+def bad(loc: str, msg: str) -> Problem:
+    return invalid(loc, msg, code="invalid_dataset")
+
+
+def too_large(setting: str, msg: str) -> Problem:
+    return Problem(413, "too_large", f"{msg} (setting ML3_{setting.upper()})", setting=setting)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def detect_format(fmt: str | None, filename: str | None, media_type: str | None, body: bytes) -> str:
+    """The ``format`` parameter, else the file name's extension, else the media type, else the bytes."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise bad("format", f"one of {list(FORMATS)}")
+        return fmt
+    ext = (filename or "").rsplit(".", 1)[-1].lower() if filename and "." in filename else ""
+    if ext in FORMATS:
+        return ext
+    media = (media_type or "").split(";")[0].strip().lower()
+    if media in MEDIA_TYPES:
+        return MEDIA_TYPES[media]
+    if body[:4] == b"PK\x03\x04":
+        return "npz"
+    return "parquet" if body[:4] == b"PAR1" else "csv"
+
+
+def _names(text: str | None, loc: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise bad(loc, "comma-separated column names")
+    return names
+
+
+def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: list[str] | None,
+             settings: Settings) -> family.TaskData:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise bad("file", f"a CSV file must be UTF-8 text ({e.reason} at byte {e.start})") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise bad("file", "empty: a CSV file starts with a header row of column names")
+    header = [h.strip() for h in header]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes or "" in header:
+        raise bad("header", f"column names must be unique and non-empty; repeated: {dupes}")
+    if task_column not in header:
+        raise bad("task_column", f"no column {task_column!r} in the header {header}; name it with ?task_column=")
+    if outputs is None:
+        outputs = [h for h in header if OUTPUT_NAME.match(h) and h != task_column]
+        if not outputs:
+            raise bad("outputs", "no output column: call them y, y1, y2, ... or name them with ?outputs=a,b")
+    if inputs is None:
+        inputs = [h for h in header if h != task_column and h not in outputs]
+    for loc, cols in (("inputs", inputs), ("outputs", outputs)):
+        missing = [c for c in cols if c not in header or c == task_column]
+        if missing or not cols:
+            raise bad(loc, f"columns {missing or cols} are not numeric columns of the header {header}")
+    if set(inputs) & set(outputs):
+        raise bad("outputs", f"columns both input and output: {sorted(set(inputs) & set(outputs))}")
+    if len(inputs) + len(outputs) > settings.dataset_max_columns:
+        raise too_large("dataset_max_columns", f"{len(inputs) + len(outputs)} columns, at most "
+                        f"{settings.dataset_max_columns}")
+    at = {h: i for i, h in enumerate(header)}
+    xi, yi, ti = [at[c] for c in inputs], [at[c] for c in outputs], at[task_column]
+    xs, ys, labels = [], [], []
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not v.strip() for v in row):
+            continue
+        if len(row) != len(header):
+            raise bad("file", f"line {line}: {len(row)} fields, the header has {len(header)}")
+        if len(labels) == settings.dataset_max_rows:
+            raise too_large("dataset_max_rows", f"more than {settings.dataset_max_rows} rows")
+        labels.append(row[ti].strip())
+        xs.append([_number(row[i], line, header[i]) for i in xi])
+        ys.append([_number(row[i], line, header[i]) for i in yi])
+    if not labels:
+        raise bad("file", "no data rows after the header")
+    if any(label == "" for label in labels):
+        raise bad(task_column, f"line {labels.index('') + 2}: empty task label")
+    return _task_data(xs, ys, labels, inputs, outputs)
+
+
+def _number(text: str, line: int, column: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise bad(column, f"line {line}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(v):
+        raise bad(column, f"line {line}: {text.strip()} is not finite (NaN and infinity are refused)")
+    return v
+
+
+def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
+             settings: Settings) -> family.TaskData:
+    try:
+        members = zipfile.ZipFile(io.BytesIO(body)).infolist()
+    except zipfile.BadZipFile:
+        raise bad("file", "not an NPZ file (a zip of .npy arrays, as numpy.savez writes)") from None
+    names = {m.filename for m in members}
+    if not {"x.npy", "y.npy", "task.npy"} <= names or len(names) != 3:
+        raise bad("file", f"an NPZ file holds exactly the arrays x, y and task; this one has {sorted(names)}")
+    unpacked = sum(m.file_size for m in members)  # checked before anything is decompressed
+    if unpacked > settings.dataset_max_bytes:
+        raise too_large("dataset_max_bytes", f"arrays of {unpacked} bytes, at most {settings.dataset_max_bytes}")
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            x, y, task = z["x"], z["y"], z["task"]
+    except ValueError as e:  # object arrays need pickle, which is never used
+        raise bad("file", f"arrays of numbers (task labels may be strings) only: {e}") from None
+    except Exception as e:
+        raise bad("file", f"unreadable NPZ file: {type(e).__name__}: {e}") from None
+    for loc, a, dims in (("x", x, (1, 2)), ("y", y, (1, 2)), ("task", task, (1,))):
+        if a.ndim not in dims or a.shape[0] == 0:
+            raise bad(loc, f"{'(N,)' if dims == (1,) else '(N,) or (N, columns)'} with N > 0, got shape {a.shape}")
+        if loc != "task" and a.dtype.kind not in "biuf":
+            raise bad(loc, f"numbers, got dtype {a.dtype}")
+    if task.dtype.kind not in "biuU":
+        raise bad("task", f"integer or string labels, got dtype {task.dtype}")
+    if not (len(x) == len(y) == len(task)):
+        raise bad("y", f"x, y and task need one row per point: {len(x)}, {len(y)}, {len(task)} rows")
+    if len(x) > settings.dataset_max_rows:
+        raise too_large("dataset_max_rows", f"{len(x)} rows, at most {settings.dataset_max_rows}")
+    x2, y2 = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    if x2.shape[1] + y2.shape[1] > settings.dataset_max_columns:
+        raise too_large("dataset_max_columns", f"{x2.shape[1] + y2.shape[1]} columns, at most "
+                        f"{settings.dataset_max_columns}")
+    for loc, names_, a in (("inputs", inputs, x2), ("outputs", outputs, y2)):
+        if names_ is not None and len(names_) != a.shape[1]:
+            raise bad(loc, f"{len(names_)} names for {a.shape[1]} columns")
+    return _task_data(x2.astype(np.float64), y2.astype(np.float64), task.tolist(), inputs, outputs)
+
+
+def _task_data(x, y, labels, inputs, outputs) -> family.TaskData:
+    try:
+        return family.TaskData.from_labels(torch.as_tensor(np.asarray(x, dtype=np.float64)),
+                                           torch.as_tensor(np.asarray(y, dtype=np.float64)),
+                                           labels, inputs, outputs)
+    except ConfigError as e:  # e.g. NaN in an NPZ array: the message names row and column
+        raise bad(e.loc, e.msg) from None
+
+
+def check_sizes(data: family.TaskData, settings: Settings) -> None:
+    """Enough tasks with enough rows each to split into meta-train / validation / test and to
+    hold out points inside every task; not more than the server takes."""
+    tasks, counts = len(data.names), data.counts()
+    if tasks > settings.dataset_max_tasks:
+        raise too_large("dataset_max_tasks", f"{tasks} tasks, at most {settings.dataset_max_tasks}")
+    if tasks < settings.dataset_min_tasks:
+        raise bad("task", f"{tasks} tasks; at least {settings.dataset_min_tasks} are needed (meta-train, "
+                  "meta-validation and meta-test tasks are different tasks)")
+    small = [(n, k) for n, k in zip(data.names, counts, strict=True) if k < settings.dataset_min_task_rows]
+    if small:
+        listed = ", ".join(f"{n!r} ({k})" for n, k in small[:5])
+        raise bad("task", f"every task needs at least {settings.dataset_min_task_rows} rows; "
+                  f"{len(small)} of {tasks} tasks have fewer: {listed}")
+
+
+def read_upload(body: bytes, options: dict, filename: str | None, media_type: str | None,
+                settings: Settings) -> tuple[str, family.TaskData]:
+    """(format, data) of an uploaded file, or a 4xx Problem. ``options``: the request's parameters."""
+    if len(body) > settings.dataset_max_bytes:
+        raise too_large("dataset_max_bytes", f"a file of {len(body)} bytes, at most {settings.dataset_max_bytes}")
+    if not body:
+        raise bad("file", "empty upload")
+    fmt = detect_format(options.get("format"), filename, media_type, body)
+    inputs, outputs = _names(options.get("inputs"), "inputs"), _names(options.get("outputs"), "outputs")
+    if fmt == "parquet":
+        raise Problem(415, "unsupported_format", "Parquet is not read by this server; upload CSV or NPZ")
+    if fmt == "npz":
+        data = read_npz(body, inputs, outputs, settings)
+    else:
+        data = read_csv(body, options.get("task_column") or "task", inputs, outputs, settings)
+    check_sizes(data, settings)
+    return fmt, data
+
+
+# -- storing and serving ----------------------------------------------------------------------------
+def store(db, data: family.TaskData, name: str, filename: str | None, fmt: str) -> Dataset:
+    blob = data.to_bytes()
+    row = Dataset(name=name, filename=filename, format=fmt, sha256=hashlib.sha256(blob).hexdigest(),
+                  size=len(blob), summary=data.summary(), data=blob)
+    db.add(row)
+    db.flush()
+    return row
+
+
+def get(db, dataset_id: int) -> Dataset:
+    row = db.get(Dataset, dataset_id)
+    if row is None:
+        raise Problem(404, "not_found", f"data set {dataset_id} not found")
+    return row
+
+
+def dataset_json(row: Dataset, full: bool = False) -> dict:
+    s = row.summary
+    out = {"id": row.id, "name": row.name, "filename": row.filename, "format": row.format, "sha256": row.sha256,
+           "size": row.size, "created_at": iso(row.created_at), "rows": s["rows"], "tasks": s["tasks"],
+           "x_dim": s["x_dim"], "y_dim": s["y_dim"], "inputs": s["inputs"], "outputs": s["outputs"],
+           "links": {"self": f"/v1/datasets/{row.id}"}}
+    if full:
+        out.update({k: s[k] for k in ("task_rows", "min_task_rows", "max_task_rows", "stats")})
+    return out
+
+
+def _uses(task: dict | None, dataset_id: int) -> bool:
+    return bool(task) and task.get("family") == "dataset" and str(task.get("dataset")) == str(dataset_id)
+
+
+def jobs_using(db, dataset_id: int) -> list[int]:
+    """Queued or running jobs that read the data set: meta-train jobs of it, and meta-test jobs
+    of a loss trained on it (unless they test on another data set) or that name it."""
+    out = []
+    for job in db.scalars(select(Job).where(Job.status.not_in(FINAL)).order_by(Job.id)):
+        if job.kind == META_TEST:
+            spec = db.get(LossVersion, job.loss_version_id).spec if job.loss_version_id else {}
+            task = {**spec.get("task", {}), **((job.plan.get("spec") or {}).get("task") or {})}
+        else:
+            task = job.plan.get("task")
+        if _uses(task, dataset_id):
+            out.append(job.id)
+    return out
+
+
+def load(db_url: str, name: str) -> family.TaskData:
+    """ml3core's loader: ``task.dataset`` is a data set id of this database."""
+    if not str(name).isdigit():
+        raise ConfigError("task.dataset", f"a data set id (from POST /v1/datasets), got {name!r}")
+    with get_sessionmaker(db_url)() as db:
+        blob = db.scalar(select(Dataset.data).where(Dataset.id == int(name)))
+    if blob is None:
+        raise ConfigError("task.dataset", f"no data set {name}; upload one with POST /v1/datasets")
+    return family.TaskData.from_bytes(blob)
+
+
+def use_database(db_url: str) -> None:
+    """Let the ``dataset`` family of this process read data sets from ``db_url``."""
+    family.set_loader(lambda name: load(db_url, name))

@@ -1,0 +1,322 @@
+"""Tasks from a user's data set: each task is the group of rows (x, y) that share a task label.
+
+The rows come from outside the config: ``dataset`` names them and ``resolve`` turns the name
+into a ``TaskData``, from arrays a script ``provide``d or from the loader a host application
+installed (the service reads its database). ml3core never opens a file or a database here,
+so a job spec cannot make a server read a path.
+
+Splits are by task, drawn from ``split_seed`` (the same for every run seed): meta-train tasks
+train L_phi, meta-validation tasks choose the published seed, meta-test tasks are only seen at
+meta-test. Inside each task a fixed fraction of the rows is held out; models train on the
+rest. Inputs and outputs are standardised per feature with the mean/std of the meta-train
+tasks' rows, so no statistic leaks from the validation or test tasks.
+
+Tasks differ in size but the engine stacks them to (S, n, N, dim): each draw takes ``points``
+train rows and ``heldout_points`` held-out rows of a task, without replacement when the task
+has that many and with replacement when it has fewer. The n tasks of a draw go through a
+random order of the split's tasks, repeating it when n is larger than the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..config import ConfigError, check, check_range
+from ..models import mlp_forward, mlp_init
+from ..portable import ACTIVATIONS
+from .base import TaskFamily, mse
+
+FORMAT = "ml3-tasks"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskData:
+    """A data set of regression tasks: rows (x, y) and the index of each row's task."""
+
+    x: torch.Tensor  # (N, X) float64
+    y: torch.Tensor  # (N, Y) float64
+    task: torch.Tensor  # (N,) int64, an index into ``names``
+    names: list[str]
+    inputs: list[str]  # X column names
+    outputs: list[str]  # Y column names
+
+    def __post_init__(self):
+        x, y, t = self.x, self.y, self.task
+        check(x.dim() == 2 and x.shape[0] > 0 and x.shape[1] > 0, "x", f"a (rows, inputs) array, got {tuple(x.shape)}")
+        check(y.dim() == 2 and y.shape[1] > 0, "y", f"a (rows, outputs) array, got {tuple(y.shape)}")
+        check(y.shape[0] == x.shape[0], "y", f"{y.shape[0]} rows, but x has {x.shape[0]}")
+        check(t.dim() == 1 and t.shape[0] == x.shape[0], "task", f"one label per row ({x.shape[0]})")
+        check(len(self.inputs) == x.shape[1] and len(self.outputs) == y.shape[1], "columns",
+              "one name per input and output column")
+        check(len(set(self.names)) == len(self.names), "task", "task names must be unique")
+        check(not t.is_floating_point() and bool(((t >= 0) & (t < len(self.names))).all()), "task",
+              "indices into the task names")
+        for name, a, cols in (("x", x, self.inputs), ("y", y, self.outputs)):
+            bad = (~torch.isfinite(a)).nonzero()
+            if len(bad):
+                row, col = bad[0].tolist()
+                raise ConfigError(name, f"row {row}, column {cols[col]!r}: {a[row, col].item()} is not finite")
+
+    @classmethod
+    def from_labels(cls, x, y, labels, inputs=None, outputs=None) -> TaskData:
+        """Rows with one task label each (any values; compared as text). 1-D x or y is one column."""
+        x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+        x, y = x.reshape(len(x), -1) if x.dim() == 1 else x, y.reshape(len(y), -1) if y.dim() == 1 else y
+        labels = [str(v) for v in labels]
+        names = sorted(set(labels))
+        index = {n: i for i, n in enumerate(names)}
+        task = torch.tensor([index[v] for v in labels], dtype=torch.int64)
+        inputs = list(inputs) if inputs is not None else [f"x{i + 1}" for i in range(x.shape[-1])]
+        outputs = list(outputs) if outputs is not None else [f"y{i + 1}" for i in range(y.shape[-1])]
+        return cls(x, y, task, names, inputs, outputs)
+
+    def counts(self) -> list[int]:
+        return torch.bincount(self.task, minlength=len(self.names)).tolist()
+
+    # -- storage: safetensors, so the bytes are deterministic and loading never unpickles ------------
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        meta = {"format": FORMAT, "version": 1, "names": self.names, "inputs": self.inputs, "outputs": self.outputs}
+        tensors = {"x": self.x.contiguous(), "y": self.y.contiguous(), "task": self.task.contiguous()}
+        return save(tensors, metadata={"json": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> TaskData:
+        from safetensors.torch import load
+
+        try:
+            n = int.from_bytes(blob[:8], "little")
+            meta = json.loads(json.loads(blob[8 : 8 + n])["__metadata__"]["json"])
+            t = load(blob)
+            check(meta.get("format") == FORMAT, "dataset", "not an ml3 task file")
+            return cls(t["x"], t["y"], t["task"], meta["names"], meta["inputs"], meta["outputs"])
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError("dataset", f"unreadable task file: {type(e).__name__}: {e}") from None
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def summary(self) -> dict:
+        """Shapes, rows per task and per-column statistics: what a user checks after an upload."""
+        counts = self.counts()
+
+        def stats(a, cols):
+            return {c: {"mean": float(a[:, i].mean()), "std": float(a[:, i].std(correction=0)),
+                        "min": float(a[:, i].min()), "max": float(a[:, i].max())} for i, c in enumerate(cols)}
+
+        return {"rows": self.x.shape[0], "tasks": len(self.names), "x_dim": self.x.shape[1],
+                "y_dim": self.y.shape[1], "inputs": self.inputs, "outputs": self.outputs,
+                "task_rows": dict(zip(self.names, counts, strict=True)),
+                "min_task_rows": min(counts), "max_task_rows": max(counts),
+                "stats": {"inputs": stats(self.x, self.inputs), "outputs": stats(self.y, self.outputs)}}
+
+
+# -- where data sets come from ----------------------------------------------------------------------
+_PROVIDED: dict[str, TaskData] = {}
+_LOADER = None
+
+
+def provide(name: str, data: TaskData) -> None:
+    """Make ``data`` available as ``task.dataset = name`` in this process (scripts, tests)."""
+    _PROVIDED[str(name)] = data
+
+
+def set_loader(loader) -> None:
+    """Install ``loader(name) -> TaskData`` (raising ConfigError for unknown names); the service's
+    loader reads its database. Names ``provide``d in-process are looked up first."""
+    global _LOADER
+    _LOADER = loader
+
+
+def resolve(name) -> TaskData:
+    name = str(name)
+    if name in _PROVIDED:
+        return _PROVIDED[name]
+    check(_LOADER is not None, "task.dataset", f"unknown data set {name!r}")
+    return _LOADER(name)
+
+
+# -- the family -------------------------------------------------------------------------------------
+@dataclass
+class DatasetConfig:
+    dataset: str | int = ""  # the service: a data set id from POST /v1/datasets
+    split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # meta-train / validation / test tasks
+    split_seed: int = 0  # the task split and each task's held-out rows
+    heldout_fraction: float = 0.25  # rows of each task never trained on
+    points: int = 32  # train rows drawn per task and draw
+    heldout_points: int = 32  # held-out rows drawn per task and draw
+    normalize: bool = True  # standardise with the meta-train tasks' mean/std
+    model_hidden: list[int] = field(default_factory=lambda: [40, 40])
+    model_activation: str = "relu"
+    meta_objective: str = "heldout"  # L_T on the held-out rows of meta-train tasks, or on the "train" rows
+    beta: float = 1.0
+
+    def __post_init__(self):
+        ok = isinstance(self.dataset, (str, int)) and not isinstance(self.dataset, bool) and str(self.dataset) != ""
+        check(ok, "task.dataset", "required: the id (or name) of a data set")
+        ok = isinstance(self.split, (list, tuple)) and len(self.split) == 3
+        ok = ok and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in self.split)
+        check(ok and abs(sum(self.split) - 1) < 1e-6, "task.split",
+              "three fractions in (0, 1) summing to 1: meta-train, meta-validation, meta-test tasks")
+        check_range(self.split_seed, "task.split_seed", 0, 2**31 - 1)
+        check_range(self.heldout_fraction, "task.heldout_fraction", 0.01, 0.99)
+        check_range(self.points, "task.points", 1, 100_000)
+        check_range(self.heldout_points, "task.heldout_points", 1, 100_000)
+        check(len(self.model_hidden) <= 8 and all(isinstance(h, int) and 1 <= h <= 4096 for h in self.model_hidden),
+              "task.model_hidden", "up to 8 layers of 1..4096 units")
+        check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
+        check(self.meta_objective in ("heldout", "train"), "task.meta_objective", "heldout or train")
+        check(self.beta == 1.0, "task.beta", "the dataset family has only the MSE task loss (beta = 1)")
+
+
+@dataclass
+class _Prepared:
+    """The data standardised and split: for each split, padded row indices of its tasks."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    tasks: dict  # split -> list of task indices
+    rows: dict  # (split, "train" | "heldout") -> ((tasks, max rows) long, (tasks,) counts)
+    task_rows: dict  # task index -> (train rows, held-out rows)
+    norm: dict
+    data: TaskData
+
+
+class DatasetFamily(TaskFamily):
+    """Tasks of an uploaded data set (the service: ml3 datasets upload; a script: dataset.provide)."""
+
+    name = "dataset"
+    config_cls = DatasetConfig
+    validation_split = "validation"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._prepared = None
+
+    # -- the data, loaded when first needed (a landscape of a stored loss needs none) --------------
+    def resolve(self) -> None:
+        self.prepared  # noqa: B018  (loads and checks the data set now)
+
+    @property
+    def prepared(self) -> _Prepared:
+        if self._prepared is None:
+            self._prepared = self._prepare(resolve(self.config.dataset))
+        return self._prepared
+
+    def _prepare(self, data: TaskData) -> _Prepared:
+        c = self.config
+        counts = data.counts()
+        small = [n for n, k in zip(data.names, counts, strict=True) if k < 2]
+        check(not small, "task.dataset", f"every task needs at least 2 rows (train + held out); {small[:3]} have fewer")
+        g = torch.Generator().manual_seed(c.split_seed)
+        T = len(data.names)
+        n_val, n_test = (max(1, round(f * T)) for f in c.split[1:])
+        check(T - n_val - n_test >= 1, "task.split",
+              f"{T} tasks are too few for a meta-train, a meta-validation and a meta-test split")
+        order = torch.randperm(T, generator=g).tolist()
+        n_train = T - n_val - n_test
+        tasks = {"train": sorted(order[:n_train]), "validation": sorted(order[n_train : n_train + n_val]),
+                 "test": sorted(order[n_train + n_val :])}
+        held = {}
+        for t in range(T):  # each task's rows, shuffled once: the first part is held out
+            rows = (data.task == t).nonzero().squeeze(1)
+            rows = rows[torch.randperm(len(rows), generator=g)]
+            k = min(len(rows) - 1, max(1, round(c.heldout_fraction * len(rows))))
+            held[t] = (rows[k:], rows[:k])
+        x, y = data.x, data.y
+        norm = {}
+        if c.normalize:
+            train_rows = torch.cat([torch.cat(held[t]) for t in tasks["train"]])
+            for key, a in (("x", x), ("y", y)):
+                mean, std = a[train_rows].mean(0), a[train_rows].std(0, correction=0)
+                std = torch.where(std > 1e-12, std, torch.ones_like(std))
+                norm[f"{key}_mean"], norm[f"{key}_std"] = mean.tolist(), std.tolist()
+            x = (x - torch.tensor(norm["x_mean"], dtype=x.dtype)) / torch.tensor(norm["x_std"], dtype=x.dtype)
+            y = (y - torch.tensor(norm["y_mean"], dtype=y.dtype)) / torch.tensor(norm["y_std"], dtype=y.dtype)
+        rows = {}
+        for split, members in tasks.items():
+            for part, i in (("train", 0), ("heldout", 1)):
+                lists = [held[t][i] for t in members]
+                pad = torch.zeros(len(lists), max(len(r) for r in lists), dtype=torch.int64)
+                for j, r in enumerate(lists):
+                    pad[j, : len(r)] = r
+                rows[split, part] = (pad, torch.tensor([len(r) for r in lists]))
+        return _Prepared(x, y, tasks, rows, held, norm, data)
+
+    def rows_of(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train rows, held-out rows) of task ``task``: indices into the data set."""
+        return self.prepared.task_rows[task]
+
+    # -- what the engine calls -----------------------------------------------------------------------
+    def loss_defaults(self) -> dict:
+        """One shared L_phi(pred, target) per output dimension: it works for any number of outputs."""
+        d = self.prepared.data
+        return {"pred_dim": d.y.shape[1], "x_dim": d.x.shape[1], "per_output": True}
+
+    def train_defaults(self) -> dict:
+        return {"tasks_per_batch": 4, "inner_lr": 0.01, "eval_tasks": 4}
+
+    def init_theta(self, generators, n):
+        d = self.prepared.data
+        return mlp_init([d.x.shape[1], *self.config.model_hidden, d.y.shape[1]], generators, n)
+
+    def predict(self, theta, x):
+        return mlp_forward(theta, x, self.config.model_activation)
+
+    def sample_tasks(self, generators, n, split):
+        check(split in SPLITS, "split", f"one of {SPLITS}")
+        p, c = self.prepared, self.config
+        out = {k: [] for k in ("x", "y", "x_heldout", "y_heldout")}
+        for g in generators:
+            members = len(p.tasks[split])
+            order = torch.cat([torch.randperm(members, generator=g) for _ in range(math.ceil(n / members))])[:n]
+            for part, size, key in (("train", c.points, ""), ("heldout", c.heldout_points, "_heldout")):
+                pad, count = p.rows[split, part]
+                rows = _draw(pad[order], count[order], size, g)
+                out["x" + key].append(p.x[rows])
+                out["y" + key].append(p.y[rows])
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def task_loss(self, theta, data):
+        """MSE after the inner steps on rows the steps did not see (default): L_phi is meta-trained
+        for what a model predicts on new points of a task, not for how fast it fits its own."""
+        if self.config.meta_objective == "train":
+            return super().task_loss(theta, data)
+        return mse(self.predict(theta, data["x_heldout"]), data["y_heldout"])
+
+    # -- what the service shows ----------------------------------------------------------------------
+    def describe(self) -> dict:
+        """Which tasks are in which split and the standardisation L_phi was trained under."""
+        p = self.prepared
+        return {"dataset": self.config.dataset, "sha256": p.data.sha256(), "inputs": p.data.inputs,
+                "outputs": p.data.outputs,
+                "tasks": {s: [p.data.names[t] for t in members] for s, members in p.tasks.items()},
+                "normalization": p.norm or None}
+
+    def landscape(self, spec, params, options):
+        """A per-output loss is one scalar function, whatever the number of outputs."""
+        return super().landscape(replace(spec, pred_dim=1) if spec.per_output else spec, params, options)
+
+
+def _draw(pad, count, size: int, g) -> torch.Tensor:
+    """``size`` rows of each task: (tasks, size) row indices; without replacement where a task
+    has at least ``size`` rows, with replacement where it has fewer."""
+    tasks, width = pad.shape
+    keys = torch.rand(tasks, width, generator=g)
+    keys[torch.arange(width) >= count.unsqueeze(1)] = 2.0  # padding sorts last
+    if width >= size:
+        distinct = keys.argsort(1)[:, :size]
+    else:
+        distinct = torch.zeros(tasks, size, dtype=torch.int64)
+    repeated = (torch.rand(tasks, size, generator=g) * count.unsqueeze(1)).long()
+    pos = torch.where((count >= size).unsqueeze(1), distinct, repeated)
+    return pad.gather(1, pos)
