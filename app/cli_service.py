@@ -1,4 +1,5 @@
-"""CLI commands of the service: ``ml3 serve``, ``ml3 db upgrade``, ``ml3 jobs ...``, ``ml3 losses ...``.
+"""CLI commands of the service: ``ml3 serve``, ``ml3 worker``, ``ml3 db upgrade``, ``ml3 jobs ...``,
+``ml3 losses ...``.
 
 The jobs/losses commands talk to a running server (``--server`` or ML3_SERVER, default
 http://127.0.0.1:8000) through ``app.client``; only ``serve`` and ``db`` load the server stack."""
@@ -20,11 +21,25 @@ def cmd_serve(args) -> int:
     from .core.config import get_settings
     from .main import create_app
 
+    os.environ["ML3_HOST"] = args.host  # ML3_AUTH=auto requires API keys off loopback
     settings = get_settings()
     print(f"ml3 serving on http://{args.host}:{args.port} (data {settings.data_dir.resolve()}, "
           f"runner {settings.runner}); API docs at /docs", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    if args.concurrency < 1:
+        print("ml3: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if args.queues == "gpu" and args.concurrency != 1:
+        print("ml3: a GPU worker runs one job at a time; start one worker per GPU instead", file=sys.stderr)
+        return 2
+    from worker.celery_app import start
+
+    start(args.queues, args.concurrency, args.log_level)
     return 0
 
 
@@ -36,6 +51,48 @@ def cmd_db_upgrade(args) -> int:
     upgrade(url, args.revision)
     print(f"database at revision {args.revision}: {url.split('@')[-1]}")
     return 0
+
+
+def cmd_keys(args) -> int:
+    """Create, list and revoke API keys in the database itself (no server needed)."""
+    from . import security
+    from .core.config import get_settings
+    from .db import get_sessionmaker, upgrade
+
+    url = get_settings().db_url
+    upgrade(url)
+    with get_sessionmaker(url).begin() as db:
+        if args.keys_command == "create":
+            key, token = security.create_key(db, args.scope, args.name)
+            print(f"key {key.prefix} (scope {key.scope}) created; its token, shown only now:", file=sys.stderr)
+            print(token)
+        elif args.keys_command == "revoke":
+            key = security.revoke_key(db, args.key)
+            if key is None:
+                print(f"ml3: no key {args.key!r}", file=sys.stderr)
+                return 1
+            print(f"key {key.prefix} revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        else:
+            for key in security.list_keys(db, args.all):
+                revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+                created = f"{key.created_at:%Y-%m-%d %H:%M}"
+                print(f"{key.prefix}  {key.scope:<6}  {created}  {revoked:<24}  {key.name}")
+    return 0
+
+
+def add_keys_commands(sub) -> None:
+    keys = sub.add_parser("keys", help="API keys (ML3_DATABASE_URL or ML3_DATA_DIR)").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("create", help="create a key; prints its token once")
+    p.add_argument("--scope", choices=["read", "submit", "admin"], required=True,
+                   help="read: GETs, evaluate; submit: also jobs, meta-tests, data sets; admin: also aliases, tags")
+    p.add_argument("--name", default="", help="who or what the key is for")
+    p = keys.add_parser("list", help="keys by prefix, scope and state (never the tokens)")
+    p.add_argument("--all", action="store_true", help="revoked keys too")
+    p = keys.add_parser("revoke", help="revoke a key at once")
+    p.add_argument("key", help="its prefix (from `ml3 keys list`) or the token")
+    for parser in keys.choices.values():
+        parser.set_defaults(func=cmd_keys)
 
 
 def _client(args):
@@ -156,10 +213,21 @@ def add_commands(sub) -> None:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("worker", help="run a Celery worker (ML3_BROKER_URL, ML3_DATABASE_URL)")
+    p.add_argument("--queues", choices=["cpu", "gpu"], default="cpu",
+                   help="cpu: jobs on device cpu; gpu: jobs on device cuda (one per GPU worker)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="jobs at once (solo pool for 1, threads above; never forks)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_worker)
+
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     p = db.add_parser("upgrade", help="apply the migrations (ML3_DATABASE_URL)")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_db_upgrade)
+
+    add_keys_commands(sub)
+    add_dataset_commands(sub)
 
     server = {"help": "server URL (ML3_SERVER, default http://127.0.0.1:8000)"}
     jobs = sub.add_parser("jobs", help="submit and follow jobs on a server").add_subparsers(
@@ -206,3 +274,45 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_guard(cmd_losses_alias))
     for parser in (*jobs.choices.values(), *losses.choices.values()):
         parser.add_argument("--server", **server)
+
+
+def cmd_datasets(args) -> int:
+    """Upload, list, show and delete the data sets of tasks on a server."""
+    with _client(args) as c:
+        if args.datasets_command == "upload":
+            options = {k: getattr(args, k) for k in ("name", "format", "task_column", "inputs", "outputs")}
+            with open(args.file, "rb") as f:
+                files = {"file": (os.path.basename(args.file), f, "application/octet-stream")}
+                out = c.request("POST", "/v1/datasets", files=files,
+                                params={k: v for k, v in options.items() if v}).json()
+            print(f"data set {out['id']}: {out['tasks']} tasks, {out['rows']} rows, inputs {out['inputs']}, "
+                  f"outputs {out['outputs']}; train on it with --set task.dataset={out['id']}", file=sys.stderr)
+            _print(out)
+        elif args.datasets_command == "list":
+            for d in c._pages("/v1/datasets", {"limit": 50}):
+                print(f"{d['id']:>6}  {d['name'][:32]:<32} {d['tasks']:>5} tasks {d['rows']:>8} rows  "
+                      f"x {d['x_dim']}  y {d['y_dim']}")
+        elif args.datasets_command == "show":
+            _print(c.request("GET", f"/v1/datasets/{args.id}").json())
+        else:
+            c.request("DELETE", f"/v1/datasets/{args.id}")
+            print(f"data set {args.id} deleted")
+    return 0
+
+
+def add_dataset_commands(sub) -> None:
+    ds = sub.add_parser("datasets", help="data sets of tasks for the dataset family, on a server").add_subparsers(
+        dest="datasets_command", required=True)
+    p = ds.add_parser("upload", help="upload a CSV (with a task column) or NPZ (x, y, task) file")
+    p.add_argument("file")
+    p.add_argument("--name", help="a label (default: the file name)")
+    p.add_argument("--format", choices=["csv", "npz"], help="default: from the file name or its bytes")
+    p.add_argument("--task-column", help="CSV: the column of task labels (default task)")
+    p.add_argument("--inputs", help="comma-separated input columns (default: all but task and outputs)")
+    p.add_argument("--outputs", help="comma-separated output columns (default: y, y1, y2, ... or y_*)")
+    ds.add_parser("list", help="data sets, newest first")
+    for name in ("show", "delete"):
+        ds.add_parser(name, help=f"{name} a data set").add_argument("id", type=int)
+    for parser in ds.choices.values():
+        parser.add_argument("--server", help="server URL (ML3_SERVER, default http://127.0.0.1:8000)")
+        parser.set_defaults(func=_guard(cmd_datasets))

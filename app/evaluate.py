@@ -17,7 +17,8 @@ import torch
 
 from ml3core.portable import LearnedLoss, mlp_loss
 
-from .errors import Problem, invalid
+from .errors import invalid
+from .limits import exceeded
 
 CHUNK = 65536
 _local = threading.local()
@@ -54,8 +55,10 @@ class LossCache:
         return module
 
 
-def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None) -> torch.Tensor:
-    """A finite float32 tensor from a (nested) list, a number or a base64 float32 string."""
+def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
+              limit_name: str = "max_eval_values") -> torch.Tensor:
+    """A finite float32 tensor from a (nested) list, a number or a base64 float32 string; more
+    than ``limit`` values is a 413 naming the setting ``limit_name``."""
     if isinstance(value, str):
         try:
             raw = base64.b64decode(value, validate=True)
@@ -64,7 +67,7 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None) -> to
         if len(raw) % 4:
             raise invalid(loc, "base64 data must hold float32 values (a multiple of 4 bytes)")
         if len(raw) // 4 > limit:
-            raise Problem(413, "too_large", f"{loc}: {len(raw) // 4} values; the limit is {limit}")
+            raise exceeded(limit_name, 413, f"{loc}: {len(raw) // 4} values", limit, loc=loc)
         t = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.zeros(0)
         if shape is not None:
             if any(not isinstance(n, int) or n < 0 for n in shape) or t.numel() != _prod(shape):
@@ -72,13 +75,13 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None) -> to
             t = t.reshape(shape)
     else:
         if isinstance(value, list) and len(value) > limit:
-            raise Problem(413, "too_large", f"{loc}: {len(value)} values; the limit is {limit}")
+            raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
         try:
             t = torch.tensor(value, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as e:
             raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
-        raise Problem(413, "too_large", f"{loc}: {t.numel()} values; the limit is {limit}")
+        raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
     small = isinstance(value, list) and t.dim() == 1 and len(value) <= 64
     if not (all(map(math.isfinite, value)) if small else bool(torch.isfinite(t).all())):  # a few: in Python
         raise invalid(loc, "NaN or infinite values")

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ml3core import ConfigError, Hooks
 
-from . import registry
+from . import datasets, registry
 from .core.config import Settings, get_settings
 from .db import get_sessionmaker
 from .models import (
@@ -87,6 +87,8 @@ class Lease:
         while not self._done.wait(self.interval):
             try:
                 self.beat()
+            except LeaseLost:  # the job ended (or was taken over) while this thread slept
+                return
             except Exception:  # a busy database must not kill the heartbeat; the next beat retries
                 log.exception("heartbeat of job %s failed", self.job_id)
 
@@ -154,6 +156,7 @@ def run_job(job_id: int, owner: str, settings: Settings | None = None,
     """Run a job to a final status, or until ``stop`` is set (then it is queued again, to resume
     from its checkpoint). Returns the status it left the job in, or None if not ours to run."""
     settings = settings or get_settings()
+    datasets.use_database(settings.db_url)  # the dataset family reads uploads from this database
     Session = get_sessionmaker(settings.db_url)
     job = claim(Session, job_id, owner, settings)
     if job is None:
@@ -186,6 +189,7 @@ def _end(Session, lease: Lease, status: str, files: dict | None = None, register
                     values["result"] = register(db, job)
                 if status == QUEUED:  # stopped by the runner: free the lease, keep the attempt count fair
                     job.status, job.owner, job.heartbeat_at = QUEUED, None, None
+                    job.enqueued_at = None  # its message was consumed: the Celery runner sends a new one
                     job.attempts -= 1
                     db.add(JobEvent(job_id=job.id, type="status",
                                     data={"status": QUEUED, "reason": "runner stopped"}))

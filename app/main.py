@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 
 from ml3core import ConfigError
 
-from . import dashboard
+from . import dashboard, datasets, limits, openapi, security
+from .api.routes import datasets as dataset_routes
 from .api.routes import health, jobs, losses
 from .core.config import Settings, get_settings
 from .db import get_engine, get_sessionmaker, upgrade
@@ -66,7 +67,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class Guard:
-    """Pure ASGI middleware: rejects oversized bodies early and counts requests for /metrics."""
+    """Pure ASGI middleware: rejects oversized bodies (declared or chunked) before any route reads
+    them, and counts requests for /metrics."""
 
     def __init__(self, app, state):
         self.app, self.state = app, state
@@ -75,10 +77,17 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.state.settings.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                resp = problem_response(413, "too_large", f"request body over {limit} bytes")
-                return await resp(scope, receive, send)
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        too_large = length is not None and length.isdigit() and int(length) > limit
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):  # chunked: count it first
+            messages = await limits.read_body(receive, limit)
+            if messages is None:
+                too_large = True
+            else:
+                receive = limits.replay(messages, receive)
+        if too_large:
+            e = limits.exceeded("max_body_bytes", 413, "the request body is too large", limit)
+            return await problem_response(e.status, e.code, e.detail, **e.extra)(scope, receive, send)
         status = [500]
 
         async def send_and_note(message):
@@ -104,6 +113,7 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         upgrade(settings.db_url)
+        security.announce(settings, app.state.Session)
         app.state.runner.start()
         yield
         app.state.runner.stop()
@@ -112,16 +122,21 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
                   description="Meta-learn loss functions (ML3) and serve them: jobs, registry, evaluate.")
     torch.set_num_threads(settings.api_threads)
     app.state.settings = settings
+    datasets.use_database(settings.db_url)  # the dataset family reads uploads from this database
     app.state.Session = get_sessionmaker(settings.db_url)
     app.state.engine = get_engine(settings.db_url)
     app.state.resolve = FastResolver(app.state.engine)
     app.state.runner = runner if runner is not None else make_runner(settings)
     app.state.cache = LossCache(settings.loss_cache_size)
+    app.state.auth_enabled = security.auth_enabled(settings)
+    app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
     app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
                        "evaluate_values": 0}
     install_error_handlers(app)
+    openapi.install(app)
     app.add_middleware(Guard, state=app.state)
     for module in (health, jobs, losses):
         app.include_router(module.router)
+    app.include_router(dataset_routes.router)
     app.include_router(dashboard.router)  # the web pages at /
     return app

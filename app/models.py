@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINAL = (SUCCEEDED, FAILED, CANCELED)
 META_TRAIN, META_TEST = "meta-train", "meta-test"
+MAX_ID = 2**31 - 1  # ids and versions are INTEGER columns; PostgreSQL's hold no more (a larger one: 4xx)
 
 
 def utcnow() -> datetime:
@@ -53,6 +54,11 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # the Celery runner: when the job's latest message was handed to the broker (None: it has none)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # the API key that submitted the job (None: an open server): its concurrent-jobs limit
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", name="fk_jobs_api_key_id"),
+                                                   index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -137,3 +143,35 @@ class LossTag(Base):
                                             primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class ApiKey(Base):
+    """A bearer token ``ml3_<prefix>_<secret>``: only its sha256 is kept; the prefix names it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))  # read | submit | admin, each including the ones before
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Dataset(Base):
+    """An uploaded set of regression tasks, normalised to ml3core's TaskData bytes: Celery workers
+    on other machines share only the database, so the arrays live in it."""
+
+    __tablename__ = "datasets"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused: specs and losses name them
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    filename: Mapped[str | None] = mapped_column(String(256))
+    format: Mapped[str] = mapped_column(String(16))  # what was uploaded: csv | npz
+    sha256: Mapped[str] = mapped_column(String(64))  # of ``data``
+    size: Mapped[int] = mapped_column(Integer)  # bytes of ``data``
+    summary: Mapped[dict] = mapped_column(JSON)  # TaskData.summary(): shapes, rows per task, statistics
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -6,6 +6,8 @@ resolved on every request, so a client following ``name@production`` sees an ali
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -14,9 +16,10 @@ from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ml3core.artifact import Bundle
+from ml3core.portable import LossBundleError, parse_bundle
 
 from .errors import Problem, invalid, not_found
-from .models import Loss, LossAlias, LossTag, LossVersion
+from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -55,7 +58,7 @@ def parse_ref(text: str) -> Ref:
     if ":" in text:
         name, version = text.split(":", 1)
         check_name(name, "loss")
-        if not version.isdigit() or int(version) < 1:
+        if not version.isdigit() or not 1 <= int(version) <= MAX_ID:
             raise invalid("loss", f"bad version in {text!r}: a positive integer")
         return Ref(name, version=int(version))
     return Ref(check_name(text, "loss"))
@@ -138,9 +141,22 @@ def get_loss(db: Session, name: str) -> Loss:
 
 
 def load_bundle(db: Session | Connection, version_id: int) -> Bundle:
-    q = select(LossVersion.weights, LossVersion.spec).where(LossVersion.id == version_id)
-    weights, spec = db.execute(q).one()
-    return Bundle(weights, spec)
+    """The stored bundle, checked before anyone loads or downloads it: its weights must hash to the
+    sha256 registered with the version and named in its spec, and parse as safetensors + JSON."""
+    q = (select(LossVersion.weights, LossVersion.spec, LossVersion.sha256, Loss.name, LossVersion.version)
+         .join(Loss, Loss.id == LossVersion.loss_id).where(LossVersion.id == version_id))
+    weights, spec, sha256, name, version = db.execute(q).one()
+    bundle = Bundle(weights, spec)
+    try:
+        actual = hashlib.sha256(weights).hexdigest()
+        if actual != sha256 or spec.get("weights_sha256") != sha256:
+            raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the registered {sha256[:12]}…")
+        parse_bundle(bundle.files)
+    except (LossBundleError, AttributeError) as e:
+        logging.getLogger("ml3.registry").error("loss %s:%s refused: %s", name, version, e)
+        raise Problem(500, "bundle_corrupt", f"the stored bundle of loss {name}:{version} fails its "
+                      f"integrity check and is not served: {e}") from None
+    return bundle
 
 
 def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics: dict | None) -> LossVersion:

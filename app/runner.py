@@ -3,8 +3,9 @@
 - ``LocalRunner`` (ML3_RUNNER=local, the default): a separate process (``python -m app.runner``)
   that polls the jobs table for queued jobs and expired leases, so a long job never slows a
   request and a restarted server resumes the jobs that were running when it stopped.
-- ``CeleryRunner`` (ML3_RUNNER=celery): sends the task ``ml3.run_job`` by name; a worker calls
-  ``app.execute.run_job``, the same function.
+- ``CeleryRunner`` (ML3_RUNNER=celery): sends the task ``ml3.run_job`` by name to queue ``gpu``
+  (device cuda) or ``cpu``; a worker (``worker/``) calls ``app.execute.run_job``, the same function.
+  A sweep thread sends the jobs that have no message (see ``CeleryRunner.sweep``).
 - ``NoRunner`` (ML3_RUNNER=none): jobs wait for runners started elsewhere.
 
 The API enqueues only after the job row is committed, so a runner never sees a missing job.
@@ -22,7 +23,7 @@ import threading
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 
 from .core.config import Settings, get_settings
 from .db import get_sessionmaker
@@ -126,26 +127,110 @@ class LocalRunner:
         return None
 
 
+TASK = "ml3.run_job"
+
+
+def celery_config(settings: Settings) -> dict:
+    """The one Celery configuration of the API (which sends) and the workers (which consume)."""
+    return {
+        "broker_url": settings.broker_url,
+        # Redis gives an unacknowledged message to another worker after this: harmless (the lease)
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,  # acknowledged when the job returns, so a dead worker's job comes back
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # a busy worker holds no second job
+        # a job needs the database, not the broker: it runs on through a broker outage, and its
+        # message, which can no longer be acknowledged, comes back as a harmless duplicate
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_ignore_result": True,  # no result backend: the job row is the truth
+        "task_default_queue": "cpu",
+        "worker_pool": "solo",  # see worker/celery_app.py
+    }
+
+
+def queue_for(plan: dict) -> str:
+    return "gpu" if str(plan.get("device", "cpu")).startswith("cuda") else "cpu"
+
+
 class CeleryRunner:
-    def __init__(self, settings: Settings):
-        self.settings, self._app = settings, None
+    """Sends ``ml3.run_job(job_id)`` by name (``app`` never imports ``worker``).
+
+    ``jobs.enqueued_at`` says when a job's latest message was sent. Sending first marks the row
+    (only if it still needs a message), so API replicas and workers racing for one job send one
+    message; a failed send unmarks it. The sweep thread sends what has no message: jobs submitted
+    while the broker was down, jobs a stopping worker put back, and jobs whose worker died (lease
+    expired, nothing sent since). A duplicate message is harmless: the lease makes it a no-op."""
+
+    def __init__(self, settings: Settings, app=None):
+        self.settings, self._app = settings, app
+        self._stop, self._thread = threading.Event(), None
+
+    @property
+    def Session(self):
+        return get_sessionmaker(self.settings.db_url)
 
     @property
     def app(self):
         if self._app is None:
             from celery import Celery
 
-            self._app = Celery("ml3", broker=self.settings.broker_url)
+            self._app = Celery("ml3", set_as_current=False)
+            self._app.conf.update(celery_config(self.settings))
         return self._app
 
     def start(self) -> None:
-        pass
-
-    def enqueue(self, job_id: int) -> None:
-        self.app.send_task("ml3.run_job", args=[job_id])
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sweep_loop, daemon=True, name="ml3-sweep")
+        self._thread.start()
 
     def stop(self) -> None:
-        pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def enqueue(self, job_id: int) -> bool:
+        return self.send(job_id, and_(Job.status == QUEUED, Job.enqueued_at.is_(None)))
+
+    def send(self, job_id: int, needs_message) -> bool:
+        """Send the job's message if ``needs_message`` (a SQL condition) holds; False if not needed."""
+        now = utcnow()
+        with self.Session.begin() as db:
+            plan = db.scalar(update(Job).where(Job.id == job_id, needs_message).values(enqueued_at=now)
+                             .returning(Job.plan))
+        if plan is None:
+            return False
+        try:
+            self.app.send_task(TASK, args=[job_id], queue=queue_for(plan))
+        except Exception:
+            with self.Session.begin() as db:
+                db.execute(update(Job).where(Job.id == job_id, Job.enqueued_at == now)
+                           .values(enqueued_at=None))
+            raise
+        return True
+
+    def sweep(self) -> list[int]:
+        """Send every job that should have a message but may have none; returns their ids."""
+        now = utcnow()
+        lease_cutoff = now - timedelta(seconds=self.settings.lease_seconds)
+        stale = now - timedelta(seconds=self.settings.visibility_timeout)  # lost in the broker?
+        needs_message = or_(
+            and_(Job.status == QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
+            and_(Job.status == RUNNING, Job.heartbeat_at < lease_cutoff,
+                 or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.heartbeat_at, Job.enqueued_at < stale)),
+        )
+        with self.Session() as db:
+            ids = list(db.scalars(select(Job.id).where(needs_message).order_by(Job.id).limit(100)))
+        return [job_id for job_id in ids if self.send(job_id, needs_message)]
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_seconds):
+            try:
+                sent = self.sweep()
+                if sent:
+                    log.info("sent jobs %s to the broker", sent)
+            except Exception as e:  # broker or database down: the next round tries again
+                log.warning("sweep: %s: %s", type(e).__name__, e)
 
     def problem(self) -> str | None:
         try:

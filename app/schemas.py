@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import Job, LossVersion
+from .models import MAX_ID, Job, LossVersion
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -53,7 +53,7 @@ class EvaluateRequest(BaseModel):
 
 class AliasRequest(BaseModel):
     model_config = STRICT
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_ID)
 
 
 class TagRequest(BaseModel):

@@ -54,11 +54,12 @@ def seed_database(data_dir: Path) -> None:
         registry.register(db, "bench", bundle, None, None)
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """``ml3 serve`` on a free port with ``ML3_*`` ``settings`` (default: no job runner)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "ML3_DATA_DIR": str(data_dir), "ML3_RUNNER": "none"}
+    env = {**os.environ, "ML3_DATA_DIR": str(data_dir), "ML3_RUNNER": "none", **settings}
     env.pop("ML3_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, cwd=ROOT, start_new_session=True)

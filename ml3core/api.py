@@ -43,6 +43,7 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     spec = {k: v for k, v in spec.items() if k not in ignore}
     check("task" in spec, "task", "required: {\"family\": ...}")
     family = make_family(spec.pop("task"))
+    family.resolve()
     loss = LossSpec.from_dict(spec.pop("loss", None), **family.loss_defaults())
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
@@ -76,7 +77,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner_lr,
                      cfg.device, cfg.dtype)
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
-              "meta_test": test, "published_seed": result.validation["chosen_seed"]}
+              "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe()}
     bundles = []
     for i, seed in enumerate(cfg.seed_ids):
         metrics = {
@@ -104,6 +105,8 @@ def parse_meta_test(bundle: Bundle, spec: dict | None = None) -> tuple[TaskFamil
     overrides = spec.pop("task", {})
     check(isinstance(overrides, dict), "task", "an object of task settings")
     family = make_family({**bundle.spec["task"], **overrides})
+    family.resolve()
+    _check_loss_fits(bundle.loss_spec(), family.loss_defaults())
     seeds = spec.pop("seeds", 1)
     check(isinstance(seeds, (int, list)) and not isinstance(seeds, bool), "seeds",
           "a count or a list of seed ids")
@@ -113,16 +116,33 @@ def parse_meta_test(bundle: Bundle, spec: dict | None = None) -> tuple[TaskFamil
     return family, seed_ids, MetaTestConfig.from_dict(spec)
 
 
+def _check_loss_fits(loss: LossSpec, defaults: dict) -> None:
+    """A loss reads pred/target of one width (unless per output) and x of one width."""
+    for key, used in (("pred_dim", not loss.per_output), ("x_dim", "x" in loss.inputs)):
+        want, have = getattr(loss, key), defaults.get(key, getattr(loss, key))
+        check(not used or want == have, "task", f"the loss was meta-trained with {key} = {want}; the tasks have {have}")
+
+
+def optimizee(task: dict) -> dict:
+    """The optimizee's architecture as the task config states it (the ``model*`` fields)."""
+    return {k: v for k, v in task.items() if k.startswith("model")}
+
+
 def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu") -> tuple[dict, dict]:
     """Meta-test a stored loss: train fresh models on test tasks with it and with MSE.
 
     spec: {"task": {overrides of the bundle's task config}, "seeds": [0, 1] or 2, and the
-    MetaTestConfig fields (tasks, steps, lr, horizons)}. Returns (report, figures).
+    MetaTestConfig fields (tasks, steps, lr, horizons)}. Overrides may name another optimizee
+    (``model_hidden``, ``model_activation``) than meta-training used: the report's ``optimizee``
+    states both. Returns (report, figures).
     """
     family, seed_ids, cfg = parse_meta_test(bundle, spec)
     lr = bundle.spec.get("training", {}).get("inner_lr", 1e-3)
     params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
     report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, lr, device, per_seed_phi=False)
+    trained, tested = optimizee(bundle.spec["task"]), optimizee(asdict(family.config))
+    report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
+    report["data"] = family.describe()
     report["loss_sha256"] = bundle.sha256
     return report, {"meta_test.png": plots.meta_test_figure(report)}
 

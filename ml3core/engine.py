@@ -195,7 +195,8 @@ class MetaTrainer:
         """Fixed models and tasks for the curves, drawn from their own streams, so evaluating
         never perturbs training (the official code reseeds its global RNG instead):
         'train_task' = the meta-train task(s); 'validation' = meta-validation tasks from the
-        meta-test distribution, never used for training or testing."""
+        meta-test distribution (or the family's own validation split), never used for training
+        or testing."""
         gens = [stream_generator(s, "eval") for s in self.cfg.seed_ids]
         train = self.fixed if self.fixed is not None else self._sample_data(gens, self.cfg.eval_tasks, "train")
         n = next(iter(train.values())).shape[1]
@@ -203,7 +204,7 @@ class MetaTrainer:
         self.eval_sets = {
             "train_task": (self._fresh_theta(gens, n), train),
             "validation": (self._fresh_theta(vgens, self.cfg.validation_tasks),
-                           self._sample_data(vgens, self.cfg.validation_tasks, "test")),
+                           self._sample_data(vgens, self.cfg.validation_tasks, self.family.validation_split)),
         }
 
     # -- one meta-iteration ------------------------------------------------------------------

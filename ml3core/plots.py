@@ -65,15 +65,18 @@ def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Me
 
 
 def landscape_figure(data: dict) -> bytes:
-    """Loss over a grid: one line per curve in ``data['curves']`` ({label: values})."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Loss over a grid: one line per curve in ``data['curves']`` ({label: values}); with
+    ``data['panels']`` each curve on its own axes (curves of very different scales)."""
+    panels = len(data["curves"]) if data.get("panels") else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     grid = data["grid"]
-    for label, values in data["curves"].items():
-        ax.plot(grid, values, label=label)
-    for x in data.get("markers", []):
-        ax.axvline(x, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel(data.get("xlabel", "prediction"))
-    ax.set_ylabel("loss")
-    ax.set_title(data.get("title", "Loss landscape"))
-    ax.legend(fontsize=8)
+    for i, (label, values) in enumerate(data["curves"].items()):
+        axes[0][i % panels].plot(grid, values, label=label, color=f"C{i}")
+    for ax in axes[0]:
+        for x in data.get("markers", []):
+            ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel(data.get("xlabel", "prediction"))
+        ax.set_ylabel("loss")
+        ax.set_title(data.get("title", "Loss landscape"))
+        ax.legend(fontsize=8)
     return _png(fig)

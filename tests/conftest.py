@@ -1,4 +1,6 @@
 import os
+import uuid
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -12,3 +14,31 @@ def require_service(name: str, reason: str):
     if os.environ.get("ML3_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{name} is required in CI but unavailable: {reason}")
     pytest.skip(f"{name} unavailable ({reason}); integration test skipped")
+
+
+@contextmanager
+def postgres_database(prefix: str):
+    """A fresh database on the PostgreSQL server of ML3_TEST_DATABASE_URL, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from app.db import get_engine
+
+    default = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    base = make_url(os.environ.get("ML3_TEST_DATABASE_URL", default))
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        require_service("PostgreSQL", f"{type(e).__name__}: {e}")
+    url = base.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

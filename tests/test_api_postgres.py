@@ -1,14 +1,9 @@
 """The same schema and job path on PostgreSQL (ML3_TEST_DATABASE_URL): one migration history
 serves both databases. A throwaway database is created for the test and dropped after."""
 
-import os
-import uuid
-
 import pytest
-from conftest import require_service
+from conftest import postgres_database
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
 from app.execute import run_job
@@ -22,22 +17,8 @@ SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds"
 
 @pytest.fixture
 def pg_url():
-    base = make_url(os.environ.get("ML3_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = f"ml3_api_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:
-        require_service("PostgreSQL", f"{type(e).__name__}: {e}")
-    url = base.set(database=name).render_as_string(hide_password=False)
-    yield url
-    from app.db import get_engine
-
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database("ml3_api") as url:
+        yield url
 
 
 def test_migrations_and_a_job_on_postgresql(pg_url, tmp_path):

@@ -6,11 +6,14 @@ import base64
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from ..core.config import Settings
 from ..errors import invalid
+from ..models import MAX_ID
+from ..security import Principal, authorize
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -24,6 +27,41 @@ def get_settings(request: Request) -> Settings:
 
 DB = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]  # a row id in a path: too large is a 422, not a database error
+
+# -- access: every /v1 router reads with ``dependencies=[READ]``; each write route names its scope.
+# The scope also lands in each route's OpenAPI security requirement (see app/openapi.py). Async: no
+# thread hop on the evaluate hot path; with keys on, the lookup is one indexed query, run in the event
+# loop like evaluate's own resolving of the loss id.
+bearer = HTTPBearer(auto_error=False, description="an API key: `ml3 keys create --scope read|submit|admin`")
+
+
+Credentials = HTTPAuthorizationCredentials | None
+
+
+def _token(credentials: Credentials) -> str | None:
+    return credentials.credentials if credentials else None
+
+
+async def read_key(request: Request,
+                   credentials: Annotated[Credentials, Security(bearer, scopes=["read"])]) -> Principal:
+    return authorize(request, "read", _token(credentials))
+
+
+async def submit_key(request: Request,
+                     credentials: Annotated[Credentials, Security(bearer, scopes=["submit"])]) -> Principal:
+    return authorize(request, "submit", _token(credentials))
+
+
+async def admin_key(request: Request,
+                    credentials: Annotated[Credentials, Security(bearer, scopes=["admin"])]) -> Principal:
+    return authorize(request, "admin", _token(credentials))
+
+
+READ, ADMIN = Depends(read_key), Depends(admin_key)
+ReadKey = Annotated[Principal, Depends(read_key)]
+SubmitKey = Annotated[Principal, Depends(submit_key)]
+AdminKey = Annotated[Principal, Depends(admin_key)]
 
 
 class Page:
@@ -37,6 +75,8 @@ class Page:
                 self.after = int(base64.urlsafe_b64decode(cursor.encode()).decode())
             except ValueError:
                 raise invalid("cursor", "not a cursor from a previous page") from None
+            if not 0 <= self.after <= MAX_ID:
+                raise invalid("cursor", "not a cursor from a previous page")
 
     def result(self, rows: list, key, render) -> dict:
         """rows were fetched with limit + 1: the extra one says whether a next page exists."""

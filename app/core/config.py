@@ -28,12 +28,42 @@ class Settings(BaseSettings):
     runner_threads: int = Field(1, ge=1, le=256)  # torch threads of a job
     api_threads: int = Field(1, ge=1, le=256)  # torch threads of evaluate in the API process
 
+    # the Celery runner (ML3_RUNNER=celery) and its workers
+    visibility_timeout: float = Field(3600.0, gt=0)  # Redis re-delivers an unacked message after this
+    sweep_seconds: float = Field(5.0, gt=0, le=3600)  # how often the API sends the jobs that have no message
+
     # request limits
     max_eval_values: int = Field(4_000_000, ge=1)  # elements of pred in one evaluate request
     max_query_values: int = Field(1000, ge=1)  # values in a GET evaluate query
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     loss_cache_size: int = Field(32, ge=1)
     page_limit: int = Field(100, ge=1)  # most items per page
+
+    # access (app/security.py): auto = keys required unless the server listens on loopback only
+    auth: Literal["auto", "on", "off"] = "auto"
+    auth_reads: bool = False  # reads need a key (scope read) too
+    host: str = "127.0.0.1"  # the address served on (ml3 serve --host); what auth=auto decides on
+
+    # job sizes and per-key quotas (app/limits.py); each violation is a 4xx naming the setting
+    max_array_items: int = Field(1000, ge=1)  # items in any list of a job or meta-test spec
+    max_seeds: int = Field(32, ge=1)
+    max_outer_iterations: int = Field(100_000, ge=1)
+    max_inner_steps: int = Field(1000, ge=1)  # the unroll length M
+    max_hidden: int = Field(1024, ge=1)  # widest layer of L_phi or of the optimizee
+    max_tasks: int = Field(1000, ge=1)  # tasks per batch, per curve, per meta-test
+    max_steps: int = Field(20_000, ge=1)  # SGD steps of a curve or a meta-test (horizons too)
+    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of one unroll
+    max_active_jobs: int = Field(8, ge=1)  # queued + running jobs of one key
+    eval_rate: float = Field(100.0, ge=0)  # evaluate requests per second per key (0: no limit)
+    eval_burst: int = Field(200, ge=1)
+
+    # uploaded data sets (POST /v1/datasets); a violation is a 4xx naming the setting
+    dataset_max_bytes: int = Field(32 * 2**20, ge=1024)  # an upload, and its arrays once unpacked
+    dataset_max_rows: int = Field(1_000_000, ge=1)
+    dataset_max_columns: int = Field(1024, ge=2)  # inputs + outputs
+    dataset_max_tasks: int = Field(10_000, ge=3)
+    dataset_min_tasks: int = Field(3, ge=3)  # one each for meta-train, meta-validation, meta-test
+    dataset_min_task_rows: int = Field(4, ge=2)  # rows of every task: train and held-out points
 
     @property
     def db_url(self) -> str:

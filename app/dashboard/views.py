@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from ml3core import ConfigError
 from ml3core.api import parse_spec
 from ml3core.engine import TrainConfig
 from ml3core.losses import LossSpec
@@ -64,11 +65,32 @@ def _fields(cls, defaults: dict, prefix: str, helps: dict, skip=()) -> list[dict
     return out
 
 
+def _dataclass_defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def family_defaults(name: str) -> dict:
+    """The spec ``parse_spec`` fills in for a family; for a family with a required field (a data
+    set id) there is no such spec, so the form starts from its dataclasses' own defaults."""
+    try:
+        return parse_spec({"task": {"family": name}}).to_dict()
+    except ConfigError:
+        return {"task": {"family": name, **_dataclass_defaults(FAMILIES[name].config_cls)},
+                "loss": _dataclass_defaults(LossSpec), "meta_test": _dataclass_defaults(MetaTestConfig),
+                **_dataclass_defaults(TrainConfig)}
+
+
 def family_form(name: str) -> dict:
     """The submit form of a family, built from its config dataclasses and the defaults that
     ``parse_spec`` fills in: a family added to ``FAMILIES`` gets its form with no code here."""
     cls = FAMILIES[name]
-    plan = parse_spec({"task": {"family": name}}).to_dict()
+    plan = family_defaults(name)
     task_help = {f"task.{key}": text for key, _, text in getattr(cls, "cli_flags", {}).values()}
     doc = (cls.__doc__ or inspect.getmodule(cls).__doc__ or "").strip()
     return {

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ..config import ConfigError, from_dict
 from .base import TaskFamily
+from .dataset import DatasetFamily
 from .inverse_dynamics import InverseDynamicsFamily
 from .shaped_sine import ShapedSineFamily
 from .sine import SineFamily
 
 FAMILIES: dict[str, type[TaskFamily]] = {SineFamily.name: SineFamily, ShapedSineFamily.name: ShapedSineFamily}
 FAMILIES[InverseDynamicsFamily.name] = InverseDynamicsFamily
+FAMILIES[DatasetFamily.name] = DatasetFamily
 
 
 def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:

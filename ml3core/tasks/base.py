@@ -19,11 +19,16 @@ class TaskFamily:
     config_cls: type = object
     fixed_train: bool = False  # True: one set of meta-train tasks for the whole run
     extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
+    validation_split: str = "test"  # the split meta-validation tasks are drawn from (own stream)
 
     def __init__(self, config):
         self.config = config
 
     # -- what the engine calls -------------------------------------------------------
+    def resolve(self) -> None:
+        """Load and check what the config names outside itself (a data set); raises ConfigError.
+        Jobs call it when they are parsed; a landscape of a stored loss does not need it."""
+
     def loss_defaults(self) -> dict:
         """Default LossSpec fields for this family (architecture and input dims)."""
         return {}
@@ -103,6 +108,10 @@ class TaskFamily:
             curves[f"MSE, target={t:g}"] = (grid - t).pow(2).tolist()
         return {"kind": "prediction", "grid": grid.tolist(), "xlabel": "prediction", "targets": targets,
                 "curves": curves, "markers": targets, "title": "Learned loss vs MSE"}
+
+    def describe(self) -> dict:
+        """Facts about the tasks a report should keep (e.g. a data set's split); JSON."""
+        return {}
 
     def figures(self, spec, params: dict, report: dict) -> dict:
         """Extra figures (name -> PNG bytes) a family adds to a finished job."""

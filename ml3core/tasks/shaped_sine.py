@@ -105,29 +105,33 @@ class ShapedSineFamily(TaskFamily):
     def landscape(self, spec, params, options):
         """L_φ(ω) and MSE(ω) over a grid of ω for one frequency v (review Figs. 4-5).
 
-        options: v (0.5), lo (-7), hi (7, excluded), step (0.1), x_points (100 evenly spaced
-        inputs over x_range, as the official plot). Each curve's shape is summarised: local
-        minima on the grid and the distance of its global minimum from v.
+        options: v (0.5; or ``targets``: [v], as the service names it), lo (-7), hi (7,
+        excluded), points (140: step 0.1, the official grid), x_points (100 evenly spaced inputs
+        over x_range, as the official plot). Each curve's shape is summarised: its local minima
+        on the grid and the distance of its global minimum from v.
         """
-        v = options.get("v", 0.5)
-        lo, hi, step = options.get("lo", -7.0), options.get("hi", 7.0), options.get("step", 0.1)
-        n_x = options.get("x_points", 100)
+        unknown = sorted(set(options) - {"v", "targets", "lo", "hi", "points", "x_points"})
+        check(not unknown, unknown[0] if unknown else "", "not an option of a shaped-sine landscape")
+        targets = options.get("targets", [0.5])
+        check(isinstance(targets, list) and len(targets) == 1, "targets", "one frequency v")
+        v = options.get("v", targets[0])
+        lo, hi = options.get("lo", -7.0), options.get("hi", 7.0)
+        n, n_x = options.get("points", 140), options.get("x_points", 100)
         check_range(v, "v", -1e3, 1e3)
         check_range(lo, "lo", -1e3, 1e3)
         check_range(hi, "hi", lo, 1e3)
-        check_range(step, "step", 1e-4, 1e3)
-        check_range((hi - lo) / step, "step", 1, 100_000)
+        check(hi > lo, "hi", "greater than lo")
+        check_range(n, "points", 2, 10_000)
         check_range(n_x, "x_points", 1, 10_000)
-        grid = torch.arange(lo, hi - step / 2, step, dtype=torch.float64)  # [lo, hi), as the official plot
+        grid = lo + (hi - lo) * torch.arange(int(n), dtype=torch.float64) / int(n)  # [lo, hi)
         x = torch.linspace(*self.config.x_range, int(n_x), dtype=torch.float64).view(1, -1, 1).expand(len(grid), -1, -1)
-        theta = {"omega": grid.view(-1, 1)}
-        pred, target = self.predict(theta, x), torch.sin(v * x)
+        pred, target = self.predict({"omega": grid.view(-1, 1)}, x), torch.sin(v * x)
         phi = {k: t.to(torch.float64) for k, t in params.items()}  # float64: no rounding ripples
         with torch.no_grad():
             curves = {"learned": apply_loss(spec, phi, pred, target, x), "MSE": mse(pred, target)}
         grid_list = [round(w, 10) for w in grid.tolist()]
         return {"kind": "parameter", "grid": grid_list, "xlabel": "ω", "v": v, "markers": [v],
-                "title": f"Loss over ω for v = {v:g}",
+                "title": f"Loss over ω for v = {v:g}", "panels": True,
                 "curves": {k: c.tolist() for k, c in curves.items()},
                 "shape": {k: landscape_shape(grid_list, c.tolist(), v) for k, c in curves.items()}}
 

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select, update
@@ -16,13 +16,13 @@ from sqlalchemy.exc import IntegrityError
 
 from ml3core.api import parse_spec
 
-from ... import registry
+from ... import limits, registry
 from ...errors import Problem, invalid, not_found
-from ...models import CANCELED, FINAL, META_TRAIN, QUEUED, Checkpoint, Job, JobEvent, JobFile, utcnow
+from ...models import CANCELED, FINAL, MAX_ID, META_TRAIN, QUEUED, Checkpoint, Job, JobEvent, JobFile, utcnow
 from ...schemas import JobSpec, job_json
-from ..deps import DB, PageDep
+from ..deps import DB, READ, Id, PageDep, SubmitKey
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 log = logging.getLogger("ml3.api")
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
@@ -45,6 +45,7 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
                 response.status_code = 202
                 response.headers["Location"] = f"/v1/jobs/{job.id}"
                 return job_json(job)
+        limits.check_active_jobs(db, fields.get("api_key_id"), request.app.state.settings)
         job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
                   request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
         db.add(job)
@@ -70,16 +71,19 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 @router.post("", status_code=202, summary="Submit a meta-train job")
-def submit(request: Request, response: Response, db: DB, spec: Annotated[JobSpec, Body()],
+def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobSpec, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
     body = spec.model_dump(exclude_unset=True)
+    settings = request.app.state.settings
+    limits.check_arrays(body, settings)
     register_as = body.get("register_as")
     if register_as is not None:
         registry.check_name(register_as, "register_as")
     plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
+    limits.check_job(plan, settings)
     body.setdefault("kind", META_TRAIN)
     return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
-                      register_as=register_as or plan.family.name,
+                      register_as=register_as or plan.family.name, api_key_id=key.key_id,
                       progress_total=plan.train.outer_iterations, progress_unit="iterations")
 
 
@@ -105,7 +109,7 @@ def get_job(db, job_id: int) -> Job:
 
 
 @router.get("/{job_id}", summary="A job: status, progress, latest metrics, error, result")
-def show(db: DB, job_id: int) -> dict:
+def show(db: DB, job_id: Id) -> dict:
     job = get_job(db, job_id)
     files = list(db.scalars(select(JobFile.name).where(JobFile.job_id == job_id)))
     out = job_json(job, files)
@@ -114,7 +118,7 @@ def show(db: DB, job_id: int) -> dict:
 
 
 @router.get("/{job_id}/metrics", summary="Metric history (one entry per evaluation)")
-def metrics(db: DB, job_id: int) -> dict:
+def metrics(db: DB, job_id: Id) -> dict:
     get_job(db, job_id)
     q = (select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
          .order_by(JobEvent.id))
@@ -122,8 +126,11 @@ def metrics(db: DB, job_id: int) -> dict:
 
 
 @router.post("/{job_id}/cancel", status_code=202, summary="Ask a job to stop (cooperative; checkpoint kept)")
-def cancel(db: DB, job_id: int) -> dict:
+def cancel(db: DB, key: SubmitKey, job_id: Id) -> dict:
     job = get_job(db, job_id)
+    if job.api_key_id != key.key_id and not key.allows("admin"):
+        raise Problem(403, "not_your_job", f"job {job_id} was submitted with another key; cancelling it "
+                      "needs that key or one with scope admin")
     if job.status in FINAL:
         raise Problem(409, "job_finished", f"job {job_id} is already {job.status}")
     # a queued job ends at once; a running one sees the flag at its next heartbeat
@@ -150,12 +157,12 @@ def _file(db, job_id: int, name: str) -> JobFile:
 
 
 @router.get("/{job_id}/report", summary="The report of a finished job (JSON)")
-def report(db: DB, job_id: int) -> Response:
+def report(db: DB, job_id: Id) -> Response:
     return Response(_file(db, job_id, "report.json").data, media_type="application/json")
 
 
 @router.get("/{job_id}/figures/{name}", summary="A figure of a finished job (PNG)")
-def figure(db: DB, job_id: int, name: str) -> Response:
+def figure(db: DB, job_id: Id, name: str) -> Response:
     if not name.endswith(".png"):
         raise not_found(f"figure {name!r}")
     return Response(_file(db, job_id, name).data, media_type="image/png")
@@ -167,14 +174,14 @@ def _sse(event: JobEvent) -> str:
 
 @router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
             response_class=StreamingResponse)
-async def events(request: Request, job_id: int, last_event_id: Annotated[str | None, Header()] = None,
-                 after: int | None = None) -> StreamingResponse:
+async def events(request: Request, job_id: Id, last_event_id: Annotated[str | None, Header()] = None,
+                 after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     Session = request.app.state.Session
     with Session() as db:
         get_job(db, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.isdigit():
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_ID:
             raise invalid("Last-Event-ID", "an event id from this stream")
         start = int(last_event_id)
 

@@ -17,15 +17,15 @@ from sqlalchemy import func, select
 
 from ml3core.api import landscape, landscape_png, parse_meta_test
 
-from ... import registry
+from ... import limits, registry
 from ...errors import invalid
 from ...evaluate import evaluate, to_tensor, torch_threads
 from ...models import META_TEST, Loss, LossAlias, LossVersion
 from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagRequest, iso, version_json
-from ..deps import DB, PageDep, reject_unknown_query
+from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_query
 from .jobs import IdempotencyKey, create_job
 
-router = APIRouter(prefix="/v1/losses", tags=["losses"])
+router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
 
 
@@ -84,14 +84,14 @@ def aliases(db: DB, name: str) -> dict:
     return {"name": name, "aliases": {a.alias: versions[a.version_id] for a in loss.aliases}}
 
 
-@router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version")
+@router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version", dependencies=[ADMIN])
 def set_alias(db: DB, name: str, alias: str, body: AliasRequest) -> dict:
     registry.set_alias(db, name, alias, body.version)
     db.commit()
     return {"name": name, "alias": alias, "version": body.version, "id": f"{name}@{alias}"}
 
 
-@router.delete("/{name}/aliases/{alias}", status_code=204, summary="Delete an alias")
+@router.delete("/{name}/aliases/{alias}", status_code=204, summary="Delete an alias", dependencies=[ADMIN])
 def delete_alias(db: DB, name: str, alias: str) -> Response:
     registry.delete_alias(db, name, alias)
     db.commit()
@@ -104,7 +104,7 @@ def tags(db: DB, loss_id: str) -> dict:
     return {"id": r.ref, "tags": {t.key: t.value for t in v.tags}}
 
 
-@router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version")
+@router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version", dependencies=[ADMIN])
 def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
     r = registry.resolve(db, loss_id)
     registry.set_tag(db, r.id, key, body.value)
@@ -112,7 +112,8 @@ def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
     return tags(db, r.ref)
 
 
-@router.delete("/{loss_id}/tags/{key}", status_code=204, summary="Delete a tag of a loss version")
+@router.delete("/{loss_id}/tags/{key}", status_code=204, summary="Delete a tag of a loss version",
+               dependencies=[ADMIN])
 def delete_tag(db: DB, loss_id: str, key: str) -> Response:
     r = registry.resolve(db, loss_id)
     registry.delete_tag(db, r.id, key)
@@ -163,7 +164,7 @@ def _query_array(text: str | None, loc: str, limit: int):
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise invalid(loc, "comma-separated numbers, e.g. 0.1,0.5") from None
-    return to_tensor(values, loc, limit)
+    return to_tensor(values, loc, limit, limit_name="max_query_values")
 
 
 def _param(name: str, description: str, required: bool = False, **schema) -> dict:
@@ -185,7 +186,9 @@ BOOLS = {"true": True, "1": True, "false": False, "0": False}
 # the loss itself on this, the smallest and most frequent request
 @router.get("/{loss_id}/evaluate", summary="Evaluate a loss on a few points given in the query",
             openapi_extra={"parameters": EVAL_QUERY})
-async def evaluate_get(request: Request, loss_id: str) -> Response:
+async def evaluate_get(request: Request, loss_id: str, key: ReadKey) -> Response:
+    state = request.app.state
+    limits.check_rate(state.eval_limiter, key.client, state.settings)
     q = request.query_params
     reject_unknown_query(request, {p["name"] for p in EVAL_QUERY})
     limit = request.app.state.settings.max_query_values
@@ -208,7 +211,9 @@ EVAL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
 
 @router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
              openapi_extra=EVAL_BODY)
-async def evaluate_post(request: Request, loss_id: str) -> Response:
+async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Response:
+    state = request.app.state
+    limits.check_rate(state.eval_limiter, key.client, state.settings)
     try:  # parsed by hand, like the GET: the body model is in the OpenAPI schema all the same
         body = EvaluateRequest.model_validate_json(await request.body())
     except ValidationError as e:
@@ -265,18 +270,23 @@ def landscape_view(request: Request, db: DB, loss_id: str,
 
 
 @router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)")
-def meta_test(request: Request, response: Response, db: DB, loss_id: str,
+def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss_id: str,
               body: Annotated[MetaTestRequest | None, Body()] = None,
               idempotency_key: IdempotencyKey = None) -> dict:
     body = body or MetaTestRequest()
+    settings = request.app.state.settings
     r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
     spec = body.model_dump(exclude_none=True, exclude={"device"})
+    limits.check_arrays(spec, settings)
+    seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
+    limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
     if not (body.device == "cpu" or body.device.startswith("cuda")):
         raise invalid("device", "cpu or cuda[:N]")
-    parse_meta_test(registry.load_bundle(db, r.id), spec)  # ConfigError -> 422 before anything is stored
+    _, _, cfg = parse_meta_test(registry.load_bundle(db, r.id), spec)  # ConfigError -> 422, nothing stored
+    limits.check_meta_test(cfg, settings)
     request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
     return create_job(request, response, db, META_TEST, request_body,
                       {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
-                      f"losses/{loss_id}/meta-test", loss_version_id=r.id, progress_total=1,
-                      progress_unit="runs")
+                      f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
+                      progress_total=1, progress_unit="runs")
 

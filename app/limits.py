@@ -1,0 +1,153 @@
+"""Limits from the settings: request bodies, array lengths, job sizes, concurrent jobs per key and
+the evaluate rate per key. Each violation is a 4xx problem+json whose ``code`` is
+``<setting>_exceeded`` and whose detail names the setting and its ML3_* variable, so a client
+knows which limit it hit and an operator which knob to turn."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+
+from sqlalchemy import func, select
+
+from .core.config import Settings
+from .errors import Problem
+from .models import QUEUED, RUNNING, Job
+
+
+def exceeded(name: str, status: int, what: str, allowed, headers: dict | None = None, loc: str | None = None):
+    detail = f"{what}; the limit {name} is {allowed} (ML3_{name.upper()})"
+    extra = {"errors": [{"loc": loc, "msg": f"over the limit {name} ({allowed})"}]} if loc else {}
+    return Problem(status, f"{name}_exceeded", detail, headers=headers, limit=name, allowed=allowed, **extra)
+
+
+def at_most(settings: Settings, name: str, loc: str, value: int) -> None:
+    allowed = getattr(settings, name)
+    if value > allowed:
+        raise exceeded(name, 422, f"{loc}: {value}", allowed, loc=loc)
+
+
+def check_arrays(obj, settings: Settings, loc: str = "body") -> None:
+    """Every list in a JSON document, however deep, holds at most ``max_array_items`` items."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_arrays(v, settings, f"{loc}.{k}" if loc != "body" else str(k))
+    elif isinstance(obj, list):
+        if len(obj) > settings.max_array_items:
+            allowed = settings.max_array_items
+            raise exceeded("max_array_items", 413, f"{loc}: {len(obj)} items", allowed, loc=loc)
+        for i, v in enumerate(obj):
+            check_arrays(v, settings, f"{loc}.{i}")
+
+
+def unroll_bytes(plan) -> int:
+    """A rough upper bound on the activations one meta-gradient keeps alive: seeds x tasks x points
+    x (widths of the optimizee and of L_phi) x unrolled steps x bytes per value."""
+    cfg, task = plan.train, plan.family.config
+    points = getattr(task, "points", 1) * getattr(task, "trajectories", 1)
+    width = sum(getattr(task, "model_hidden", [])) + sum(plan.loss.hidden)
+    steps = cfg.inner_steps if cfg.schedule == "unrolled" else 1
+    size = 8 if cfg.dtype == "float64" else 4
+    return cfg.seeds * cfg.tasks_per_batch * points * max(width, 1) * steps * size
+
+
+def check_job(plan, settings: Settings) -> None:
+    """The size of a meta-train job (a parsed ``ml3core.api.Plan``) against the settings."""
+    cfg, task, mt = plan.train, plan.family.config, plan.meta_test
+    for name, loc, value in (
+        ("max_seeds", "seeds", cfg.seeds),
+        ("max_outer_iterations", "outer_iterations", cfg.outer_iterations),
+        ("max_inner_steps", "inner_steps", cfg.inner_steps),
+        ("max_hidden", "loss.hidden", max(plan.loss.hidden, default=0)),
+        ("max_hidden", "task.model_hidden", max(getattr(task, "model_hidden", []), default=0)),
+        ("max_tasks", "tasks_per_batch", cfg.tasks_per_batch),
+        ("max_tasks", "validation_tasks", cfg.validation_tasks),
+        ("max_tasks", "eval_tasks", cfg.eval_tasks),
+        ("max_steps", "eval_steps", cfg.eval_steps),
+    ):
+        at_most(settings, name, loc, value)
+    check_meta_test(mt, settings, "meta_test.")
+    need = unroll_bytes(plan)
+    if need > settings.max_unroll_bytes:
+        raise exceeded("max_unroll_bytes", 422, f"one unroll needs about {need} bytes (seeds x "
+                       "tasks_per_batch x points x hidden widths x inner_steps x bytes per value)",
+                       settings.max_unroll_bytes)
+
+
+def check_meta_test(cfg, settings: Settings, prefix: str = "") -> None:
+    """A meta-test (``MetaTestConfig``): its tasks and its longest fit."""
+    at_most(settings, "max_tasks", f"{prefix}tasks", cfg.tasks)
+    at_most(settings, "max_steps", f"{prefix}steps", max([cfg.steps, *cfg.horizons]))
+
+
+def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
+    """Queued + running jobs of one key. Counted before the insert, not under a lock: two requests
+    racing can both pass, so a key may briefly hold one job more than the limit."""
+    if api_key_id is None:
+        return
+    n = db.scalar(select(func.count()).select_from(Job)
+                  .where(Job.api_key_id == api_key_id, Job.status.in_((QUEUED, RUNNING))))
+    if n >= settings.max_active_jobs:
+        raise exceeded("max_active_jobs", 429, f"this key has {n} queued or running jobs",
+                       settings.max_active_jobs, headers={"Retry-After": "10"})
+
+
+class RateLimiter:
+    """Token buckets per caller, in this process's memory: exact for one API process; with N
+    processes behind a balancer each keeps its own buckets, so a caller gets up to N times the rate
+    (a shared store such as Redis would make it global). The least recent callers are forgotten
+    beyond ``max_callers``, which only ever lets them in sooner."""
+
+    def __init__(self, rate: float, burst: int, max_callers: int = 10_000):
+        self.rate, self.burst, self.max_callers = rate, burst, max_callers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> float:
+        """0.0 if a request may go now (and count it), else the seconds until it may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self._buckets[caller] = (tokens - 1 if wait == 0.0 else tokens, now)
+            if len(self._buckets) > self.max_callers:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+def check_rate(limiter: RateLimiter, caller: str, settings: Settings) -> None:
+    if settings.eval_rate <= 0:
+        return
+    wait = limiter.take(caller)
+    if wait:
+        what = f"evaluate requests of {caller} come faster than allowed (bursts of {settings.eval_burst})"
+        retry = {"Retry-After": str(math.ceil(wait))}
+        raise exceeded("eval_rate", 429, what, settings.eval_rate, headers=retry)
+
+
+async def read_body(receive, limit: int) -> list | None:
+    """The messages of a body sent without Content-Length (chunked), read up to ``limit`` bytes so
+    it can be replayed; None once it is over the limit."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            return messages
+
+
+def replay(messages: list, receive):
+    pending = list(messages)
+
+    async def receive_again():
+        return pending.pop(0) if pending else await receive()
+
+    return receive_again

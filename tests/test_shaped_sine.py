@@ -1,0 +1,126 @@
+"""shaped-sine (review §3.2): the family, its landscapes over ω, and the three-way shaping experiment."""
+
+import json
+
+import pytest
+import torch
+
+from app.cli import build_train_spec, make_parser
+from ml3core.api import landscape, landscape_png, meta_train, parse_spec
+from ml3core.artifact import Bundle
+from ml3core.config import ConfigError
+from ml3core.engine import stream_generator
+from ml3core.losses import init_loss_params
+from ml3core.tasks import FAMILIES, make_family
+from ml3core.tasks.shaped_sine import landscape_shape
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def family(**settings):
+    return make_family({"family": "shaped-sine", **settings})
+
+
+def test_tasks_model_metrics_and_the_three_task_losses():
+    fam = family()
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    data = fam.sample_tasks(gens, 3, "train")
+    assert data["x"].shape == data["x_heldout"].shape == (2, 3, 64, 1)
+    v = data["frequency"]
+    assert v.shape == (2, 3) and v.abs().max() <= 5 and data["x"].abs().max() <= 5
+    assert torch.allclose(data["y"], torch.sin(v[..., None, None] * data["x"]))
+    assert torch.allclose(data["y_heldout"], torch.sin(v[..., None, None] * data["x_heldout"]))
+    theta = fam.init_theta(gens, 3)
+    assert theta["omega"].shape == (2, 3, 1) and torch.all(theta["omega"] == 0.1)
+
+    mse = (torch.sin(0.1 * data["x"]) - data["y"]).pow(2).mean((-2, -1))
+    shaping = (0.1 - v).pow(2)
+    assert torch.allclose(fam.task_loss(theta, data), shaping)  # the default: the shaping loss
+    assert torch.allclose(family(task_loss="mse").task_loss(theta, data), mse)
+    mixed = family(task_loss="mixed", beta=2.0, gamma=0.5).task_loss(theta, data)
+    assert torch.allclose(mixed, 2 * mse + 0.5 * shaping)
+    assert torch.allclose(fam.plain_loss(theta, data), mse)
+
+    metrics = fam.metrics({"omega": v.unsqueeze(-1) + 0.04}, data)
+    assert torch.allclose(metrics["param_error"], torch.full_like(v, 0.04), atol=1e-6)
+    assert metrics["converged"].tolist() == [[1.0] * 3] * 2
+    assert fam.metrics(theta, data)["converged"].sum() == ((0.1 - v).abs() < 0.05).sum()
+
+
+def test_review_variant_and_bad_settings():
+    data = family(points=1000, x_range=[-1, 1]).sample_tasks([torch.Generator().manual_seed(0)], 2, "test")
+    assert data["x"].shape == (1, 2, 1000, 1) and data["x"].abs().max() <= 1
+    for bad, loc in [({"task_loss": "l2"}, "task.task_loss"), ({"x_range": [1, -1]}, "task.x_range"),
+                     ({"points": 0}, "task.points"), ({"gamma": -1}, "task.gamma")]:
+        with pytest.raises(ConfigError) as e:
+            family(**bad)
+        assert e.value.loc == loc
+
+
+def test_cli_flag_and_the_official_training_defaults():
+    args = make_parser().parse_args(["train", "shaped-sine", "--task-loss", "mse", "--outer-iters", "3"])
+    plan = parse_spec(build_train_spec(args, FAMILIES["shaped-sine"]))
+    assert plan.family.config.task_loss == "mse"
+    t = plan.train
+    assert (t.outer_iterations, t.inner_lr, t.outer_lr, t.tasks_per_batch, t.inner_steps, t.schedule) == (
+        3, 1.0, 3e-3, 4, 10, "online")
+    loss = plan.loss
+    assert (loss.inputs, loss.hidden, loss.activation, loss.bias, loss.output) == (
+        ["x", "pred", "target"], [10, 10, 10], "elu", True, "linear")
+    # a spec's own values win over the family's defaults
+    assert parse_spec({"task": {"family": "shaped-sine"}, "inner_lr": 0.5}).train.inner_lr == 0.5
+
+
+def test_landscape_shape_counts_minima_and_ends():
+    grid = [i / 10 for i in range(-20, 21)]
+    assert landscape_shape(grid, [(w - 0.5) ** 2 for w in grid], 0.5) == {
+        "local_minima": 1, "minima_at": [0.5], "argmin": 0.5, "argmin_distance": 0.0}
+    two = landscape_shape(grid, [min((w + 1) ** 2, (w - 1) ** 2 + 0.1) for w in grid], 1.0)
+    assert two["minima_at"] == [-1.0, 1.0] and two["argmin"] == -1.0 and two["argmin_distance"] == 2.0
+    assert landscape_shape(grid, [-w for w in grid], 0.0)["minima_at"] == [2.0]  # falls off the grid's end
+
+
+def test_mse_landscape_at_heldout_frequencies_has_several_minima():
+    """Review Fig. 4: on the official inputs x ∈ [−5, 5] the MSE over ω ∈ [−7, 7) has many local
+    minima, its global one at v (measured: 12-14 minima for these v)."""
+    fam = family()
+    spec = parse_spec({"task": {"family": "shaped-sine"}}).loss
+    phi = init_loss_params(spec, torch.Generator().manual_seed(0))
+    v = fam.sample_tasks([stream_generator(0, "test")], 8, "test")["frequency"][0].tolist()
+    for f in v:
+        shape = fam.landscape(spec, phi, {"v": f})["shape"]["MSE"]
+        assert shape["local_minima"] >= 8 and shape["argmin_distance"] <= 0.05 + 1e-9
+
+
+def test_landscape_of_a_stored_loss_is_json_and_a_png():
+    plan = parse_spec({"task": {"family": "shaped-sine"}})
+    phi = init_loss_params(plan.loss, torch.Generator().manual_seed(0))
+    bundle = Bundle.read(Bundle.build(phi, plan.loss, plan.task_dict(), {}, {}).to_zip())
+    data = landscape(bundle, {"targets": [0.5]})  # the service's option name for v
+    json.dumps(data, allow_nan=False)
+    grid = data["grid"]
+    assert len(grid) == 140 and grid[0] == -7.0 and grid[-1] == 6.9 and grid[75] == 0.5
+    assert set(data["curves"]) == {"learned", "MSE"} and all(len(c) == 140 for c in data["curves"].values())
+    assert data["curves"]["MSE"][75] == 0.0 and data["shape"]["MSE"]["argmin"] == 0.5
+    # the learned curve is the served loss itself, evaluated at one ω
+    x = torch.linspace(-5, 5, 100).view(-1, 1)
+    value = bundle.module()(torch.sin(2.0 * x), torch.sin(0.5 * x), x=x)
+    assert value.item() == pytest.approx(data["curves"]["learned"][90], rel=1e-5, abs=1e-6)
+    shape = data["shape"]["learned"]
+    assert shape["local_minima"] >= 1 and shape["argmin_distance"] == pytest.approx(abs(shape["argmin"] - 0.5))
+
+    png = landscape_png(data)
+    assert png[:8] == PNG and int.from_bytes(png[16:20], "big") > 600  # two panels side by side
+    for bad in ({"targets": [0.1, 0.2]}, {"x": 1.0}, {"lo": 1.0, "hi": 1.0}, {"points": 1}, {"v": "a"}):
+        with pytest.raises(ConfigError):
+            landscape(bundle, bad)
+
+
+def test_a_job_adds_the_landscape_and_reports_parameter_error():
+    out = meta_train({"task": {"family": "shaped-sine"}, "seeds": 1, "outer_iterations": 2, "eval_every": 1,
+                      "meta_test": {"tasks": 3, "steps": 5, "horizons": [5]}})
+    assert {"landscape.png", "meta_test_param_error.png", "meta_test.png"} <= set(out.figures)
+    assert all(png[:8] == PNG for png in out.figures.values())
+    final = out.report["meta_test"]["final"]
+    assert {"param_error", "converged"} <= set(final["learned"]) and {"param_error", "converged"} <= set(final["mse"])
+    assert out.bundle.spec["task"]["task_loss"] == "shaping"
