@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ml3core import ConfigError, Hooks
+from ml3core.engine import checkpoint_iteration
 
 from . import datasets, registry
 from .core.config import Settings, get_settings
@@ -57,12 +58,6 @@ def clean(obj):
     if isinstance(obj, (list, tuple)):
         return [clean(v) for v in obj]
     return obj
-
-
-def checkpoint_iteration(blob: bytes) -> int:
-    """The iteration stored in an engine checkpoint (a safetensors header's metadata)."""
-    n = int.from_bytes(blob[:8], "little")
-    return json.loads(json.loads(blob[8:8 + n])["__metadata__"]["json"])["iteration"]
 
 
 class Lease:

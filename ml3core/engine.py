@@ -387,6 +387,11 @@ class MetaTrainer:
         self.history = meta["history"]
 
 
+def checkpoint_iteration(blob: bytes) -> int:
+    """The iteration a checkpoint was taken at, read from its header alone."""
+    return json.loads(_safetensors_metadata(blob)["json"])["iteration"]
+
+
 def _safetensors_metadata(blob: bytes) -> dict:
     n = int.from_bytes(blob[:8], "little")
     return json.loads(blob[8 : 8 + n]).get("__metadata__", {})

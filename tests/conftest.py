@@ -42,3 +42,22 @@ def postgres_database(prefix: str):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    """The app on the test module's own ``settings`` fixture, for the module's tests."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def Session(settings, client):
+    """A sessionmaker on the database of the module's app."""
+    from app.db import get_sessionmaker
+
+    return get_sessionmaker(settings.db_url)

@@ -12,15 +12,12 @@ from datetime import timedelta
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from sqlalchemy import func, inspect, select, table, update
 from sqlalchemy.exc import IntegrityError
 
 from app import registry
 from app.core.config import Settings
-from app.db import get_sessionmaker
 from app.execute import run_job
-from app.main import create_app
 from app.models import Checkpoint, Job, JobEvent, LossVersion, utcnow
 from ml3core import load_loss
 from ml3core.artifact import Bundle
@@ -35,17 +32,6 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 def settings(tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("api"), runner="none", checkpoint_every=5, progress_every=5,
                     lease_seconds=2, max_eval_values=5000, max_body_bytes=1_000_000, max_attempts=3)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def Session(settings, client):
-    return get_sessionmaker(settings.db_url)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
 from app.execute import run_job
 from app.main import create_app
 from app.models import Dataset, Job, LossVersion
@@ -35,17 +34,6 @@ def example():
 def settings(tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("datasets"), runner="none", lease_seconds=5,
                     dataset_max_bytes=200_000, dataset_max_tasks=40)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def Session(settings, client):
-    return get_sessionmaker(settings.db_url)
 
 
 @pytest.fixture(scope="module")

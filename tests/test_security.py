@@ -41,17 +41,6 @@ def settings(tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("security"), runner="none", auth="on", **LIMITS)
 
 
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def Session(settings, client):
-    return get_sessionmaker(settings.db_url)
-
-
 def new_key(Session, scope: str, revoked: bool = False) -> dict:
     """Headers carrying a fresh key of ``scope``."""
     with Session.begin() as db:

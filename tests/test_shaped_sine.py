@@ -124,3 +124,83 @@ def test_a_job_adds_the_landscape_and_reports_parameter_error():
     final = out.report["meta_test"]["final"]
     assert {"param_error", "converged"} <= set(final["learned"]) and {"param_error", "converged"} <= set(final["mse"])
     assert out.bundle.spec["task"]["task_loss"] == "shaping"
+
+
+def test_experiment_config_errors_change_nothing(tmp_path, capsys):
+    from app.cli import main
+    from ml3core.experiments.shaping import ShapingConfig
+
+    for bad, loc in [({"task": {"task_loss": "mse"}}, "task.task_loss"), ({"steps": -1}, "steps"),
+                     ({"bogus": 1}, "bogus"), ({"test_tasks": 5, "landscape_tasks": 6}, "landscape_tasks")]:
+        with pytest.raises(ConfigError) as e:
+            ShapingConfig.from_dict(bad)
+        assert e.value.loc == loc
+    out = tmp_path / "run"
+    assert main(["experiment", "shaping", "--out", str(out), "--set", "train.inner_lr=-1"]) == 2
+    assert "inner_lr" in capsys.readouterr().err and not out.exists()
+
+
+# The three-way experiment at CI size. With the official settings (v ~ U[-5, 5], x ~ U[-5, 5], 64
+# points, 3x10 ELU loss, online loop) a single shaped loss does not generalise across v: on held-out
+# v after 1000 iterations it converged (|ω − v| < 0.05) on 1.8 % (4 seeds; median |ω − v| 1.9)
+# against 11.7 % for plain MSE at lr 0.1, its landscapes keep 6-19 local minima, and longer runs
+# are unstable (seed 0's meta-loss 0.8 at 1000 iterations, 9.7 at 3000). What does hold is the
+# claim within a frequency band where MSE is stuck: v ∈ [1.5, 2.5], held-out v from that band.
+BAND = {"task": {"frequency": [1.5, 2.5], "test_frequency": [1.5, 2.5]},
+        "train": {"seeds": 2, "outer_iterations": 800, "eval_every": 800, "tasks_per_batch": 16, "outer_lr": 1e-3},
+        "test_tasks": 100, "steps": 100, "landscape_v": 2.0}
+
+
+@pytest.fixture(scope="module")
+def band():
+    from ml3core.experiments import shaping
+
+    return shaping.run(shaping.ShapingConfig.from_dict(BAND))
+
+
+def test_shaped_loss_gets_where_mse_is_stuck(band):
+    """Measured (2 seeds x 100 held-out v, 100 SGD steps from ω₀ = 0.1): the shaped loss converges
+    on 12.5 % (within 0.1: 23 %, within 0.3: 55 %, median |ω − v| 0.27); the MSE-trained loss and
+    plain MSE on 0 % (median 1.9: stuck in the local minima near ω₀). The ≥ 90 % of the paper's
+    picture is not reached: the learned loss's minimum sits ~0.1-0.3 away from v."""
+    m = band.report["meta_test"]["methods"]
+    shaped, learned_mse, mse = m["shaped"], m["learned_mse"], m["mse"]
+    assert shaped["converged_fraction"] >= 0.06
+    assert learned_mse["converged_fraction"] <= 0.02 and mse["converged_fraction"] <= 0.02
+    assert shaped["fraction_within"]["0.3"] >= 0.4
+    assert learned_mse["fraction_within"]["0.3"] <= 0.05 and mse["fraction_within"]["0.3"] <= 0.05
+    assert shaped["param_error_quartiles"][1] < 0.5 < 1.5 < min(
+        learned_mse["param_error_quartiles"][1], mse["param_error_quartiles"][1])
+
+
+def test_landscapes_at_heldout_frequencies(band):
+    """Measured over 2 x 10 held-out v: the MSE landscape has 12 local minima on average, its
+    global minimum always at v; the shaped loss's global minimum is within 0.1 of v for 60 %,
+    the MSE-trained loss's for none. Outside the band the shaped landscape is not shaped (11
+    local minima on average over ω ∈ [−7, 7)): meta-training never visits those ω."""
+    held = band.report["landscapes"]["heldout"]
+    assert len(held["v"]) == 20 and all(1.5 <= v <= 2.5 for v in held["v"])
+    assert min(held["mse"]["local_minima"]) >= 8 and held["mse"]["argmin_within_0.1_fraction"] == 1.0
+    assert held["shaped"]["argmin_within_0.1_fraction"] >= 0.4
+    assert held["learned_mse"]["argmin_within_0.1_fraction"] <= 0.1
+
+
+def test_experiment_outputs(band, tmp_path):
+    from ml3core import load_loss
+
+    report = json.loads(json.dumps(band.report, allow_nan=False))
+    assert set(report["meta_test"]["methods"]) == {"shaped", "learned_mse", "mse"}
+    reference = report["landscapes"]["reference"]
+    assert reference["v"] == 2.0 and set(reference["curves"]) == {"mse", "shaped", "learned_mse"}
+    assert reference["shape"]["mse"]["argmin"] == 2.0
+    assert {"landscapes.png", "meta_test.png"} == set(band.figures)
+    assert all(png[:8] == PNG for png in band.figures.values())
+    for name, task_loss in (("shaped", "shaping"), ("learned_mse", "mse")):
+        bundle = band.bundles[name]
+        assert bundle.spec["task"]["task_loss"] == task_loss
+        bundle.write_dir(tmp_path / name)
+        loss = load_loss(tmp_path / name)
+        x = torch.linspace(-5, 5, 100).view(-1, 1)
+        curve = make_family({"family": "shaped-sine"}).landscape(bundle.loss_spec(), bundle.params(), {"v": 2.0})
+        assert loss(torch.sin(2.0 * x), torch.sin(2.0 * x), x=x).item() == pytest.approx(
+            curve["curves"]["learned"][90], rel=1e-5, abs=1e-6)

@@ -123,6 +123,7 @@ def meta_test_three_ways(family, spec, phis: dict, train, cfg: ShapingConfig) ->
         out["methods"][name] = {
             "converged_fraction": float(final["converged"].mean()),
             "converged_per_seed": final["converged"].mean(1).tolist(),
+            "fraction_within": {str(r): float((final["param_error"] < r).float().mean()) for r in (0.1, 0.3)},
             "final_param_error": _clean(final["param_error"].tolist()),
             "final_mse_heldout": _clean(final["mse_heldout"].tolist()),
             "param_error_quartiles": _quartiles(final["param_error"]),
