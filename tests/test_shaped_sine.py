@@ -204,3 +204,29 @@ def test_experiment_outputs(band, tmp_path):
         curve = make_family({"family": "shaped-sine"}).landscape(bundle.loss_spec(), bundle.params(), {"v": 2.0})
         assert loss(torch.sin(2.0 * x), torch.sin(2.0 * x), x=x).item() == pytest.approx(
             curve["curves"]["learned"][90], rel=1e-5, abs=1e-6)
+
+
+def test_landscape_endpoint_serves_a_registered_shaped_sine_loss(tmp_path):
+    """Through the service: a shaped-sine job registers a loss whose landscape is drawn over ω."""
+    from fastapi.testclient import TestClient
+
+    from app.core.config import Settings
+    from app.execute import run_job
+    from app.main import create_app
+
+    settings = Settings(data_dir=tmp_path, runner="none")
+    spec = {"kind": "meta-train", "task": {"family": "shaped-sine", "task_loss": "shaping"}, "seeds": 1,
+            "outer_iterations": 2, "eval_every": 2, "eval_steps": 5, "validation_tasks": 2,
+            "meta_test": {"tasks": 2, "steps": 5, "horizons": [5]}, "register_as": "shaped"}
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/jobs", json=spec)
+        assert r.status_code == 202, r.text
+        assert run_job(r.json()["id"], "test-runner", settings) == "succeeded"
+        data = c.get("/v1/losses/shaped/landscape", params={"targets": "1.5"}).json()
+        assert data["kind"] == "parameter" and data["v"] == 1.5 and len(data["grid"]) == 140
+        assert set(data["curves"]) >= {"learned", "MSE"} and len(data["curves"]["MSE"]) == 140
+        assert data["shape"]["MSE"]["local_minima"] >= 5  # sin(ωx) on x in [-5, 5]: a rugged landscape
+        png = c.get("/v1/losses/shaped/landscape", params={"targets": "1.5", "format": "png"})
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        bad = c.get("/v1/losses/shaped/landscape", params={"targets": "1,2"})
+        assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
