@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import traceback
 from datetime import timedelta
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ml3core import ConfigError, Hooks
 from ml3core.engine import checkpoint_iteration
+from ml3core.engine import json_clean as clean
 
 from . import datasets, registry
 from .core.config import Settings, get_settings
@@ -47,17 +47,6 @@ log = logging.getLogger("ml3.execute")
 
 class LeaseLost(Exception):
     """Another runner took the job over: stop without writing anything."""
-
-
-def clean(obj):
-    """JSON has no NaN/inf: store them as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    return obj
 
 
 class Lease:

@@ -260,7 +260,7 @@ class MetaTrainer:
         for name, (theta, data) in self.eval_sets.items():
             curves = fit(self.family, objective, theta, data, self.cfg.eval_steps, self.cfg.inner_lr,
                          record_at=[self.cfg.eval_steps])
-            out[name] = {k: _clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
+            out[name] = {k: json_clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
         return out
 
     def evaluate(self) -> dict:
@@ -402,8 +402,12 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _clean(values):
-    """JSON has no NaN/inf: report them as null."""
-    if isinstance(values, list):
-        return [_clean(v) for v in values]
-    return values if values is None or math.isfinite(values) else None
+def json_clean(obj):
+    """JSON has no NaN/inf: report them as null, in numbers, lists and dicts alike."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    return obj

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import check, check_range, from_dict
-from .engine import DTYPES, _clean, fit, fresh_theta, learned_objective, sample_data, stream_generator
+from .engine import DTYPES, fit, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
 from .losses import LossSpec
 from .tasks import TaskFamily
 
@@ -62,12 +62,12 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
               "final": {}, "horizon": []}
     for name, curves in runs.items():
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks
-        report["curves"][name] = {m: _clean(v[curve_rows].T.tolist()) for m, v in per_seed.items()}
-        report["final"][name] = {m: _clean(v[idx[cfg.steps]].tolist()) for m, v in per_seed.items()}
+        report["curves"][name] = {m: json_clean(v[curve_rows].T.tolist()) for m, v in per_seed.items()}
+        report["final"][name] = {m: json_clean(v[idx[cfg.steps]].tolist()) for m, v in per_seed.items()}
     for h in sorted(set(cfg.horizons)):
         row = {"steps": h}
         for name, curves in runs.items():
-            row[name] = {m: _clean(float(c[idx[h]].mean())) for m, c in curves.items()}
+            row[name] = {m: json_clean(float(c[idx[h]].mean())) for m, c in curves.items()}
         row["heldout_ratio"] = _ratio(row["learned"].get("mse_heldout"), row["mse"].get("mse_heldout"))
         report["horizon"].append(row)
     return report

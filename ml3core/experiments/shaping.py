@@ -23,10 +23,10 @@ from ..config import check, check_range, from_dict
 from ..engine import (
     Hooks,
     MetaTrainer,
-    _clean,
     broadcast_seeds,
     fit,
     fresh_theta,
+    json_clean,
     learned_objective,
     sample_data,
     stream_generator,
@@ -124,12 +124,12 @@ def meta_test_three_ways(family, spec, phis: dict, train, cfg: ShapingConfig) ->
             "converged_fraction": float(final["converged"].mean()),
             "converged_per_seed": final["converged"].mean(1).tolist(),
             "fraction_within": {str(r): float((final["param_error"] < r).float().mean()) for r in (0.1, 0.3)},
-            "final_param_error": _clean(final["param_error"].tolist()),
-            "final_mse_heldout": _clean(final["mse_heldout"].tolist()),
+            "final_param_error": json_clean(final["param_error"].tolist()),
+            "final_mse_heldout": json_clean(final["mse_heldout"].tolist()),
             "param_error_quartiles": _quartiles(final["param_error"]),
             # per step, over all seeds and tasks: a few diverging tasks must not hide the rest
-            "curve_mse_heldout": _clean(curves["mse_heldout"].flatten(1).nanmedian(1).values.tolist()),
-            "curve_converged": _clean(curves["converged"].flatten(1).mean(1).tolist()),
+            "curve_mse_heldout": json_clean(curves["mse_heldout"].flatten(1).nanmedian(1).values.tolist()),
+            "curve_converged": json_clean(curves["converged"].flatten(1).mean(1).tolist()),
         }
     return out
 
@@ -167,7 +167,7 @@ def _add_shape(summary: dict, shape: dict) -> None:
 def _quartiles(t) -> list:
     """25/50/75 % of |ω − v| over seeds and tasks; a diverged model counts as infinitely far."""
     t = torch.nan_to_num(t.flatten().double(), nan=float("inf"))
-    return _clean(torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=t.dtype)).tolist())
+    return json_clean(torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=t.dtype)).tolist())
 
 
 # -- figures ------------------------------------------------------------------------------------
