@@ -29,7 +29,7 @@ from ml3core import ConfigError
 from ml3core.tasks import dataset as family
 
 from .core.config import Settings
-from .db import get_sessionmaker
+from .db import get_sessionmaker, lock_row
 from .errors import Problem, invalid
 from .models import FINAL, META_TEST, Dataset, Job, LossVersion
 from .schemas import iso
@@ -249,23 +249,31 @@ def dataset_json(row: Dataset, full: bool = False) -> dict:
     return out
 
 
-def _uses(task: dict | None, dataset_id: int) -> bool:
-    return bool(task) and task.get("family") == "dataset" and str(task.get("dataset")) == str(dataset_id)
+def dataset_of(db, job: Job) -> int | None:
+    """The data set a job reads: a meta-train job's task, or for a meta-test job the task of the
+    loss it tests, with the job's own task settings over it (another data set, another family)."""
+    if job.kind == META_TEST:
+        spec = db.get(LossVersion, job.loss_version_id).spec if job.loss_version_id else {}
+        task = {**spec.get("task", {}), **((job.plan.get("spec") or {}).get("task") or {})}
+    else:
+        task = job.plan.get("task")
+    if not task or task.get("family") != "dataset" or not str(task.get("dataset")).isdigit():
+        return None
+    return int(task["dataset"])
 
 
 def jobs_using(db, dataset_id: int) -> list[int]:
-    """Queued or running jobs that read the data set: meta-train jobs of it, and meta-test jobs
-    of a loss trained on it (unless they test on another data set) or that name it."""
-    out = []
-    for job in db.scalars(select(Job).where(Job.status.not_in(FINAL)).order_by(Job.id)):
-        if job.kind == META_TEST:
-            spec = db.get(LossVersion, job.loss_version_id).spec if job.loss_version_id else {}
-            task = {**spec.get("task", {}), **((job.plan.get("spec") or {}).get("task") or {})}
-        else:
-            task = job.plan.get("task")
-        if _uses(task, dataset_id):
-            out.append(job.id)
-    return out
+    """Queued or running jobs that read the data set."""
+    jobs = db.scalars(select(Job).where(Job.status.not_in(FINAL)).order_by(Job.id))
+    return [job.id for job in jobs if dataset_of(db, job) == dataset_id]
+
+
+def lock_for_job(db, job: Job) -> None:
+    """Lock the data set a new job reads (shared) until the job is committed, or refuse the job if it
+    is gone: a delete, which locks it exclusively, then either finished first or sees the job."""
+    dataset_id = dataset_of(db, job)
+    if dataset_id is not None and not lock_row(db, Dataset, dataset_id, shared=True):
+        raise ConfigError("task.dataset", f"no data set {dataset_id}; upload one with POST /v1/datasets")
 
 
 def load(db_url: str, name: str) -> family.TaskData:

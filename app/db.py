@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -33,6 +33,27 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def lock_row(db: Session, model, row_id: int, shared: bool = False) -> bool:
+    """Lock one row until ``db``'s transaction ends (False if it does not exist), so that checks made
+    after it and the writes that depend on them are one step for every writer that locks the same row:
+    two requests cannot both pass a count and then both insert.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE`` (``FOR SHARE`` when ``shared``: sharers do not wait for each
+    other, only for an exclusive holder); each later statement of a READ COMMITTED transaction sees
+    what the previous holder committed. SQLite has no row locks: ``BEGIN IMMEDIATE`` takes its one
+    writer lock, which serialises every writer of the file (the reads before it ran outside any
+    transaction, as the driver begins one only for a write; if a write already began it, the
+    transaction holds the writer lock already)."""
+    query = select(model.id).where(model.id == row_id)
+    if db.get_bind().dialect.name == "sqlite":
+        raw = db.connection().connection.dbapi_connection
+        if not raw.in_transaction:
+            raw.execute("BEGIN IMMEDIATE")
+    else:
+        query = query.with_for_update(read=shared)
+    return db.scalar(query) is not None
 
 
 @lru_cache(maxsize=16)

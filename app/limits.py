@@ -83,8 +83,9 @@ def check_meta_test(cfg, settings: Settings, prefix: str = "") -> None:
 
 
 def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
-    """Queued + running jobs of one key. Counted before the insert, not under a lock: two requests
-    racing can both pass, so a key may briefly hold one job more than the limit."""
+    """Queued + running jobs of one key. Exact only while the key's row is locked (``db.lock_row``)
+    from before this count until the new job is committed, as ``create_job`` does; else two
+    concurrent submits can both pass."""
     if api_key_id is None:
         return
     n = db.scalar(select(func.count()).select_from(Job)

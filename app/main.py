@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     datasets.use_database(settings.db_url)  # the dataset family reads uploads from this database
     app.state.Session = get_sessionmaker(settings.db_url)
     app.state.engine = get_engine(settings.db_url)
-    app.state.resolve = FastResolver(app.state.engine)
+    app.state.resolve = FastResolver(app.state.engine, settings.resolve_cache_seconds)
     app.state.runner = runner if runner is not None else make_runner(settings)
     app.state.cache = LossCache(settings.loss_cache_size)
     app.state.auth_enabled = security.auth_enabled(settings)

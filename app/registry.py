@@ -2,6 +2,9 @@
 
 A loss id in a URL is ``name`` (latest version), ``name:3`` (version 3) or ``name@alias``; it is
 resolved on every request, so a client following ``name@production`` sees an alias move at once.
+Evaluate may reuse a resolution for ``resolve_cache_seconds``: a change committed by this process
+drops every such cache here at once (see ``FastResolver``); one made by another process is seen
+after at most that long.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, event, func, select
 from sqlalchemy.orm import Session
 
 from ml3core.artifact import Bundle
@@ -99,16 +103,56 @@ def resolve(db: Session | Connection, text: str) -> Resolved:
     return Resolved(*row)
 
 
+# -- what this process changed: resolution caches made before a change are stale ----------------------
+_changes = 0  # registry changes committed by this process
+_changes_lock = threading.Lock()
+_CHANGED = "ml3_registry_changed"
+
+
+def _mark_changed(db: Session) -> None:
+    """``db`` changes what a loss id resolves to; counted once it commits (not before: a resolution
+    made in between would still read the old row and be cached as fresh)."""
+    db.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _count_change(session: Session) -> None:
+    global _changes
+    if session.info.pop(_CHANGED, False):
+        with _changes_lock:
+            _changes += 1
+
+
 class FastResolver:
     """``resolve`` for the evaluate hot path: the same prepared queries over one raw DB-API
-    connection per thread, skipping the ORM and the pool (a quarter of a small request's time)."""
+    connection per thread, skipping the ORM and the pool (a quarter of a small request's time).
 
-    def __init__(self, engine):
+    With ``ttl`` > 0 a resolution is reused for ``ttl`` seconds unless this process has committed a
+    registry change since it was made (``register``, ``set_alias``, ``delete_alias``), so a client
+    that moves an alias through this API sees it on its next request. Changes made by other
+    processes (other API workers, the runner registering a job's version) show after at most ``ttl``.
+    Unknown ids are never cached."""
+
+    def __init__(self, engine, ttl: float = 0.0, size: int = 4096):
         self.engine, self.local = engine, threading.local()
+        self.ttl, self.size, self.cache = ttl, size, {}  # text -> (Resolved, _changes, expiry)
         self.sql = {k: q.compile(dialect=engine.dialect) for k, q in
                     (("latest", _LATEST), ("version", _VERSION), ("alias", _ALIAS))}
 
     def __call__(self, text: str) -> Resolved:
+        if self.ttl <= 0:
+            return self.query(text)
+        hit = self.cache.get(text)
+        if hit is not None and hit[1] == _changes and time.monotonic() < hit[2]:
+            return hit[0]
+        changes = _changes  # read before the query: a change committed during it makes this entry stale
+        resolved = self.query(text)
+        if len(self.cache) >= self.size:
+            self.cache.clear()
+        self.cache[text] = (resolved, changes, time.monotonic() + self.ttl)
+        return resolved
+
+    def query(self, text: str) -> Resolved:
         ref = parse_ref(text)
         key = "alias" if ref.alias else "version" if ref.version else "latest"
         compiled = self.sql[key]
@@ -172,6 +216,7 @@ def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics
                           weights=bundle.weights, spec=bundle.spec, metrics=metrics)
     db.add(version)
     db.flush()
+    _mark_changed(db)
     return version
 
 
@@ -188,6 +233,7 @@ def set_alias(db: Session, name: str, alias: str, version: int) -> LossAlias:
         db.add(row)
     else:
         row.version_id = target.id
+    _mark_changed(db)
     return row
 
 
@@ -197,6 +243,7 @@ def delete_alias(db: Session, name: str, alias: str) -> None:
     if row is None:
         raise not_found(f"alias {name}@{alias}")
     db.delete(row)
+    _mark_changed(db)
 
 
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import require_service
+from conftest import ROOT, require_service
 from fastapi.testclient import TestClient
-from test_service_e2e import ROOT, Server
 
 from app.core.config import Settings
 from app.dashboard.views import family_form
@@ -134,13 +133,6 @@ def browser():
         b = p.chromium.launch(executable_path=shutil.which(CHROMIUM), args=ARGS)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("dashboard")).start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

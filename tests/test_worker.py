@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import postgres_database, require_service
+from conftest import ROOT, Server, free_port, postgres_database, require_service
 from sqlalchemy import select
-from test_service_e2e import ROOT, Server, free_port
 
 from app.core.config import Settings
 from app.db import get_sessionmaker
@@ -301,13 +300,14 @@ def test_a_worker_stopped_mid_job_puts_it_back_for_another_to_resume(stack):
 
 
 def test_cancel_a_job_running_on_a_worker_keeps_its_checkpoint(stack):
-    job_id = stack.submit({**LONG, "register_as": "canceled"})
+    endless = {**LONG, "outer_iterations": 5000}  # canceled long before its end, however fast the worker
+    job_id = stack.submit({**endless, "register_as": "canceled"})
     worker, checkpoint = stack.running_with_checkpoint(job_id)
     r = httpx.post(f"{stack.api.url}/v1/jobs/{job_id}/cancel", timeout=30)
     assert r.status_code == 202 and r.json()["cancel_requested"]
     job = stack.wait_final(job_id, 60)
     assert job["status"] == "canceled" and job["result"] is None
-    assert job["progress"]["completed"] < LONG["outer_iterations"]
+    assert job["progress"]["completed"] < endless["outer_iterations"]
     assert job["checkpoint"] >= checkpoint
     assert worker.ran(job_id, "canceled") == 1
     assert stack.versions(job_id) == []

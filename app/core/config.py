@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_query_values: int = Field(1000, ge=1)  # values in a GET evaluate query
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     loss_cache_size: int = Field(32, ge=1)
+    # how long evaluate may reuse what a loss id resolved to (0: ask the database every time); this
+    # process's own alias/version changes drop the cache at once, other processes' after at most this
+    resolve_cache_seconds: float = Field(1.0, ge=0, le=60)
     page_limit: int = Field(100, ge=1)  # most items per page
 
     # access (app/security.py): auto = keys required unless the server listens on loopback only

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 
 from ... import datasets
+from ...db import lock_row
 from ...errors import Problem
 from ...models import Dataset
 from ..deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
@@ -96,7 +97,10 @@ def show(db: DB, dataset_id: Id) -> dict:
 
 @router.delete("/{dataset_id}", status_code=204, summary="Delete a data set (409 while a job uses it)")
 def remove(db: DB, key: AdminKey, dataset_id: Id) -> Response:
-    datasets.get(db, dataset_id)
+    # locked until the commit: a job submitted meanwhile waits, then finds no data set (422); one
+    # submitted before has committed when the lock is granted, and is among the users
+    if not lock_row(db, Dataset, dataset_id):
+        raise Problem(404, "not_found", f"data set {dataset_id} not found")
     users = datasets.jobs_using(db, dataset_id)
     if users:
         raise Problem(409, "dataset_in_use", f"data set {dataset_id} is used by queued or running jobs {users}; "

@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from ml3core.api import parse_spec
 
-from ... import limits, registry
+from ... import datasets, limits, registry
+from ...db import lock_row
 from ...errors import Problem, invalid, not_found
-from ...models import CANCELED, FINAL, MAX_ID, META_TRAIN, QUEUED, Checkpoint, Job, JobEvent, JobFile, utcnow
+from ...models import CANCELED, FINAL, MAX_ID, META_TRAIN, QUEUED, ApiKey, Checkpoint, Job, JobEvent, JobFile, utcnow
 from ...schemas import JobSpec, job_json
 from ..deps import DB, READ, Id, PageDep, SubmitKey
 
@@ -35,7 +36,12 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
                idempotency_key: str | None, route: str, **fields) -> dict:
     """Insert a queued job and commit, then enqueue it; honour Idempotency-Key."""
     digest = request_hash(route, spec)
+    key_id = fields.get("api_key_id")
     for _ in range(2):
+        # The key's row stays locked until the commit below: concurrent submits with one key take turns,
+        # so its count of active jobs holds, and a retry with the same Idempotency-Key finds this job.
+        if key_id is not None:
+            lock_row(db, ApiKey, key_id)
         if idempotency_key is not None:
             job = db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
             if job is not None:
@@ -45,9 +51,10 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
                 response.status_code = 202
                 response.headers["Location"] = f"/v1/jobs/{job.id}"
                 return job_json(job)
-        limits.check_active_jobs(db, fields.get("api_key_id"), request.app.state.settings)
+        limits.check_active_jobs(db, key_id, request.app.state.settings)
         job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
                   request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
+        datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
         db.add(job)
         try:
             db.flush()

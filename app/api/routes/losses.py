@@ -1,6 +1,7 @@
 """The loss registry and what a client does with a loss: evaluate, artifact, landscape, meta-test.
 
-``{loss_id}`` is ``name``, ``name:3`` or ``name@alias``, resolved on every request."""
+``{loss_id}`` is ``name``, ``name:3`` or ``name@alias``, resolved on every request (evaluate: through
+the resolver's short cache, which this process's own alias and version changes clear at once)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def delete_tag(db: DB, loss_id: str, key: str) -> Response:
 
 # -- using a loss ------------------------------------------------------------------------------------
 def _loaded(request: Request, loss_id: str):
-    """Resolve now (aliases move), then the cached module for (version id, sha256)."""
+    """Resolve (aliases move: ``FastResolver`` says how fresh), then the cached module for (version id, sha256)."""
     state = request.app.state
     r = state.resolve(loss_id)
 
