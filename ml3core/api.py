@@ -44,7 +44,9 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     check("task" in spec, "task", "required: {\"family\": ...}")
     family = make_family(spec.pop("task"))
     family.resolve()
-    loss = LossSpec.from_dict(spec.pop("loss", None), **family.loss_defaults())
+    loss_in = spec.pop("loss", None)
+    form = loss_in.get("form", "net") if isinstance(loss_in, dict) else "net"
+    loss = LossSpec.from_dict(loss_in, **family.loss_defaults_for(form))
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
     return Plan(family, loss, TrainConfig.from_dict({**family.train_defaults(), **spec}), mt)

@@ -36,7 +36,8 @@ class Bundle:
         weights = st_save(tensors)
         spec = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            # an older loader reads form "net" bundles; it must refuse the forms it does not know
+            "format_version": 1 if loss_spec.form == "net" else FORMAT_VERSION,
             "architecture": loss_spec.architecture(),
             "input_order": list(loss_spec.inputs),
             "task_family": task.get("family"),

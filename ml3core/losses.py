@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .config import ConfigError, check, from_dict
-from .portable import ACTIVATIONS, OUTPUTS, mlp_loss
+from .portable import ACTIVATIONS, FORMS, OUTPUTS, mlp_loss
 
 INPUT_NAMES = ("pred", "target", "x")
 
@@ -18,6 +18,7 @@ class LossSpec:
     """Architecture of L_phi. Defaults are the official sine loss: 2->50->50->1, ReLU, no bias,
     Softplus output, mean over the batch, Xavier-uniform init."""
 
+    form: str = "net"  # "net": L_phi is the network; "weighted_se": a learned weight on the squared error
     inputs: list[str] = field(default_factory=lambda: ["pred", "target"])
     hidden: list[int] = field(default_factory=lambda: [50, 50])
     activation: str = "relu"
@@ -41,6 +42,11 @@ class LossSpec:
               "up to 8 layers of 1..4096 units")
         check(self.activation in ACTIVATIONS, "loss.activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.output in OUTPUTS, "loss.output", f"one of {sorted(OUTPUTS)}")
+        check(self.form in FORMS, "loss.form", f"one of {FORMS}")
+        if self.form == "weighted_se":  # the weight must not see pred, nor go below zero
+            check("pred" not in self.inputs, "loss.inputs", "without pred: a weighted_se loss weighs (pred − target)²")
+            check(self.output in ("softplus", "square", "exp"), "loss.output",
+                  "softplus, square or exp for weighted_se")
         check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
         check(self.init in ("xavier_uniform", "xavier_normal", "default"), "loss.init",
               "xavier_uniform, xavier_normal or default")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 
 FORMAT = "ml3-loss"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added architecture "form"; a form-"net" bundle is still written as 1
 WEIGHTS_FILE = "loss.safetensors"
 SPEC_FILE = "loss.json"
 
@@ -40,7 +40,11 @@ ACTIVATIONS = {
     "silu": F.silu,
     "leaky_relu": F.leaky_relu,
 }
-OUTPUTS = {"softplus": F.softplus, "linear": lambda h: h, "square": torch.square}
+OUTPUTS = {"softplus": F.softplus, "linear": lambda h: h, "square": torch.square, "exp": torch.exp}
+# "net": the network's output is the per-point loss (the paper's L_phi). "weighted_se": it is a
+# weight on the squared error, w_phi(target[, x])·(pred − target)²: never below zero and zero
+# exactly at pred = target, so meta-training can shape the landscape but not move its minimum.
+FORMS = ("net", "weighted_se")
 
 
 class LossBundleError(ValueError):
@@ -77,7 +81,8 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
     against the data's leading dimensions.
     """
     h = loss_features(arch, pred, target, x)
-    if arch.get("per_output", False):
+    per_output = arch.get("per_output", False)
+    if per_output:
         lead = h.shape[:-3]
         h = h.reshape(*lead, -1, h.shape[-1])  # (..., N*D, F)
     act = ACTIVATIONS[arch["activation"]]
@@ -88,13 +93,16 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
             h = h + params[f"layers.{i}.bias"].unsqueeze(-2)
         h = act(h) if i < n - 1 else OUTPUTS[arch["output"]](h)
     values = h.squeeze(-1)  # (..., P)
+    if arch.get("form", "net") == "weighted_se":
+        se = (pred - target).square()
+        values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
     reduction = reduction or arch.get("reduction", "mean")
     if reduction == "mean":
         return values.mean(-1)
     if reduction == "sum":
         return values.sum(-1)
     if reduction == "none":
-        return values.reshape(pred.shape) if arch.get("per_output", False) else values
+        return values.reshape(pred.shape) if per_output else values
     raise ValueError(f"unknown reduction {reduction!r} (mean, sum, none)")
 
 
@@ -125,7 +133,8 @@ class LearnedLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         a = self.arch
-        return f"inputs={a['inputs']}, hidden={a['hidden']}, activation={a['activation']}, output={a['output']}"
+        return (f"form={a.get('form', 'net')}, inputs={a['inputs']}, hidden={a['hidden']}, "
+                f"activation={a['activation']}, output={a['output']}")
 
 
 def _read_zip(data: bytes) -> dict:
@@ -195,6 +204,8 @@ def parse_bundle(files: dict) -> tuple[dict, dict]:
     except Exception as e:  # safetensors raises its own error types
         raise LossBundleError(f"{WEIGHTS_FILE} is unreadable: {e}") from e
     arch = spec.get("architecture") or {}
+    if arch.get("form", "net") not in FORMS:
+        raise LossBundleError(f"unknown loss form {arch.get('form')!r}; this loader knows {FORMS}")
     for i in range(len(arch.get("hidden", [])) + 1):
         if f"layers.{i}.weight" not in params:
             raise LossBundleError(f"{WEIGHTS_FILE} lacks layers.{i}.weight")

@@ -127,3 +127,34 @@ def test_truncated_and_malformed_bundles_are_refused(tmp_path):
     spec = dict(bundle.spec, weights_sha256=__import__("hashlib").sha256(truncated_weights).hexdigest())
     with pytest.raises(LossBundleError, match="unreadable"):
         Bundle.from_files({"loss.safetensors": truncated_weights, "loss.json": json.dumps(spec).encode()})
+
+
+def test_weighted_se_form_is_a_learned_weight_on_the_squared_error(tmp_path):
+    """form "weighted_se": L = mean_i w_φ(target_i, x_i)·‖pred_i − target_i‖², w ≥ 0 from the net."""
+    bundle, spec, params = make_bundle(inputs=("x", "target"), form="weighted_se", output="exp", hidden=[8], pred_dim=2)
+    assert bundle.spec["format_version"] == 2 and make_bundle()[0].spec["format_version"] == 1
+    bundle.write_dir(tmp_path / "w")
+    loss = load_loss(tmp_path / "w")
+    assert "form=weighted_se" in repr(loss)
+    x, target = torch.randn(11, 1), torch.randn(11, 2)
+    pred = target + torch.randn(11, 2)
+    h = torch.cat([x, target], -1) @ params["layers.0.weight"].T  # the weight net by hand (zero biases)
+    w = torch.exp(torch.relu(h) @ params["layers.1.weight"].T).squeeze(-1)
+    torch.testing.assert_close(loss(pred, target, x=x), (w * (pred - target).pow(2).sum(-1)).mean())
+    assert loss(target, target, x=x).item() == 0.0  # the minimum stays exactly on the data
+    per_output = make_bundle(inputs=("target",), form="weighted_se", per_output=True, pred_dim=2)[0].module()
+    assert per_output(pred, target, reduction="none").shape == (11, 2)
+    # an older loader cannot silently read a weight as a loss: unknown forms are refused
+    other = dict(bundle.spec, architecture={**bundle.spec["architecture"], "form": "quadratic"})
+    with pytest.raises(LossBundleError, match="unknown loss form"):
+        Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(other).encode()})
+
+
+@pytest.mark.parametrize("arch, loc", [
+    ({"form": "cubic"}, "loss.form"),
+    ({"form": "weighted_se", "inputs": ["pred", "target"]}, "loss.inputs"),
+    ({"form": "weighted_se", "inputs": ["target"], "output": "linear"}, "loss.output")])
+def test_weighted_se_settings_are_checked(arch, loc):
+    with pytest.raises(ml3core.ConfigError) as e:
+        LossSpec.from_dict(arch)
+    assert e.value.loc == loc

@@ -39,7 +39,8 @@ HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
     "meta_test.horizons": "step counts of the horizon report",
     "loss.inputs": "what L_φ reads: pred, target, x",
     "loss.hidden": "hidden layer widths",
-    "loss.output": "softplus, linear or square",
+    "loss.form": "net (the network is the loss) or weighted_se (a learned weight on the squared error)",
+    "loss.output": "softplus, linear, square or exp",
     "loss.reduction": "mean or sum over the batch",
     "loss.per_output": "one shared net per output dimension",
 }

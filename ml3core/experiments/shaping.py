@@ -4,10 +4,18 @@ time give a loss that plain gradient descent can follow from a bad start?
 Two losses are meta-trained on shaped-sine tasks with identical settings and seeds: one with
 the shaping task loss (ω − v)² ("shaped", the review's green) and one with the MSE task loss
 ("learned_mse", blue). On held-out frequencies v, fresh models ω₀ = 0.1 are then trained for K
-SGD steps with each of them and with plain MSE ("mse", orange). The report gives the final
-|ω − v| and MSE per v, the fraction that converged (|ω − v| below the family's tolerance),
-and the shape of each landscape (local minima, distance of the global minimum from v), at
-the reference v = 0.5 and at the held-out frequencies.
+SGD steps with each of them (at the meta-training lr) and with plain MSE ("mse", orange) at the
+best of a grid of learning rates. The report gives the final |ω − v| and MSE per v, the fraction
+that converged (|ω − v| below the family's tolerance), and the shape of each landscape (local
+minima, distance of the global minimum from v), at the reference v = 0.5 and at the held-out
+frequencies.
+
+The defaults differ from the official code in three places, each measured (tests/test_shaped_sine.py):
+the loss is ``weighted_se`` (a learned weight on the squared error; the official 3×10 ELU net,
+``loss.form="net"``, converges on a few per cent of held-out v); meta-training draws v from
+[−7, 7], the ω range the landscapes are drawn over, because a loss is shaped only where
+meta-training moves ω (held-out v still come from the official [−5, 5]); and the outer Adam lr
+is 1e-3 instead of 3e-3.
 """
 
 from __future__ import annotations
@@ -37,15 +45,22 @@ LABELS = {"shaped": "L_φ meta-trained with (ω − v)²", "learned_mse": "L_φ 
           "mse": "plain MSE"}
 
 
+TASK_DEFAULTS = {"frequency": [-7.0, 7.0]}  # meta-train v over the plotted ω range; held-out v: [−5, 5]
+LOSS_DEFAULTS = {"form": "weighted_se"}  # "net": the official loss network
+TRAIN_DEFAULTS = {"outer_lr": 1e-3}  # official 3e-3: the loss ends noisier (94 % against 97 %, 8 seeds)
+
+
 @dataclass
 class ShapingConfig:
-    task: dict = field(default_factory=dict)  # shaped-sine settings for both losses (task_loss is set here)
-    loss: dict = field(default_factory=dict)  # LossSpec overrides
+    task: dict = field(default_factory=dict)  # shaped-sine settings over TASK_DEFAULTS (task_loss is set here)
+    loss: dict = field(default_factory=dict)  # LossSpec settings over LOSS_DEFAULTS
     train: dict = field(default_factory=dict)  # TrainConfig overrides of the family's official defaults
     test_tasks: int = 50  # held-out frequencies per seed
     steps: int = 100  # K: SGD steps at meta-test
     lr: float = 0.0  # meta-test SGD lr with a learned loss; 0: the inner lr of meta-training
-    mse_lr: float = 0.1  # SGD lr of plain MSE: at lr 1 it oscillates (curvature at v ≈ E[x²] ≈ 8); 0: ``lr``
+    # plain MSE gets the best of these (by converged fraction on the held-out v themselves: a
+    # baseline tuned on the test, so the comparison favours it); at lr 1 it oscillates on x ∈ [−5, 5]
+    mse_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     landscape_v: float = 0.5  # the reference frequency of Figs. 4-5
     landscape_tasks: int = 10  # held-out frequencies per seed whose landscapes are summarised
 
@@ -56,7 +71,9 @@ class ShapingConfig:
         check_range(self.test_tasks, "test_tasks", 1, 100_000)
         check_range(self.steps, "steps", 0, 100_000)
         check_range(self.lr, "lr", 0, 1e3)
-        check_range(self.mse_lr, "mse_lr", 0, 1e3)
+        check(isinstance(self.mse_lrs, list) and 1 <= len(self.mse_lrs) <= 20, "mse_lrs", "1 to 20 learning rates")
+        for lr in self.mse_lrs:
+            check_range(lr, "mse_lrs", 1e-9, 1e3)
         check_range(self.landscape_v, "landscape_v", -1e3, 1e3)
         check_range(self.landscape_tasks, "landscape_tasks", 0, self.test_tasks)
 
@@ -65,8 +82,8 @@ class ShapingConfig:
         return from_dict(cls, d, "")
 
     def plan(self, task_loss: str):
-        return parse_spec({"task": {**self.task, "family": "shaped-sine", "task_loss": task_loss},
-                           "loss": self.loss, **self.train})
+        return parse_spec({"task": {**TASK_DEFAULTS, **self.task, "family": "shaped-sine", "task_loss": task_loss},
+                           "loss": {**LOSS_DEFAULTS, **self.loss}, **TRAIN_DEFAULTS, **self.train})
 
 
 @dataclass
@@ -112,13 +129,18 @@ def meta_test_three_ways(family, spec, phis: dict, train, cfg: ShapingConfig) ->
     data = sample_data(family, gens, cfg.test_tasks, "test", "cpu", dtype)
     theta = fresh_theta(family, gens, cfg.test_tasks, "cpu", dtype)
     lr = cfg.lr or train.inner_lr
-    objectives = {name: learned_objective(family, spec, broadcast_seeds({k: v.to(dtype) for k, v in phi.items()}))
-                  for name, phi in phis.items()}
-    objectives["mse"] = family.plain_loss
-    out = {"seed_ids": train.seed_ids, "steps": cfg.steps, "lr": lr, "mse_lr": cfg.mse_lr or lr,
-           "tol": family.config.converged_tol, "frequencies": data["frequency"].tolist(), "methods": {}}
-    for name, objective in objectives.items():
-        curves = fit(family, objective, theta, data, cfg.steps, out["mse_lr"] if name == "mse" else lr)
+    runs = {}
+    for name, phi in phis.items():
+        objective = learned_objective(family, spec, broadcast_seeds({k: v.to(dtype) for k, v in phi.items()}))
+        runs[name] = fit(family, objective, theta, data, cfg.steps, lr)
+    by_lr = {mse_lr: fit(family, family.plain_loss, theta, data, cfg.steps, mse_lr) for mse_lr in cfg.mse_lrs}
+    converged = {mse_lr: float(c["converged"][-1].mean()) for mse_lr, c in by_lr.items()}
+    best = max(converged, key=lambda k: (converged[k], -float(by_lr[k]["param_error"][-1].nanmedian())))
+    runs["mse"] = by_lr[best]
+    out = {"seed_ids": train.seed_ids, "steps": cfg.steps, "lr": lr, "mse_lr": best,
+           "mse_converged_by_lr": {str(k): v for k, v in converged.items()}, "tol": family.config.converged_tol,
+           "frequencies": data["frequency"].tolist(), "methods": {}}
+    for name, curves in runs.items():
         final = {m: c[-1] for m, c in curves.items()}  # (S, n)
         out["methods"][name] = {
             "converged_fraction": float(final["converged"].mean()),
@@ -196,7 +218,8 @@ def meta_test_figure(test: dict) -> bytes:
     for name in METHODS:
         m = test["methods"][name]
         frac = f"{100 * m['converged_fraction']:.0f}% converged"
-        ax.plot(range(test["steps"] + 1), m["curve_mse_heldout"], color=COLORS[name], label=f"{LABELS[name]} ({frac})")
+        label = f"{LABELS[name]}, lr {test['mse_lr']:g}" if name == "mse" else LABELS[name]
+        ax.plot(range(test["steps"] + 1), m["curve_mse_heldout"], color=COLORS[name], label=f"{label} ({frac})")
         v = [f for seed in test["frequencies"] for f in seed]
         err = [e for seed in m["final_param_error"] for e in seed]
         pts = [(a, max(b, 1e-4)) for a, b in zip(v, err, strict=True) if b is not None]

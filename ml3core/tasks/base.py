@@ -33,6 +33,15 @@ class TaskFamily:
         """Default LossSpec fields for this family (architecture and input dims)."""
         return {}
 
+    def loss_defaults_for(self, form: str) -> dict:
+        """``loss_defaults`` for a loss form: a ``weighted_se`` weight reads the same inputs but
+        pred (it weighs the error of pred) and stays positive (softplus)."""
+        d = self.loss_defaults()
+        if form != "weighted_se":
+            return d
+        return {**d, "form": form, "output": "softplus",
+                "inputs": [n for n in d.get("inputs", ["pred", "target"]) if n != "pred"]}
+
     def train_defaults(self) -> dict:
         """TrainConfig fields this family's official setting uses where a spec gives none."""
         return {}
