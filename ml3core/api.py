@@ -91,7 +91,9 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
             "horizon": test["horizon"] if i == result.chosen else None,
         }
         training = {**{k: v for k, v in asdict(cfg).items() if k not in ("seeds", "seed")}, "seed": seed}
-        bundles.append(Bundle.build(result.seed_phi(i), plan.loss, plan.task_dict(), training, metrics))
+        scales = plan.family.input_scales()
+        bundles.append(Bundle.build(result.seed_phi(i), plan.loss, plan.task_dict(), training, metrics,
+                                    {"input_scales": scales} if scales else None))
     figures = {
         "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps),
         "meta_test.png": plots.meta_test_figure(test),

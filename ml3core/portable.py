@@ -108,15 +108,29 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
 
 class LearnedLoss(torch.nn.Module):
     """A learned loss as a torch module. Its weights are buffers: they move with
-    ``.to(device)`` but are never picked up by your optimizer."""
+    ``.to(device)`` but are never picked up by your optimizer.
 
-    def __init__(self, params: dict, spec: dict):
+    raw_units: divide pred, target and x by the bundle's ``input_scales`` (what meta-training
+    divided them by) before the network sees them; a bundle without scales saw raw values."""
+
+    def __init__(self, params: dict, spec: dict, raw_units: bool = False):
         super().__init__()
         self.spec = spec
         self.arch = spec["architecture"]
         self._names = sorted(params)
         for i, name in enumerate(self._names):
             self.register_buffer(f"p{i}", params[name].detach().clone())
+        scales = spec.get("input_scales") if raw_units else None
+        self._scaled = sorted(scales or {})
+        for name in self._scaled:
+            want = self.arch.get("x_dim" if name == "x" else "pred_dim", 1)
+            try:
+                value = torch.as_tensor(scales[name], dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                value = torch.zeros(0)
+            if name not in ("pred", "target", "x") or value.shape != (want,) or not bool((value > 0).all()):
+                raise LossBundleError(f"input_scales.{name}: expected {want} positive numbers")
+            self.register_buffer(f"scale_{name}", value)
 
     @property
     def params(self) -> dict:
@@ -128,8 +142,12 @@ class LearnedLoss(torch.nn.Module):
             pred, target = pred.unsqueeze(-1), target.unsqueeze(-1)
             if x is not None and x.dim() == 1:
                 x = x.unsqueeze(-1)
+        pred, target, x = self._unscale("pred", pred), self._unscale("target", target), self._unscale("x", x)
         out = mlp_loss(self.params, self.arch, pred, target, x, reduction or self.arch.get("reduction", "mean"))
         return out
+
+    def _unscale(self, name: str, value):
+        return value if value is None or name not in self._scaled else value / getattr(self, f"scale_{name}")
 
     def extra_repr(self) -> str:
         a = self.arch
@@ -212,8 +230,10 @@ def parse_bundle(files: dict) -> tuple[dict, dict]:
     return params, spec
 
 
-def load_loss(source, device=None) -> LearnedLoss:
-    """Load a learned loss bundle (directory, .zip path, zip bytes, or server URL)."""
+def load_loss(source, device=None, raw_units: bool = False) -> LearnedLoss:
+    """Load a learned loss bundle (directory, .zip path, zip bytes, or server URL).
+
+    raw_units: take values in the task's own units (see ``LearnedLoss``)."""
     params, spec = parse_bundle(read_bundle_files(source))
-    module = LearnedLoss(params, spec)
+    module = LearnedLoss(params, spec, raw_units)
     return module.to(device) if device is not None else module

@@ -244,3 +244,27 @@ def test_cli_train_and_experiment(tmp_path, capsys):
     assert (tmp_path / "fig" / "figure7.png").read_bytes().startswith(b"\x89PNG")
     assert "L_φ learned with the prior" in capsys.readouterr().out
     assert main(["experiment", "inverse-dynamics", "--robot", "3link", "--out", str(tmp_path / "bad"), *TINY]) == 2
+
+
+def test_a_published_loss_takes_raw_torques_with_raw_units(tmp_path):
+    """The bundle keeps the scales L_phi was meta-trained in; raw_units=True applies them."""
+    from ml3core import LossBundleError, load_loss
+    from ml3core.api import meta_train
+    from ml3core.portable import LearnedLoss
+
+    out = meta_train({"task": {"family": "inverse-dynamics", "robot": "2link", "model": "mlp", **SMALL},
+                      "seeds": 1, "outer_iterations": 1, "eval_every": 1, "inner_steps": 1, "eval_steps": 2,
+                      "validation_tasks": 1, "meta_test": {"tasks": 1, "steps": 2, "horizons": [2]}})
+    sigma, _, x_std = family(robot="2link", model="mlp").scales
+    assert out.bundle.spec["input_scales"] == {"pred": sigma.tolist(), "target": sigma.tolist(), "x": x_std.tolist()}
+    sigma, x_std = sigma.float(), x_std.float()
+    out.bundle.write_dir(tmp_path / "id")
+    g = torch.Generator().manual_seed(0)
+    u, target = 5 * torch.randn(7, 2, generator=g), 5 * torch.randn(7, 2, generator=g)
+    x = torch.randn(7, 6, generator=g)
+    normalised = load_loss(tmp_path / "id")(u / sigma, target / sigma, x=x / x_std)
+    torch.testing.assert_close(load_loss(tmp_path / "id", raw_units=True)(u, target, x=x), normalised)
+    assert not torch.allclose(load_loss(tmp_path / "id")(u, target, x=x), normalised)
+    spec = dict(out.bundle.spec, input_scales={"pred": [1.0], "target": [1.0, 1.0], "x": [1.0] * 6})
+    with pytest.raises(LossBundleError, match="input_scales.pred"):
+        LearnedLoss(out.bundle.params(), spec, raw_units=True)

@@ -122,6 +122,12 @@ class TaskFamily:
         """Facts about the tasks a report should keep (e.g. a data set's split); JSON."""
         return {}
 
+    def input_scales(self) -> dict | None:
+        """What L_phi's inputs were divided by during meta-training, per feature: {"pred": [...],
+        "target": [...], "x": [...]}. Bundles keep it, so ``load_loss(..., raw_units=True)`` can
+        take unscaled values. None: L_phi saw raw values."""
+        return None
+
     def figures(self, spec, params: dict, report: dict) -> dict:
         """Extra figures (name -> PNG bytes) a family adds to a finished job."""
         return {}

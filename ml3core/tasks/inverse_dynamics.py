@@ -18,9 +18,10 @@ Scales, all from a fixed reference set of the family's train distribution: torqu
 per joint by their standard deviation, and the inertia error is measured in
 D^{-1/2}·(M − M_theta)·D^{-1/2} with D the mean diagonal of M, so that the iiwa's joint 7
 (torques ≈0.1 Nm, M77 ≈ 0.003) counts as much as joint 2 (≈140 Nm). L_phi sees those
-normalised torques and x = [q, q̇, q̈] divided by its std (``scales``); a user of a published
-loss feeds it the same. The DeLaN's inertia gets a per-joint unit √(torque std / q̈ std),
-taken from torques and motions only, never from M.
+normalised torques and x = [q, q̇, q̈] divided by its std (``scales``); a published loss keeps
+them (``input_scales``): ``load_loss(path, raw_units=True)`` takes torques in Nm and the raw
+state. The DeLaN's inertia gets a per-joint unit √(torque std / q̈ std), taken from torques and
+motions only, never from M.
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ class InverseDynamicsFamily(TaskFamily):
         c = self.config
         return _reference_scales(c.robot, c.points, c.duration, tuple(c.frequency), c.amplitude,
                                  tuple(c.payload))
+
+    def input_scales(self) -> dict:
+        sigma, _, x_std = (t.tolist() for t in self.scales)
+        return {"pred": sigma, "target": sigma, "x": x_std}
 
     # -- the optimizee --------------------------------------------------------------------------
     def init_theta(self, generators, n):
