@@ -31,6 +31,13 @@ class Plan:
     def task_dict(self) -> dict:
         return {"family": self.family.name, **asdict(self.family.config)}
 
+    def bundle(self, phi: dict, seed: int, metrics: dict) -> Bundle:
+        """One seed's phi with how it was meta-trained, and the input scales it saw, if any."""
+        training = {**{k: v for k, v in asdict(self.train).items() if k not in ("seeds", "seed")}, "seed": seed}
+        scales = self.family.input_scales()
+        return Bundle.build(phi, self.loss, self.task_dict(), training, metrics,
+                            {"input_scales": scales} if scales else None)
+
     def to_dict(self) -> dict:
         """The fully defaulted spec: what actually runs."""
         return {"task": self.task_dict(), "loss": self.loss.to_dict(), "meta_test": asdict(self.meta_test),
@@ -90,10 +97,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
             "meta_test_steps": test["steps"],
             "horizon": test["horizon"] if i == result.chosen else None,
         }
-        training = {**{k: v for k, v in asdict(cfg).items() if k not in ("seeds", "seed")}, "seed": seed}
-        scales = plan.family.input_scales()
-        bundles.append(Bundle.build(result.seed_phi(i), plan.loss, plan.task_dict(), training, metrics,
-                                    {"input_scales": scales} if scales else None))
+        bundles.append(plan.bundle(result.seed_phi(i), seed, metrics))
     figures = {
         "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps),
         "meta_test.png": plots.meta_test_figure(test),

@@ -39,6 +39,12 @@ def check_interval(value, loc: str, lo=-1e6, hi=1e6) -> None:
 _SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
+def check_layers(hidden: list, loc: str) -> None:
+    """Hidden layer widths of an MLP (a loss network or an optimizee)."""
+    check(len(hidden) <= 8 and all(isinstance(h, int) and 1 <= h <= 4096 for h in hidden), loc,
+          "up to 8 layers of 1..4096 units")
+
+
 def from_dict(cls, data: dict | None, prefix: str):
     """Build dataclass ``cls`` from a JSON-like dict: reject unknown keys and wrong scalar types."""
     if data is None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .config import ConfigError, check, from_dict
+from .config import ConfigError, check, check_layers, from_dict
 from .portable import ACTIVATIONS, FORMS, OUTPUTS, mlp_loss
 
 INPUT_NAMES = ("pred", "target", "x")
@@ -38,8 +38,7 @@ class LossSpec:
               "a non-empty list without repeats")
         for name in self.inputs:
             check(name in INPUT_NAMES, "loss.inputs", f"unknown input {name!r}; choose from {INPUT_NAMES}")
-        check(all(1 <= h <= 4096 for h in self.hidden) and len(self.hidden) <= 8, "loss.hidden",
-              "up to 8 layers of 1..4096 units")
+        check_layers(self.hidden, "loss.hidden")
         check(self.activation in ACTIVATIONS, "loss.activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.output in OUTPUTS, "loss.output", f"one of {sorted(OUTPUTS)}")
         check(self.form in FORMS, "loss.form", f"one of {FORMS}")

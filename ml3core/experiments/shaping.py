@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..api import parse_spec
-from ..artifact import Bundle
 from ..config import check, check_range, from_dict
 from ..engine import (
     Hooks,
@@ -108,10 +107,8 @@ def run(cfg: ShapingConfig, progress=None) -> ShapingResult:
         phis[name] = result.phi
         training[name] = {"seconds": round(time.time() - t0, 2), "validation": result.validation,
                           "history": result.history, "spec": plan.to_dict()}
-        train_fields = {k: v for k, v in asdict(plan.train).items() if k not in ("seeds", "seed")}
-        bundles[name] = Bundle.build(result.seed_phi(result.chosen), plan.loss, plan.task_dict(),
-                                     {**train_fields, "seed": result.validation["chosen_seed"]},
-                                     {"validation": result.validation})
+        bundles[name] = plan.bundle(result.seed_phi(result.chosen), result.validation["chosen_seed"],
+                                    {"validation": result.validation})
     plan = plans["shaped"]
     test = meta_test_three_ways(plan.family, plan.loss, phis, plan.train, cfg)
     lands = landscapes(plan.family, plan.loss, phis, test["frequencies"], cfg)

@@ -84,7 +84,6 @@ class TaskFamily:
             "mse_heldout": mse(self.predict(theta, data["x_heldout"]), data["y_heldout"]),
         }
 
-
     # -- what the service shows -------------------------------------------------------------
     def landscape(self, spec, params: dict, options: dict) -> dict:
         """L_phi(pred, target) over a grid of predictions for each given target, beside MSE.
@@ -144,6 +143,7 @@ def uniform(generators: list, shape, interval):
     return torch.stack([torch.rand(*shape, generator=g) for g in generators]) * (hi - lo) + lo
 
 
-def check_task_loss_weights(beta, gamma, prefix="task") -> None:
-    check_range(beta, f"{prefix}.beta", 0, 1e6)
-    check_range(gamma, f"{prefix}.gamma", 0, 1e6)
+def check_task_loss_weights(beta, gamma) -> None:
+    """beta (the MSE's weight) and gamma (the extra loss's) of a family with both."""
+    check_range(beta, "task.beta", 0, 1e6)
+    check_range(gamma, "task.gamma", 0, 1e6)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..config import ConfigError, check, check_range
+from ..config import ConfigError, check, check_layers, check_range
 from ..models import mlp_forward, mlp_init
 from ..portable import ACTIVATIONS
 from .base import TaskFamily, mse
@@ -171,8 +171,7 @@ class DatasetConfig:
         check_range(self.heldout_fraction, "task.heldout_fraction", 0.01, 0.99)
         check_range(self.points, "task.points", 1, 100_000)
         check_range(self.heldout_points, "task.heldout_points", 1, 100_000)
-        check(len(self.model_hidden) <= 8 and all(isinstance(h, int) and 1 <= h <= 4096 for h in self.model_hidden),
-              "task.model_hidden", "up to 8 layers of 1..4096 units")
+        check_layers(self.model_hidden, "task.model_hidden")
         check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.meta_objective in ("heldout", "train"), "task.meta_objective", "heldout or train")
         check(self.beta == 1.0, "task.beta", "the dataset family has only the MSE task loss (beta = 1)")

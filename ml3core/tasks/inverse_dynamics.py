@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import check, check_interval, check_range
+from ..config import check, check_interval, check_layers, check_range
 from ..losses import apply_loss
 from ..models import mlp_forward, mlp_init
 from ..models_delan import DERIVATIVES, delan_gravity, delan_inertia, delan_init, mlp_torque
 from ..robots import JOINTS, ROBOTS, make_robot
-from .base import TaskFamily, mse, uniform
+from .base import TaskFamily, check_task_loss_weights, mse, uniform
 
 TASK_LOSSES = ("mse", "prior", "mixed")
 MODELS = ("delan", "mlp")
@@ -71,8 +71,7 @@ class InverseDynamicsConfig:
             check(available(), "task.robot", f"the iiwa needs the 'robots' extra: {INSTALL}")
         check(self.model in MODELS, "task.model", f"one of {MODELS}")
         check(self.task_loss in TASK_LOSSES, "task.task_loss", f"one of {TASK_LOSSES}")
-        check_range(self.beta, "task.beta", 0, 1e6)
-        check_range(self.gamma, "task.gamma", 0, 1e6)
+        check_task_loss_weights(self.beta, self.gamma)
         check(self.train_task in ("fixed", "sampled"), "task.train_task", "fixed or sampled")
         check_range(self.trajectories, "task.trajectories", 1, 1000)
         check_range(self.heldout_trajectories, "task.heldout_trajectories", 1, 1000)
@@ -81,9 +80,7 @@ class InverseDynamicsConfig:
         check_interval(self.frequency, "task.frequency", 0, 100)
         check_range(self.amplitude, "task.amplitude", 0, 0.5)
         check_interval(self.payload, "task.payload", 0, 100)
-        hidden = self.model_hidden
-        check(len(hidden) <= 8 and all(isinstance(h, int) and 1 <= h <= 4096 for h in hidden),
-              "task.model_hidden", "up to 8 layers of 1..4096 units")
+        check_layers(self.model_hidden, "task.model_hidden")
         check(self.model_activation in DERIVATIVES, "task.model_activation", f"one of {sorted(DERIVATIVES)}")
         check_range(self.eps, "task.eps", 0, 1e-4)
 

@@ -26,7 +26,7 @@ import torch
 
 from ..config import check, check_interval, check_range
 from ..losses import apply_loss
-from .base import TaskFamily, mse, uniform
+from .base import TaskFamily, check_task_loss_weights, mse, uniform
 
 TASK_LOSSES = ("mse", "shaping", "mixed")
 
@@ -52,8 +52,7 @@ class ShapedSineConfig:
         check_range(self.heldout_points, "task.heldout_points", 1, 100_000)
         check_range(self.omega0, "task.omega0", -1e3, 1e3)
         check(self.task_loss in TASK_LOSSES, "task.task_loss", f"one of {TASK_LOSSES}")
-        check_range(self.beta, "task.beta", 0, 1e6)
-        check_range(self.gamma, "task.gamma", 0, 1e6)
+        check_task_loss_weights(self.beta, self.gamma)
         check_range(self.converged_tol, "task.converged_tol", 0, 1e3)
 
 

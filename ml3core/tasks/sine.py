@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import check, check_interval, check_range
+from ..config import check, check_interval, check_layers, check_range
 from ..models import mlp_forward, mlp_init
 from .base import TaskFamily, uniform
 
@@ -43,8 +43,7 @@ class SineConfig:
         check_range(self.train_phase, "task.train_phase", -1e3, 1e3)
         check_range(self.points, "task.points", 1, 100_000)
         check_range(self.heldout_points, "task.heldout_points", 1, 100_000)
-        check(len(self.model_hidden) <= 8 and all(isinstance(h, int) and 1 <= h <= 4096 for h in self.model_hidden),
-              "task.model_hidden", "up to 8 layers of 1..4096 units")
+        check_layers(self.model_hidden, "task.model_hidden")
         from ..portable import ACTIVATIONS
 
         check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
