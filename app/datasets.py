@@ -20,6 +20,7 @@ import io
 import math
 import re
 import zipfile
+from collections import Counter
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from ml3core.tasks import dataset as family
 
 from .core.config import Settings
 from .db import get_sessionmaker, lock_row
-from .errors import Problem, invalid
+from .errors import Problem, invalid, not_found
 from .models import FINAL, META_TEST, Dataset, Job, LossVersion
 from .schemas import iso
 
@@ -86,7 +87,8 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
     if not header or not any(h.strip() for h in header):
         raise bad("file", "empty: a CSV file starts with a header row of column names")
     header = [h.strip() for h in header]
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    seen = Counter(header)  # linear: a header may hold millions of names before the column limit is checked
+    dupes = sorted(h for h, k in seen.items() if k > 1)
     if dupes or "" in header:
         raise bad("header", f"column names must be unique and non-empty; repeated: {dupes}")
     if task_column not in header:
@@ -96,9 +98,10 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
         if not outputs:
             raise bad("outputs", "no output column: call them y, y1, y2, ... or name them with ?outputs=a,b")
     if inputs is None:
-        inputs = [h for h in header if h != task_column and h not in outputs]
+        output_set = set(outputs)
+        inputs = [h for h in header if h != task_column and h not in output_set]
     for loc, cols in (("inputs", inputs), ("outputs", outputs)):
-        missing = [c for c in cols if c not in header or c == task_column]
+        missing = [c for c in cols if c not in seen or c == task_column]
         if missing or not cols:
             raise bad(loc, f"columns {missing or cols} are not numeric columns of the header {header}")
     if set(inputs) & set(outputs):
@@ -234,7 +237,7 @@ def store(db, data: family.TaskData, name: str, filename: str | None, fmt: str) 
 def get(db, dataset_id: int) -> Dataset:
     row = db.get(Dataset, dataset_id)
     if row is None:
-        raise Problem(404, "not_found", f"data set {dataset_id} not found")
+        raise not_found(f"data set {dataset_id}")
     return row
 
 
@@ -273,7 +276,7 @@ def lock_for_job(db, job: Job) -> None:
     is gone: a delete, which locks it exclusively, then either finished first or sees the job."""
     dataset_id = dataset_of(db, job)
     if dataset_id is not None and not lock_row(db, Dataset, dataset_id, shared=True):
-        raise ConfigError("task.dataset", f"no data set {dataset_id}; upload one with POST /v1/datasets")
+        raise _no_dataset(dataset_id)
 
 
 def load(db_url: str, name: str) -> family.TaskData:
@@ -283,8 +286,12 @@ def load(db_url: str, name: str) -> family.TaskData:
     with get_sessionmaker(db_url)() as db:
         blob = db.scalar(select(Dataset.data).where(Dataset.id == int(name)))
     if blob is None:
-        raise ConfigError("task.dataset", f"no data set {name}; upload one with POST /v1/datasets")
+        raise _no_dataset(name)
     return family.TaskData.from_bytes(blob)
+
+
+def _no_dataset(name) -> ConfigError:
+    return ConfigError("task.dataset", f"no data set {name}; upload one with POST /v1/datasets")
 
 
 def use_database(db_url: str) -> None:

@@ -70,7 +70,7 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
             raise exceeded(limit_name, 413, f"{loc}: {len(raw) // 4} values", limit, loc=loc)
         t = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.zeros(0)
         if shape is not None:
-            if any(not isinstance(n, int) or n < 0 for n in shape) or t.numel() != _prod(shape):
+            if any(not isinstance(n, int) or n < 0 for n in shape) or t.numel() != math.prod(shape):
                 raise invalid("shape", f"{shape} does not fit {t.numel()} values of {loc}")
             t = t.reshape(shape)
     else:
@@ -86,13 +86,6 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     if not (all(map(math.isfinite, value)) if small else bool(torch.isfinite(t).all())):  # a few: in Python
         raise invalid(loc, "NaN or infinite values")
     return t
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,

@@ -76,11 +76,11 @@ class Lease:
             except Exception:  # a busy database must not kill the heartbeat; the next beat retries
                 log.exception("heartbeat of job %s failed", self.job_id)
 
-    def beat(self, **values):
-        """Renew the lease (and write ``values``) if we still own it; note a cancel request."""
+    def beat(self):
+        """Renew the lease if we still own it; note a cancel request."""
         with self.Session.begin() as db:
             cancel = db.scalar(update(Job).where(Job.id == self.job_id, Job.owner == self.owner)
-                               .values(heartbeat_at=utcnow(), **values).returning(Job.cancel_requested))
+                               .values(heartbeat_at=utcnow()).returning(Job.cancel_requested))
         if cancel is None:
             self.lost.set()
             raise LeaseLost(self.job_id)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINAL = (SUCCEEDED, FAILED, CANCELED)
+STATUSES = (QUEUED, RUNNING, *FINAL)
 META_TRAIN, META_TEST = "meta-train", "meta-test"
 MAX_ID = 2**31 - 1  # ids and versions are INTEGER columns; PostgreSQL's hold no more (a larger one: 4xx)
 

@@ -89,15 +89,23 @@ _ALIAS = (_BY_NAME.join(LossAlias, (LossAlias.version_id == LossVersion.id) & (L
           .where(LossAlias.alias == bindparam("alias")))
 
 
-def resolve(db: Session | Connection, text: str) -> Resolved:
-    """The version a loss id points at now (404 if none). Reads only small columns."""
+_QUERIES = {"latest": _LATEST, "version": _VERSION, "alias": _ALIAS}
+
+
+def _query_of(text: str) -> tuple[str, dict]:
+    """Which of ``_QUERIES`` resolves a loss id, and its parameters."""
     ref = parse_ref(text)
     if ref.alias:
-        row = db.execute(_ALIAS, {"name": ref.name, "alias": ref.alias}).first()
-    elif ref.version:
-        row = db.execute(_VERSION, {"name": ref.name, "version": ref.version}).first()
-    else:
-        row = db.execute(_LATEST, {"name": ref.name}).first()
+        return "alias", {"name": ref.name, "alias": ref.alias}
+    if ref.version:
+        return "version", {"name": ref.name, "version": ref.version}
+    return "latest", {"name": ref.name}
+
+
+def resolve(db: Session | Connection, text: str) -> Resolved:
+    """The version a loss id points at now (404 if none). Reads only small columns."""
+    key, params = _query_of(text)
+    row = db.execute(_QUERIES[key], params).first()
     if row is None:
         raise not_found(f"loss {text!r}")
     return Resolved(*row)
@@ -136,8 +144,7 @@ class FastResolver:
     def __init__(self, engine, ttl: float = 0.0, size: int = 4096):
         self.engine, self.local = engine, threading.local()
         self.ttl, self.size, self.cache = ttl, size, {}  # text -> (Resolved, _changes, expiry)
-        self.sql = {k: q.compile(dialect=engine.dialect) for k, q in
-                    (("latest", _LATEST), ("version", _VERSION), ("alias", _ALIAS))}
+        self.sql = {k: q.compile(dialect=engine.dialect) for k, q in _QUERIES.items()}
 
     def __call__(self, text: str) -> Resolved:
         if self.ttl <= 0:
@@ -153,10 +160,9 @@ class FastResolver:
         return resolved
 
     def query(self, text: str) -> Resolved:
-        ref = parse_ref(text)
-        key = "alias" if ref.alias else "version" if ref.version else "latest"
+        key, params = _query_of(text)
         compiled = self.sql[key]
-        params = compiled.construct_params({"name": ref.name, "version": ref.version, "alias": ref.alias})
+        params = compiled.construct_params(params)
         if compiled.positional:
             params = tuple(params[k] for k in compiled.positiontup)
         conn = getattr(self.local, "conn", None) or self.engine.raw_connection()

@@ -10,7 +10,6 @@ from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from ..core.config import Settings
 from ..errors import invalid
 from ..models import MAX_ID
 from ..security import Principal, authorize
@@ -21,12 +20,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield db
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 DB = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]  # a row id in a path: too large is a 422, not a database error
 
 # -- access: every /v1 router reads with ``dependencies=[READ]``; each write route names its scope.
@@ -89,7 +83,7 @@ class Page:
 PageDep = Annotated[Page, Depends(Page)]
 
 
-def reject_unknown_query(request: Request, known: set[str]) -> None:
+def reject_unknown_query(request: Request, known: set[str] | frozenset[str]) -> None:
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         raise invalid(unknown[0], f"unknown query parameter; known: {sorted(known)}")

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 
 from ... import datasets
 from ...db import lock_row
-from ...errors import Problem
+from ...errors import Problem, not_found
 from ...models import Dataset
 from ..deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
 
@@ -100,7 +100,7 @@ def remove(db: DB, key: AdminKey, dataset_id: Id) -> Response:
     # locked until the commit: a job submitted meanwhile waits, then finds no data set (422); one
     # submitted before has committed when the lock is granted, and is among the users
     if not lock_row(db, Dataset, dataset_id):
-        raise Problem(404, "not_found", f"data set {dataset_id} not found")
+        raise not_found(f"data set {dataset_id}")
     users = datasets.jobs_using(db, dataset_id)
     if users:
         raise Problem(409, "dataset_in_use", f"data set {dataset_id} is used by queued or running jobs {users}; "

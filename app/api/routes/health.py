@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select, text
 
 from ...errors import Problem
-from ...models import Job
+from ...models import STATUSES, Job
 
 router = APIRouter(tags=["health"])
 
@@ -46,7 +46,7 @@ def metrics(request: Request) -> Response:
     lines.append("# TYPE ml3_jobs gauge")
     with state.Session() as db:
         counts = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    for status in ("queued", "running", "succeeded", "failed", "canceled"):
+    for status in STATUSES:
         lines.append(f'ml3_jobs{{status="{status}"}} {counts.get(status, 0)}')
     cache = state.cache
     lines += ["# TYPE ml3_loss_cache_hits_total counter", f"ml3_loss_cache_hits_total {cache.hits}",

@@ -19,13 +19,25 @@ from ml3core.api import parse_spec
 from ... import datasets, limits, registry
 from ...db import lock_row
 from ...errors import Problem, invalid, not_found
-from ...models import CANCELED, FINAL, MAX_ID, META_TRAIN, QUEUED, ApiKey, Checkpoint, Job, JobEvent, JobFile, utcnow
+from ...models import (
+    CANCELED,
+    FINAL,
+    MAX_ID,
+    META_TRAIN,
+    QUEUED,
+    STATUSES,
+    ApiKey,
+    Checkpoint,
+    Job,
+    JobEvent,
+    JobFile,
+    utcnow,
+)
 from ...schemas import JobSpec, job_json
 from ..deps import DB, READ, Id, PageDep, SubmitKey
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 log = logging.getLogger("ml3.api")
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 
 def request_hash(route: str, body) -> str:
@@ -48,9 +60,7 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
                 if job.request_hash != digest:
                     raise Problem(422, "idempotency_key_reused",
                                   "Idempotency-Key was already used with a different request body")
-                response.status_code = 202
-                response.headers["Location"] = f"/v1/jobs/{job.id}"
-                return job_json(job)
+                return _accepted(response, job)
         limits.check_active_jobs(db, key_id, request.app.state.settings)
         job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
                   request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
@@ -69,6 +79,10 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
         request.app.state.runner.enqueue(job.id)
     except Exception:  # the row is the truth: a runner that polls or a later retry still finds it
         log.exception("enqueue of job %s failed", job.id)
+    return _accepted(response, job)
+
+
+def _accepted(response: Response, job: Job) -> dict:
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_json(job)

@@ -180,6 +180,7 @@ EVAL_QUERY = [
     _param("reduction", "mean (default), sum or none", enum=["mean", "sum", "none"]),
     _param("return_grad", "also return d loss / d pred", type="boolean"),
 ]
+EVAL_QUERY_NAMES = frozenset(p["name"] for p in EVAL_QUERY)
 BOOLS = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -191,7 +192,7 @@ async def evaluate_get(request: Request, loss_id: str, key: ReadKey) -> Response
     state = request.app.state
     limits.check_rate(state.eval_limiter, key.client, state.settings)
     q = request.query_params
-    reject_unknown_query(request, {p["name"] for p in EVAL_QUERY})
+    reject_unknown_query(request, EVAL_QUERY_NAMES)
     limit = request.app.state.settings.max_query_values
     for name in ("pred", "target"):
         if name not in q:
