@@ -64,12 +64,13 @@ def start_server(data_dir: Path, **settings: str) -> tuple[subprocess.Popen, str
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, cwd=ROOT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(600):  # about a minute: every failed try, refused or not ready (503), waits
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise SystemExit("server did not start")
 
 

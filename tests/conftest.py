@@ -21,6 +21,73 @@ ROOT = Path(__file__).resolve().parent.parent
 # On 2 cores, two torch threads can make a tiny step 100x slower.
 torch.set_num_threads(1)
 
+# Job specs shared by several modules. SMALL: a sine job that runs to the end in seconds, with evaluations
+# and a meta-test. TINY: the smallest sine job, for tests where jobs stay queued.
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 2, "outer_iterations": 20,
+         "eval_every": 10, "eval_steps": 10, "validation_tasks": 2,
+         "meta_test": {"steps": 20, "tasks": 3, "horizons": [10, 20]}}
+TINY = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "seeds": 1, "outer_iterations": 2,
+        "eval_every": 1, "eval_steps": 2, "validation_tasks": 1,
+        "meta_test": {"steps": 2, "tasks": 1, "horizons": [2]}}
+PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
+
+
+def wait_for(predicate, timeout: float, what: str = "condition", logs=lambda: ""):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass (an
+    AssertionError naming ``what``, with ``logs()`` for the post-mortem)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
+
+
+def assert_problem(r, status: int, code: str | None = None) -> dict:
+    """An RFC 9457 problem of ``status`` (and ``code`` when given) with a detail and a code: its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json"), r.headers["content-type"]
+    body = r.json()
+    assert PROBLEM_KEYS <= set(body) and body["status"] == status and body["detail"] and body["code"], body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def table_counts(Session) -> dict:
+    """Rows per table of the database: equal before and after means a request changed nothing."""
+    from sqlalchemy import func, inspect, select, table
+
+    with Session() as db:
+        tables = inspect(db.get_bind()).get_table_names()
+        return {t: db.execute(select(func.count()).select_from(table(t))).scalar() for t in tables}
+
+
+def register_loss(Session, name: str, seed: int = 0) -> int:
+    """A new version of ``name`` (a random sine loss from ``seed``) committed directly, as the runner
+    would: its id."""
+    from app import registry
+    from ml3core.artifact import Bundle
+    from ml3core.losses import LossSpec, init_loss_params
+
+    spec = LossSpec(pred_dim=1, x_dim=1)
+    bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(seed)), spec, {"family": "sine"},
+                          {"inner_lr": 1e-3}, {})
+    with Session.begin() as db:
+        return registry.register(db, name, bundle, None, None).id
+
+
+def new_key(Session, scope: str, revoked: bool = False) -> dict:
+    """Headers carrying a fresh API key of ``scope`` (revoked at once if asked)."""
+    from app import security
+
+    with Session.begin() as db:
+        key, token = security.create_key(db, scope, "test")
+        if revoked:
+            security.revoke_key(db, key.prefix)
+    return {"Authorization": f"Bearer {token}"}
+
 
 def require_service(name: str, reason: str):
     """Skip with a clear reason on a user's machine; fail in CI (ML3_REQUIRE_SERVICES=1)."""
@@ -88,10 +155,11 @@ class Server:
 
     def __init__(self, data_dir: Path, **env):
         self.data_dir, self.port, self.proc = data_dir, free_port(), None
-        self.env = {**os.environ, "ML3_DATA_DIR": str(data_dir), "ML3_CHECKPOINT_EVERY": "5",
+        # SQLite under data_dir unless the caller names a database: the caller's own is never inherited
+        inherited = {k: v for k, v in os.environ.items() if k != "ML3_DATABASE_URL"}
+        self.env = {**inherited, "ML3_DATA_DIR": str(data_dir), "ML3_CHECKPOINT_EVERY": "5",
                     "ML3_PROGRESS_EVERY": "5", "ML3_LEASE_SECONDS": "3", "ML3_POLL_SECONDS": "0.2",
                     "ML3_RUNNER_THREADS": "1", **env}
-        self.env.pop("ML3_DATABASE_URL", None)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
@@ -99,16 +167,16 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
                                       "--log-level", "warning"], env=self.env, cwd=ROOT, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        end = time.time() + 90
-        while time.time() < end:
+
+        def ready() -> bool:
             assert self.proc.poll() is None, (self.data_dir / "server.log").read_text()
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become ready")
+                return False
+
+        wait_for(ready, 90, "the server to become ready", (self.data_dir / "server.log").read_text)
+        return self
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -126,14 +194,14 @@ class Server:
 
 
 def _wait_group_gone(pgid: int, timeout: float = 30) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
+    def gone() -> bool:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError("runner process outlived the server")
+            return True
+        return False
+
+    wait_for(gone, timeout, "the runner process to end with the server")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from datetime import timedelta
 
 import pytest
 import torch
-from sqlalchemy import func, inspect, select, table, update
+from conftest import SMALL, assert_problem, table_counts, wait_for
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import registry
@@ -21,11 +22,6 @@ from app.execute import run_job
 from app.models import Checkpoint, Job, JobEvent, LossVersion, utcnow
 from ml3core import load_loss
 from ml3core.artifact import Bundle
-
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 2, "outer_iterations": 20,
-         "eval_every": 10, "eval_steps": 10, "validation_tasks": 2,
-         "meta_test": {"steps": 20, "tasks": 3, "horizons": [10, 20]}}
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +37,6 @@ def trained(client, settings):
     assert r.status_code == 202
     assert run_job(r.json()["id"], "runner-a", settings) == "succeeded"
     return client.get(f"/v1/jobs/{r.json()['id']}").json()
-
-
-def counts(Session) -> dict:
-    with Session() as db:
-        tables = inspect(db.get_bind()).get_table_names()
-        return {t: db.execute(select(func.count()).select_from(table(t))).scalar() for t in tables}
-
-
-def assert_problem(r, status):
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert PROBLEM_KEYS <= set(body) and body["status"] == status and body["detail"]
-    return body
 
 
 def submit(client, spec, **headers):
@@ -78,11 +60,11 @@ def test_idempotency_key_same_body_same_job_other_body_422(client, Session):
     first = submit(client, SMALL, **{"Idempotency-Key": "abc-1"})
     again = submit(client, SMALL, **{"Idempotency-Key": "abc-1"})
     assert again["id"] == first["id"]
-    before = counts(Session)
+    before = table_counts(Session)
     body = assert_problem(client.post("/v1/jobs", json={**SMALL, "seeds": 3}, headers={"Idempotency-Key": "abc-1"}),
                           422)
     assert body["code"] == "idempotency_key_reused"
-    assert counts(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_job_runs_registers_once_and_reports(client, trained, settings, Session):
@@ -156,25 +138,13 @@ def test_cancel_running_job_stops_it_and_keeps_its_checkpoint(client, settings):
     out = {}
     thread = threading.Thread(target=lambda: out.update(status=run_job(job["id"], "runner-a", settings)))
     thread.start()
-    _until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["checkpoint"])
+    wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["checkpoint"], 120, "a checkpoint")
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     thread.join(120)
     assert out["status"] == "canceled"
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "canceled" and 0 < final["checkpoint"] < 5000
     assert final["result"] is None
-
-
-def _until(cond, timeout=120):
-    import time
-
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 class StopAtCheckpoint(threading.Event):
@@ -401,9 +371,9 @@ BAD = [
 
 @pytest.mark.parametrize("method,url,kwargs,status", BAD, ids=[f"{m} {u[:48]} {s}" for m, u, _, s in BAD])
 def test_bad_input_is_a_problem_and_changes_nothing(client, trained, Session, method, url, kwargs, status):
-    before = counts(Session)
+    before = table_counts(Session)
     assert_problem(client.request(method.upper(), url, **kwargs), status)
-    assert counts(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_validation_error_names_the_field(client):

@@ -4,16 +4,15 @@ valid value; Redis never evicts; the GPU worker reserves an NVIDIA device; and n
 download host (the PyTorch index is a build argument)."""
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from app.cli import make_parser
 from app.cli_service import cmd_db_upgrade, cmd_serve, cmd_worker
 from app.core.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 ML3 = {"migrate": cmd_db_upgrade, "api": cmd_serve, "worker-cpu": cmd_worker, "worker-gpu": cmd_worker}

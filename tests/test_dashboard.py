@@ -14,11 +14,9 @@ import httpx
 import pytest
 import torch
 from conftest import ROOT, require_service
-from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.dashboard.views import family_form
-from app.main import create_app
 from ml3core import load_loss
 from ml3core.api import parse_spec
 from ml3core.engine import Hooks, MetaTrainer, TrainConfig
@@ -34,10 +32,9 @@ ARTIFACTS = Path(os.environ.get("ML3_CI_ARTIFACTS") or ROOT / "ci-artifacts")
 
 # -- server side: no browser needed ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("dash"), runner="none")
-    with TestClient(create_app(settings)) as c:
-        yield c
+def settings(tmp_path_factory):
+    """The app of conftest's ``client``: no job runner, the pages need none."""
+    return Settings(data_dir=tmp_path_factory.mktemp("dash"), runner="none")
 
 
 @pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"dataset"}))

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, assert_problem, postgres_database, table_counts
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
 from app.core.config import Settings
 from app.execute import run_job
 from app.main import create_app
-from app.models import Dataset, Job, LossVersion
 from ml3core import load_loss
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dataset_example.py"
+EXAMPLE = ROOT / "examples" / "dataset_example.py"
 SMALL = {"seeds": 1, "outer_iterations": 6, "inner_steps": 2, "eval_every": 3, "eval_steps": 5,
          "validation_tasks": 4, "meta_test": {"tasks": 4, "steps": 5, "horizons": [5, 10]}}
 
@@ -48,19 +47,6 @@ def diabetes(client, diabetes_csv) -> dict:
                     params={"name": "diabetes"})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def rows(Session) -> dict:
-    with Session() as db:
-        return {m.__name__: db.scalar(select(func.count()).select_from(m)) for m in (Dataset, Job, LossVersion)}
-
-
-def assert_problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["detail"] and body["code"]
-    return body
 
 
 def npz(**arrays) -> bytes:
@@ -139,13 +125,13 @@ MALFORMED = [
 
 @pytest.mark.parametrize("what, body, params, status", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_files_give_4xx_and_store_nothing(client, Session, what, body, params, status):
-    before = rows(Session)
+    before = table_counts(Session)
     r = client.post("/v1/datasets", content=body, params=params,
                     headers={"content-type": "application/octet-stream"})
     assert_problem(r, status)
     r = client.post("/v1/datasets", files={"file": ("upload.bin", body, "application/octet-stream")}, params=params)
     assert_problem(r, status)
-    assert rows(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_problem_names_line_and_column(client):
@@ -155,18 +141,18 @@ def test_problem_names_line_and_column(client):
 
 
 def test_multipart_without_a_file_field_is_refused(client, Session):
-    before = rows(Session)
+    before = table_counts(Session)
     assert_problem(client.post("/v1/datasets", data={"name": "x"}, files={"other": ("a.csv", b"a", "text/csv")}), 422)
-    assert rows(Session) == before
+    assert table_counts(Session) == before
 
 
 # -- jobs on data sets ------------------------------------------------------------------------------------
 def test_job_on_a_missing_data_set_is_refused(client, Session):
-    before = rows(Session)
+    before = table_counts(Session)
     for ref in (999_999, "abc"):
         body = assert_problem(client.post("/v1/jobs", json={"task": {"family": "dataset", "dataset": ref}}), 422)
         assert body["errors"][0]["loc"] == "task.dataset"
-    assert rows(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_upload_meta_train_meta_test_download_end_to_end(client, settings, diabetes, tmp_path):
@@ -281,7 +267,5 @@ def test_migration_down_and_up_on_sqlite(tmp_path):
 
 @pytest.mark.integration
 def test_datasets_on_postgresql(tmp_path):
-    from conftest import postgres_database
-
     with postgres_database("ml3_datasets") as url:
         check_database(url, tmp_path)

@@ -7,7 +7,7 @@ auth check into the routes; a registered loss gives the loss routes something to
 
 import pytest
 import schemathesis
-import torch
+from conftest import new_key, register_loss
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -18,12 +18,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import registry, security
 from app.core.config import Settings
 from app.db import get_sessionmaker
 from app.main import create_app
-from ml3core.artifact import Bundle
-from ml3core.losses import LossSpec, init_loss_params
 
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
@@ -39,16 +36,12 @@ def served(tmp_path_factory):
     app = create_app(s)
     with TestClient(app) as c:  # runs the migrations
         Session = get_sessionmaker(s.db_url)
-        spec = LossSpec(pred_dim=1, x_dim=1)
-        params = init_loss_params(spec, torch.Generator().manual_seed(0))
-        bundle = Bundle.build(params, spec, {"family": "sine"}, {"inner_lr": 1e-3}, {})
-        with Session.begin() as db:
-            registry.register(db, "fuzz", bundle, None, None)
-            _, token = security.create_key(db, "admin", "fuzz")
+        register_loss(Session, "fuzz")
+        headers = new_key(Session, "admin")
         job = c.post("/v1/jobs", json={"task": {"family": "sine"}, "seeds": 1, "outer_iterations": 2},
-                     headers={"Authorization": f"Bearer {token}"})
+                     headers=headers)
         assert job.status_code == 202, job.text
-    app.state.fuzz_token = token
+    app.state.fuzz_headers = headers
     return app
 
 
@@ -73,7 +66,7 @@ KNOWN = {"loss_id": "fuzz:1", "name": "fuzz", "job_id": 1}
                          ids=["positive", "negative", "positive-existing", "negative-existing"])
 def test_no_server_error_and_every_answer_matches_the_schema(served, mode, known):
     schema = schemathesis.openapi.from_asgi("/openapi.json", served)
-    headers = {"Authorization": f"Bearer {served.state.fuzz_token}"}
+    headers = served.state.fuzz_headers
     failures, tested = {}, 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -105,5 +98,5 @@ OUT_OF_RANGE = [("GET", f"/v1/jobs/{BIG}", None), ("GET", f"/v1/jobs/{2**40}/met
 @pytest.mark.parametrize("method,url,body", OUT_OF_RANGE)
 def test_numbers_beyond_the_database_are_a_4xx(served, method, url, body):
     with TestClient(served, raise_server_exceptions=False) as c:
-        r = c.request(method, url, json=body, headers={"Authorization": f"Bearer {served.state.fuzz_token}"})
+        r = c.request(method, url, json=body, headers=served.state.fuzz_headers)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text

@@ -7,19 +7,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import postgres_database
+from conftest import TINY, new_key, postgres_database
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
 
-from app import datasets, security
+from app import datasets
 from app.core.config import Settings
 from app.db import get_sessionmaker, lock_row
 from app.main import create_app
 from app.models import META_TRAIN, QUEUED, Dataset, Job
 
 LIMIT = 3
-TINY = {"seeds": 1, "outer_iterations": 2, "eval_every": 1, "eval_steps": 2, "validation_tasks": 1,
-        "meta_test": {"steps": 2, "tasks": 1, "horizons": [2]}}
 CSV = "task,x,y\n" + "".join(f"t{t},{r},{t * r}\n" for t in range(4) for r in range(6))
 HELD = 0.5  # seconds a test holds a lock that a request must wait for
 
@@ -32,9 +30,7 @@ def app(request, tmp_path):
                             max_active_jobs=LIMIT)
         with TestClient(create_app(settings)) as client:
             Session = get_sessionmaker(settings.db_url)
-            with Session.begin() as db:
-                tokens = [security.create_key(db, scope, "race")[1] for scope in ("submit", "admin")]
-            yield (client, Session, *({"Authorization": f"Bearer {t}"} for t in tokens))
+            yield client, Session, new_key(Session, "submit"), new_key(Session, "admin")
 
     if request.param == "sqlite":
         yield from serve("")
@@ -56,13 +52,12 @@ def still_waiting(future) -> bool:
 
 def test_concurrent_submits_stop_exactly_at_the_limit(app):
     client, Session, submit, _ = app
-    spec = {**TINY, "task": {"family": "sine", "points": 10, "heldout_points": 10}}
     n = 4 * LIMIT
     start = threading.Barrier(n)
 
     def post(_):
         start.wait()  # all at once: every request counts before any has committed
-        return client.post("/v1/jobs", json=spec, headers=submit).status_code
+        return client.post("/v1/jobs", json=TINY, headers=submit).status_code
 
     with ThreadPoolExecutor(n) as pool:
         codes = sorted(pool.map(post, range(n)))
@@ -75,15 +70,14 @@ def test_concurrent_retries_of_the_last_allowed_job_all_get_it(app):
     """The same Idempotency-Key at once, with room for one more job: one job, the same answer to all
     (the lock is taken before the key is looked up, so no retry counts the job and answers 429)."""
     client, Session, submit, _ = app
-    spec = {**TINY, "task": {"family": "sine", "points": 10, "heldout_points": 10}}
     for _ in range(LIMIT - 1):
-        assert client.post("/v1/jobs", json=spec, headers=submit).status_code == 202
+        assert client.post("/v1/jobs", json=TINY, headers=submit).status_code == 202
     n = 8
     start = threading.Barrier(n)
 
     def post(_):
         start.wait()
-        r = client.post("/v1/jobs", json=spec, headers={**submit, "Idempotency-Key": "last-one"})
+        r = client.post("/v1/jobs", json=TINY, headers={**submit, "Idempotency-Key": "last-one"})
         return r.status_code, r.json().get("id")
 
     with ThreadPoolExecutor(n) as pool:

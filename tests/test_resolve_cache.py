@@ -11,16 +11,13 @@ import time
 from contextlib import contextmanager
 
 import pytest
-import torch
+from conftest import register_loss
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from app import registry
 from app.core.config import Settings
 from app.db import get_engine, get_sessionmaker
 from app.main import create_app
-from ml3core.artifact import Bundle
-from ml3core.losses import LossSpec, init_loss_params
 
 Q = {"pred": "0.3,1.5", "target": "0,1"}
 LOOKUP = "SELECT loss_versions.id, losses.name, loss_versions.version, loss_versions.sha256"  # the resolver's
@@ -36,15 +33,6 @@ def serve(tmp_path, ttl: float):
         yield client, get_sessionmaker(settings.db_url), statements
 
 
-def register(Session, name: str, seed: int) -> None:
-    """A new version of ``name`` committed by this process, as the in-process runner would."""
-    spec = LossSpec(pred_dim=1, x_dim=1)
-    bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(seed)), spec, {"family": "sine"},
-                          {"inner_lr": 1e-3}, {})
-    with Session.begin() as db:
-        registry.register(db, name, bundle, None, None)
-
-
 def lookups(statements) -> int:
     return sum(s.startswith(LOOKUP) for s in statements)
 
@@ -58,7 +46,7 @@ def evaluate(client, loss_id: str) -> dict:
 @pytest.mark.parametrize("ttl, expected", [(60.0, 1), (0.0, 20)], ids=["cached", "off"])
 def test_a_pinned_id_is_looked_up_once_within_the_ttl(tmp_path, ttl, expected):
     with serve(tmp_path, ttl) as (client, Session, statements):
-        register(Session, "pin", 0)
+        register_loss(Session, "pin", 0)
         first = evaluate(client, "pin:1")
         assert all(evaluate(client, "pin:1") == first for _ in range(19))
         assert lookups(statements) == expected
@@ -66,7 +54,7 @@ def test_a_pinned_id_is_looked_up_once_within_the_ttl(tmp_path, ttl, expected):
 
 def test_an_entry_expires_after_the_ttl(tmp_path):
     with serve(tmp_path, 0.2) as (client, Session, statements):
-        register(Session, "short", 0)
+        register_loss(Session, "short", 0)
         evaluate(client, "short:1")
         time.sleep(0.25)
         evaluate(client, "short:1")
@@ -76,8 +64,8 @@ def test_an_entry_expires_after_the_ttl(tmp_path):
 def test_changes_through_this_process_are_seen_on_the_next_request(tmp_path):
     """A TTL of a minute: only the invalidation can explain what the next request answers."""
     with serve(tmp_path, 60.0) as (client, Session, statements):
-        register(Session, "m", 0)
-        register(Session, "m", 1)
+        register_loss(Session, "m", 0)
+        register_loss(Session, "m", 1)
         v1, v2 = evaluate(client, "m:1")["loss"], evaluate(client, "m:2")["loss"]
         assert v1 != v2
         assert client.put("/v1/losses/m/aliases/prod", json={"version": 1}).status_code == 200
@@ -88,7 +76,7 @@ def test_changes_through_this_process_are_seen_on_the_next_request(tmp_path):
         got = evaluate(client, "m@prod")
         assert (got["id"], got["loss"]) == ("m:2", v2)
         assert evaluate(client, "m")["id"] == "m:2"  # latest
-        register(Session, "m", 2)
+        register_loss(Session, "m", 2)
         assert evaluate(client, "m")["id"] == "m:3"
         assert client.delete("/v1/losses/m/aliases/prod").status_code == 204
         r = client.get("/v1/losses/m@prod/evaluate", params=Q)
@@ -98,8 +86,8 @@ def test_changes_through_this_process_are_seen_on_the_next_request(tmp_path):
 def test_another_process_changes_show_after_at_most_the_ttl(tmp_path):
     ttl = 2.0
     with serve(tmp_path, ttl) as (client, Session, _):
-        register(Session, "far", 0)
-        register(Session, "far", 1)
+        register_loss(Session, "far", 0)
+        register_loss(Session, "far", 1)
         assert client.put("/v1/losses/far/aliases/prod", json={"version": 1}).status_code == 200
         assert evaluate(client, "far@prod")["id"] == "far:1"
         cached_by = time.monotonic()

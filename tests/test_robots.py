@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import require_service
 
 from ml3core.robots import make_robot
 from ml3core.robots.two_link import TwoLinkArm
@@ -94,10 +95,10 @@ def test_two_link_any_dtype_and_leading_dims():
 def iiwa_or_skip():
     from ml3core.robots.iiwa import INSTALL, available
 
-    if not available():
-        pytest.skip(f"differentiable-robot-model is not installed ({INSTALL})")
+    if not available():  # CI installs both: a broken install fails there instead of skipping
+        require_service("differentiable-robot-model", INSTALL)
     if importlib.util.find_spec("pinocchio") is None:
-        pytest.skip("the float64 reference needs Pinocchio: pip install pin")
+        require_service("pinocchio", "the float64 reference needs it: pip install pin")
     return make_robot("iiwa")
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
+from conftest import wait_for
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -32,9 +32,8 @@ def test_polling_loop_runs_queued_jobs_in_order_then_stops(tmp_path):
         thread = threading.Thread(target=serve, args=(settings, stop))
         thread.start()
         try:
-            end = time.time() + 120
-            while time.time() < end and any(c.get(f"/v1/jobs/{i}").json()["status"] != "succeeded" for i in ids):
-                time.sleep(0.1)
+            wait_for(lambda: all(c.get(f"/v1/jobs/{i}").json()["status"] == "succeeded" for i in ids), 120,
+                     "both jobs to succeed")
         finally:
             stop.set()
             thread.join(60)
@@ -73,9 +72,7 @@ def test_runner_process_does_not_outlive_a_killed_server(tmp_path):
     child = int(proc.stdout.readline())
     proc.wait(60)
     assert proc.returncode == -signal.SIGKILL
-    end = time.time() + 30
-    while time.time() < end and _alive(child):
-        time.sleep(0.1)
+    wait_for(lambda: not _alive(child), 30, "the runner process to end with its parent")
     assert not _alive(child)
 
 

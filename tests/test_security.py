@@ -8,32 +8,25 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
-import torch
+from conftest import ROOT, TINY, assert_problem, new_key, register_loss, table_counts
 from fastapi.testclient import TestClient
-from sqlalchemy import func, inspect, select, table, update
+from sqlalchemy import update
 
-from app import registry, security
+from app import security
 from app.core.config import Settings
 from app.db import get_sessionmaker
 from app.main import create_app
 from app.models import Job, LossVersion
 from ml3core import load_loss
 from ml3core.artifact import Bundle
-from ml3core.losses import LossSpec, init_loss_params
 from ml3core.portable import LossBundleError
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "seeds": 1, "outer_iterations": 2,
-        "eval_every": 1, "eval_steps": 2, "validation_tasks": 1,
-        "meta_test": {"steps": 2, "tasks": 1, "horizons": [2]}}
 LIMITS = {"max_body_bytes": 100_000, "max_array_items": 50, "max_seeds": 4, "max_outer_iterations": 100,
           "max_inner_steps": 10, "max_hidden": 128, "max_tasks": 20, "max_steps": 200,
           "max_unroll_bytes": 50_000_000, "max_active_jobs": 3, "eval_rate": 2.0, "eval_burst": 3,
           "max_eval_values": 100, "max_query_values": 10}
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
 
 @pytest.fixture(scope="module")
@@ -41,43 +34,10 @@ def settings(tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("security"), runner="none", auth="on", **LIMITS)
 
 
-def new_key(Session, scope: str, revoked: bool = False) -> dict:
-    """Headers carrying a fresh key of ``scope``."""
-    with Session.begin() as db:
-        key, token = security.create_key(db, scope, "test")
-        if revoked:
-            security.revoke_key(db, key.prefix)
-    return {"Authorization": f"Bearer {token}"}
-
-
-def register_loss(Session, name: str) -> int:
-    spec = LossSpec(pred_dim=1, x_dim=1)
-    bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(0)), spec, {"family": "sine"},
-                          {"inner_lr": 1e-3}, {})
-    with Session.begin() as db:
-        return registry.register(db, name, bundle, None, None).id
-
-
 @pytest.fixture(scope="module")
 def loss(Session):
     register_loss(Session, "guarded")
     return "guarded"
-
-
-def counts(Session) -> dict:
-    with Session() as db:
-        tables = inspect(db.get_bind()).get_table_names()
-        return {t: db.execute(select(func.count()).select_from(table(t))).scalar() for t in tables}
-
-
-def assert_problem(r, status: int, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert PROBLEM_KEYS <= set(body) and body["status"] == status
-    if code is not None:
-        assert body["code"] == code, body
-    return body
 
 
 # -- the auth matrix: every write route of the app -----------------------------------------------------
@@ -152,7 +112,7 @@ def test_auth_matrix(client, Session, loss, case):
                    "wrong scope": new_key(Session, security.SCOPES[security.SCOPES.index(scope) - 1]),
                    "right scope": right}[case]
         url, kwargs, ok = prepare(client, Session, loss, method, path, owner=right)
-        before = counts(Session)
+        before = table_counts(Session)
         r = client.request(method, url, headers=headers, **kwargs)
         where = f"{case}: {method} {path}"
         if case == "right scope":
@@ -165,7 +125,7 @@ def test_auth_matrix(client, Session, loss, case):
         assert r.headers["content-type"].startswith("application/problem+json")
         if status == 401:
             assert r.headers["www-authenticate"].startswith("Bearer")
-        assert counts(Session) == before, where
+        assert table_counts(Session) == before, where
 
 
 def test_a_submit_key_cancels_only_its_own_jobs_and_admin_any(client, Session):
@@ -282,11 +242,11 @@ JOB_LIMITS = [
                          ids=[f"{n}-{i}" for i, (n, *_) in enumerate(JOB_LIMITS)])
 def test_job_size_limits(client, Session, settings, name, status, body):
     key = new_key(Session, "submit")
-    before = counts(Session)
+    before = table_counts(Session)
     problem = assert_problem(client.post("/v1/jobs", json=body, headers=key), status, f"{name}_exceeded")
     assert name in problem["detail"] and f"ML3_{name.upper()}" in problem["detail"]
     assert problem["limit"] == name and problem["allowed"] == getattr(settings, name)
-    assert counts(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_unroll_estimate_is_what_the_docs_say():
@@ -303,23 +263,23 @@ def test_unroll_estimate_is_what_the_docs_say():
                                        ("max_array_items", {"seeds": list(range(51))})])
 def test_meta_test_limits(client, Session, loss, name, body):
     key = new_key(Session, "submit")
-    before = counts(Session)
+    before = table_counts(Session)
     r = client.post(f"/v1/losses/{loss}/meta-test", json=body, headers=key)
     problem = assert_problem(r, 413 if "array" in name else 422)
     assert problem["code"] == f"{name}_exceeded" and name in problem["detail"]
-    assert counts(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_body_size_limit_declared_and_chunked(client, Session):
     key = new_key(Session, "submit")
     big = b'{"task": {"family": "sine"}, "x": "' + b"a" * 100_001 + b'"}'
-    before = counts(Session)
+    before = table_counts(Session)
     r = client.post("/v1/jobs", content=big, headers={**key, "content-type": "application/json"})
     assert "max_body_bytes" in assert_problem(r, 413, "max_body_bytes_exceeded")["detail"]
     chunks = (big[i:i + 10_000] for i in range(0, len(big), 10_000))  # no Content-Length: read, then refused
     r = client.post("/v1/jobs", content=chunks, headers={**key, "content-type": "application/json"})
     assert_problem(r, 413, "max_body_bytes_exceeded")
-    assert counts(Session) == before
+    assert table_counts(Session) == before
     tiny = json.dumps(TINY).encode()
     small = iter([tiny[:20], tiny[20:]])
     r = client.post("/v1/jobs", content=small, headers={**key, "content-type": "application/json"})
@@ -338,11 +298,11 @@ def test_evaluate_array_limits(client, Session, loss):
 def test_active_jobs_per_key(client, Session):
     key, other = new_key(Session, "submit"), new_key(Session, "submit")
     jobs = [client.post("/v1/jobs", json=TINY, headers=key).json() for _ in range(3)]
-    before = counts(Session)
+    before = table_counts(Session)
     r = client.post("/v1/jobs", json=TINY, headers=key)
     assert "max_active_jobs" in assert_problem(r, 429, "max_active_jobs_exceeded")["detail"]
     assert r.headers["retry-after"]
-    assert counts(Session) == before
+    assert table_counts(Session) == before
     assert client.post("/v1/jobs", json=TINY, headers=other).status_code == 202  # per key
     client.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=key)
     assert client.post("/v1/jobs", json=TINY, headers=key).status_code == 202  # a final job frees a slot
@@ -379,14 +339,14 @@ def test_a_tampered_bundle_is_refused_everywhere(client, Session):
         db.execute(update(LossVersion).where(LossVersion.id == version_id).values(weights=bytes(weights)))
     q = {"pred": "0.1", "target": "0"}
     reader, submitter = new_key(Session, "read"), new_key(Session, "submit")
-    before = counts(Session)
+    before = table_counts(Session)
     for r in (client.get("/v1/losses/tampered/artifact"),
               client.get("/v1/losses/tampered/evaluate", params=q, headers=reader),
               client.get("/v1/losses/tampered/landscape"),
               client.post("/v1/losses/tampered/meta-test", json={}, headers=submitter)):
         body = assert_problem(r, 500, "bundle_corrupt")
         assert "tampered:1" in body["detail"] and "integrity" in body["detail"] and "sha256" in body["detail"]
-    assert counts(Session) == before
+    assert table_counts(Session) == before
 
 
 def test_a_bundle_whose_spec_was_rewritten_to_match_is_still_refused(client, Session):

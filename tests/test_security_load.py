@@ -5,9 +5,8 @@ succeeded, each registering exactly one loss version (none lost, none twice)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def test_short_load_run_loses_nothing():

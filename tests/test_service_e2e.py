@@ -6,18 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT, Server
+from conftest import PROBLEM_KEYS, ROOT, SMALL, Server, wait_for
 
 from app.client import ApiError, Client
 from ml3core import load_loss
-
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 2, "outer_iterations": 20,
-         "eval_every": 10, "eval_steps": 10, "validation_tasks": 2,
-         "meta_test": {"steps": 20, "tasks": 3, "horizons": [10, 20]}}
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +107,8 @@ def test_bad_inputs_are_problems_and_change_nothing(server, c, trained):
         with pytest.raises(ApiError) as e:
             c.request(method, path, **kw)
         assert e.value.status == status, (path, e.value)
-        assert {"type", "title", "status", "detail", "code"} <= set(e.value.problem)
+        assert PROBLEM_KEYS <= set(e.value.problem)
     assert {t: server.rows(t) for t in tables} == before
-
-
-def _until(cond, timeout=180):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -134,7 +119,8 @@ def test_restart_mid_job_resumes_from_checkpoint_and_registers_once(tmp_path, si
     try:
         with Client(server.url) as c:
             job_id = c.submit(spec)["id"]
-            checkpoint = _until(lambda: c.job(job_id)["checkpoint"])
+            checkpoint = wait_for(lambda: c.job(job_id)["checkpoint"], 180, "a checkpoint of the job",
+                                  (tmp_path / "server.log").read_text)
         server.stop(sig)
         left = server.rows("jobs", f"id = {job_id} AND status IN ('queued', 'running')")
         assert left == 1  # neither finished nor failed while the server was down

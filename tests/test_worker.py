@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, Server, free_port, postgres_database, require_service
+from conftest import ROOT, Server, free_port, postgres_database, require_service, wait_for
 from sqlalchemy import select
 
 from app.core.config import Settings
@@ -33,16 +33,6 @@ LONG = {**SMALL, "outer_iterations": 200, "inner_steps": 3}  # a few seconds: lo
 ENV = {"ML3_RUNNER": "celery", "ML3_LEASE_SECONDS": "3", "ML3_SWEEP_SECONDS": "0.5",
        "ML3_CHECKPOINT_EVERY": "10", "ML3_PROGRESS_EVERY": "5", "ML3_RUNNER_THREADS": "1",
        "ML3_VISIBILITY_TIMEOUT": "600"}
-
-
-def wait_for(predicate, timeout: float, what: str, logs=lambda: ""):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
 
 
 class Redis:
@@ -125,8 +115,7 @@ class Stack:
         self.redis = Redis(tmp)
         self.env = {**os.environ, **ENV, "ML3_DATABASE_URL": db_url, "ML3_BROKER_URL": self.redis.url,
                     "ML3_DATA_DIR": str(tmp)}
-        self.api = Server(tmp)
-        self.api.env.update(self.env)  # after its constructor, which points it at SQLite
+        self.api = Server(tmp, **ENV, ML3_DATABASE_URL=db_url, ML3_BROKER_URL=self.redis.url)
         self.workers = []
 
     def start(self) -> None:
