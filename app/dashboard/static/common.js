@@ -10,6 +10,9 @@ const ml3 = (() => {
 
   // -- the API key: entered once, kept in localStorage, sent on every request ----------------------
   const getKey = () => localStorage.getItem(KEY) || "";
+  const versionHref = (name, v) => `/losses/${encodeURIComponent(name)}/versions/${v}`;
+  const percent = (completed, total) => (total ? Math.min(100, Math.floor((100 * completed) / total)) : 0);
+  const formError = (form) => $("[data-role=form-error]", form) || form.parentElement.querySelector("[data-role=form-error]");
 
   function authHeaders(extra = {}) {
     const key = getKey();
@@ -190,13 +193,13 @@ const ml3 = (() => {
   const badge = (status) => el("span", { class: `badge ${status}`, text: status });
 
   function progressBar(completed, total) {
-    const pct = total ? Math.min(100, Math.floor((100 * completed) / total)) : 0;
+    const pct = percent(completed, total);
     return el("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
       "aria-valuenow": pct, title: `${completed} / ${total}` }, el("div", { class: "bar", style: `width:${pct}%` }));
   }
 
   function setProgress(bar, completed, total) {
-    const pct = total ? Math.min(100, Math.floor((100 * completed) / total)) : 0;
+    const pct = percent(completed, total);
     bar.setAttribute("aria-valuenow", pct);
     bar.firstElementChild.style.width = `${pct}%`;
     return pct;
@@ -206,7 +209,7 @@ const ml3 = (() => {
   function clearErrors(form) {
     form.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
     form.querySelectorAll(".field-error").forEach((p) => { p.hidden = true; p.textContent = ""; });
-    const top = $("[data-role=form-error]", form) || form.parentElement.querySelector("[data-role=form-error]");
+    const top = formError(form);
     if (top) top.hidden = true;
   }
 
@@ -224,7 +227,7 @@ const ml3 = (() => {
         unplaced.push(err.loc ? `${err.loc}: ${err.msg}` : err.msg);
       }
     }
-    const top = $("[data-role=form-error]", form) || form.parentElement.querySelector("[data-role=form-error]");
+    const top = formError(form);
     if (!top) return;
     if (!unplaced.length && !form.querySelector(".field.invalid")) unplaced = [problem.detail];
     top.textContent = "";
@@ -387,6 +390,6 @@ const ml3 = (() => {
   document.addEventListener("DOMContentLoaded", initKeyBox);
 
   return { FINAL, $, el, api, request, ApiError, blobUrl, loadImage, follow, notice, num, duration, ago, when,
-    runTime, badge, progressBar, setProgress, clearErrors, showErrors, lineChart, band, thin, COLORS,
+    runTime, badge, progressBar, setProgress, percent, getKey, versionHref, clearErrors, showErrors, lineChart, band, thin, COLORS,
     metricName, metaTestSection, sleep };
 })();

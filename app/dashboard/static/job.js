@@ -156,7 +156,7 @@
       box.append(el("p", {}, `Canceled at iteration ${job.progress.completed}.`,
         job.checkpoint ? ` The checkpoint of iteration ${job.checkpoint} is kept.` : ""));
     } else if (job.kind === "meta-train" && r.name) {
-      const href = `/losses/${encodeURIComponent(r.name)}/versions/${r.version}`;
+      const href = ml3.versionHref(r.name, r.version);
       box.append(el("div", { class: "result-line" },
         el("div", {}, el("span", { class: "muted", text: "Registered as " }), el("a", { href, class: "big-link", id: "result-loss", text: r.loss }),
           r.published_seed !== undefined ? el("span", { class: "muted", text: ` · published seed ${r.published_seed} (best on meta-validation)` }) : ""),
@@ -167,7 +167,7 @@
       }
     } else if (job.kind === "meta-test" && r.loss) {
       const [name, version] = r.loss.split(":");
-      box.append(el("p", {}, "Meta-test of ", el("a", { href: `/losses/${encodeURIComponent(name)}/versions/${version}`, text: r.loss })));
+      box.append(el("p", {}, "Meta-test of ", el("a", { href: ml3.versionHref(name, version), text: r.loss })));
     }
     box.hidden = !box.childNodes.length;
   }
@@ -188,12 +188,15 @@
     $("#figures-section").hidden = !box.childNodes.length;
   }
 
-  async function finish() {
+  // metricsShown: the curves came live through the events; otherwise a training job's report has
+  // them all (its history), and only a job without one needs the stored metrics
+  async function finish(metricsShown) {
     let report = null;
     if (job.status === "succeeded" && job.links && job.links.report) {
       report = await api(job.links.report).catch(() => null);
     }
     if (report && report.history) fromHistory(report.history);
+    else if (!metricsShown) (await api(`/v1/jobs/${id}/metrics`)).items.forEach(addMetrics);
     const test = report && (report.meta_test || (report.curves ? report : null));
     if (test) {
       $("#metatest-section").hidden = false;
@@ -235,16 +238,14 @@
 
   (async () => {
     await load();
-    if (FINAL.includes(job.status)) {
-      const history = await api(`/v1/jobs/${id}/metrics`);
-      history.items.forEach(addMetrics);
-    } else {
+    const live = !FINAL.includes(job.status);
+    if (live) {
       const ticker = setInterval(() => job.status === "running" && (renderProgress(), renderTimings()), 1000);
       await ml3.follow(`/v1/jobs/${id}/events`, onEvent, () => FINAL.includes(job.status))
         .catch((e) => ml3.notice(`Live updates stopped: ${e.message}`, "error"));
       clearInterval(ticker);
       await load();
     }
-    await finish();
+    await finish(live);
   })();
 })();

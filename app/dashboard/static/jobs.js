@@ -27,7 +27,7 @@
     }
     const r = job.result || {};
     if (job.kind === "meta-train" && r.name) {
-      return el("a", { href: `/losses/${encodeURIComponent(r.name)}/versions/${r.version}`, text: r.loss });
+      return el("a", { href: ml3.versionHref(r.name, r.version), text: r.loss });
     }
     if (job.kind === "meta-test" && r.horizon && r.horizon.length) {
       const h = r.horizon[r.horizon.length - 1];
@@ -38,7 +38,7 @@
 
   function row(job) {
     const p = job.progress;
-    const pct = p.total ? Math.floor((100 * p.completed) / p.total) : 0;
+    const pct = ml3.percent(p.completed, p.total);
     return el("tr", { "data-job": job.id, class: "clickable", onclick: (e) => {
       if (!e.target.closest("a")) location.href = `/jobs/${job.id}`;
     } },

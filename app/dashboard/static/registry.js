@@ -5,7 +5,7 @@
 (() => {
   const { $, el, api, num, ago, when } = ml3;
   const enc = encodeURIComponent;
-  const versionHref = (name, v) => `/losses/${enc(name)}/versions/${v}`;
+  const versionHref = ml3.versionHref;
   const chip = (text, cls = "chip") => el("span", { class: cls, text });
   const none = () => el("span", { class: "muted", text: "–" });
 
@@ -91,7 +91,7 @@
       setTimeout(() => { $("#copy-line").textContent = "Copy"; }, 1500);
     });
     $("#download").addEventListener("click", async (e) => {
-      if (!localStorage.getItem("ml3.apiKey")) return;  // a plain link works without a key
+      if (!ml3.getKey()) return;  // a plain link works without a key
       e.preventDefault();
       const a = el("a", { href: await ml3.blobUrl(`${base}/artifact`), download: `${name}-v${version}.zip` });
       document.body.append(a);
