@@ -11,6 +11,10 @@ from .config import ConfigError, check, check_layers, from_dict
 from .portable import ACTIVATIONS, FORMS, OUTPUTS, mlp_loss
 
 INPUT_NAMES = ("pred", "target", "x")
+# "baseline": hidden layers Xavier-uniform, the last layer zero, so the output is a constant; the
+# output bias makes that constant 1 (exp(0) = 1 needs none), and weighted_se at weight 1 is MSE.
+INITS = ("xavier_uniform", "xavier_normal", "default", "baseline")
+BASELINE_BIAS = {"exp": 0.0, "softplus": math.log(math.e - 1), "square": 1.0}  # out(b) = 1
 
 
 @dataclass
@@ -47,8 +51,12 @@ class LossSpec:
             check(self.output in ("softplus", "square", "exp"), "loss.output",
                   "softplus, square or exp for weighted_se")
         check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
-        check(self.init in ("xavier_uniform", "xavier_normal", "default"), "loss.init",
-              "xavier_uniform, xavier_normal or default")
+        check(self.init in INITS, "loss.init", f"one of {INITS}")
+        if self.init == "baseline":  # phi starts as the plain loss, so meta-training improves from parity
+            check(self.form == "weighted_se", "loss.init",
+                  "baseline needs a form that contains the plain loss: weighted_se (weight 1 is MSE)")
+            check(self.output == "exp" or (self.bias and self.output in BASELINE_BIAS), "loss.init",
+                  "baseline needs loss.output exp, or loss.bias true with output softplus or square")
 
     @classmethod
     def from_dict(cls, d: dict | None, **family_defaults) -> LossSpec:
@@ -79,16 +87,18 @@ def init_loss_params(spec: LossSpec, generator: torch.Generator, n: int | None =
     lead = () if n is None else (n,)
     params = {}
     for i, (fan_in, fan_out) in enumerate(spec.layer_sizes()):
-        if spec.init == "xavier_uniform":
+        if spec.init in ("xavier_uniform", "baseline"):
             a = math.sqrt(6.0 / (fan_in + fan_out))
             w = (torch.rand(*lead, fan_out, fan_in, generator=generator) * 2 - 1) * a
         elif spec.init == "xavier_normal":
             w = torch.randn(*lead, fan_out, fan_in, generator=generator) * math.sqrt(2.0 / (fan_in + fan_out))
         else:  # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
             w = (torch.rand(*lead, fan_out, fan_in, generator=generator) * 2 - 1) / math.sqrt(fan_in)
-        params[f"layers.{i}.weight"] = w
+        last = i == len(spec.layer_sizes()) - 1
+        params[f"layers.{i}.weight"] = torch.zeros_like(w) if last and spec.init == "baseline" else w
         if spec.bias:
-            params[f"layers.{i}.bias"] = torch.zeros(*lead, fan_out)
+            b = BASELINE_BIAS[spec.output] if last and spec.init == "baseline" else 0.0
+            params[f"layers.{i}.bias"] = torch.full((*lead, fan_out), b)
     return params
 
 

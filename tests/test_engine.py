@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from ml3core import LossSpec, MetaTrainer, TrainConfig, make_family
+from ml3core.config import ConfigError
 from ml3core.engine import broadcast_seeds
+from ml3core.losses import apply_loss, init_loss_params
 
 SMALL_TASK = {"family": "sine", "points": 12, "heldout_points": 5, "model_hidden": [8],
               "model_activation": "tanh", "train_task": "sampled"}
@@ -160,3 +162,25 @@ def test_loss_is_shared_by_a_seeds_tasks():
     tr = make_trainer(seeds=2, tasks_per_batch=3)
     phi_b = broadcast_seeds(tr.phi)
     assert all(v.shape[1] == 1 for v in phi_b.values())
+
+
+@pytest.mark.parametrize("output,bias", [("exp", False), ("softplus", True), ("square", True)])
+def test_baseline_init_is_exactly_mse(output, bias):
+    """loss.init baseline: a fresh weighted_se loss is MSE, values and gradients, before any meta-training."""
+    spec = LossSpec(form="weighted_se", inputs=["target", "x"], output=output, bias=bias, init="baseline", x_dim=1)
+    phi = init_loss_params(spec, torch.Generator().manual_seed(3))
+    pred = torch.randn(2, 5, 1, dtype=torch.float64, requires_grad=True)
+    target, x = torch.randn(2, 5, 1, dtype=torch.float64), torch.randn(2, 5, 1, dtype=torch.float64)
+    learned = apply_loss(spec, {k: v.double() for k, v in phi.items()}, pred, target, x)
+    plain = (pred - target).pow(2).mean((-2, -1))
+    assert torch.allclose(learned, plain, atol=1e-6, rtol=0)
+    g1, = torch.autograd.grad(learned.sum(), pred)
+    g2, = torch.autograd.grad(plain.sum(), pred)
+    assert torch.allclose(g1, g2, atol=1e-6, rtol=0)
+
+
+def test_baseline_init_needs_a_form_that_contains_the_baseline():
+    with pytest.raises(ConfigError, match="loss.init"):
+        LossSpec(init="baseline")  # form net cannot start at MSE
+    with pytest.raises(ConfigError, match="loss.init"):
+        LossSpec(form="weighted_se", inputs=["target"], output="softplus", bias=False, init="baseline")
