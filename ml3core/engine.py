@@ -327,14 +327,15 @@ class MetaTrainer:
         """Pick the seed to publish: the lowest held-out MSE on the meta-validation tasks after
         ``eval_steps`` with the final phi (the last point of the validation curve)."""
         assert self.history["iteration"][-1] == self.iteration, "the final phi has not been evaluated"
-        scores = self.history["eval"]["validation"]["mse_heldout"][-1]
+        metric = self.family.heldout_metric
+        scores = self.history["eval"]["validation"][metric][-1]
         finite = [math.inf if v is None else v for v in scores]
         chosen = min(range(len(finite)), key=finite.__getitem__)
         return {
-            "metric": f"held-out MSE after {self.cfg.eval_steps} SGD steps on "
+            "metric": f"{metric} after {self.cfg.eval_steps} SGD steps on "
                       f"{self.cfg.validation_tasks} meta-validation tasks",
             "scores": scores,
-            "mse_baseline": self.history["baseline"]["validation"]["mse_heldout"],
+            "mse_baseline": self.history["baseline"]["validation"][metric],
             "chosen_index": chosen,
             "chosen_seed": self.cfg.seed_ids[chosen],
         }

@@ -68,7 +68,8 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
         row = {"steps": h}
         for name, curves in runs.items():
             row[name] = {m: json_clean(float(c[idx[h]].mean())) for m, c in curves.items()}
-        row["heldout_ratio"] = _ratio(row["learned"].get("mse_heldout"), row["mse"].get("mse_heldout"))
+        metric = family.heldout_metric
+        row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))
         report["horizon"].append(row)
     return report
 

@@ -20,6 +20,7 @@ class TaskFamily:
     fixed_train: bool = False  # True: one set of meta-train tasks for the whole run
     extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
     validation_split: str = "test"  # the split meta-validation tasks are drawn from (own stream)
+    heldout_metric: str = "mse_heldout"  # the metric that judges a loss (validation, horizon ratios)
 
     def __init__(self, config):
         self.config = config
