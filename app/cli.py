@@ -64,6 +64,8 @@ def build_train_spec(args, family_cls) -> dict:
         with open(args.spec) as f:
             spec = json.load(f)
     spec.setdefault("task", {})["family"] = args.family
+    if args.preset:
+        spec["preset"] = args.preset
     for _, key, _, _ in TRAIN_FLAGS:
         value = getattr(args, key)
         if value is not None:
@@ -115,6 +117,11 @@ def cmd_train(args) -> int:
           f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
     out = meta_train(plan, Hooks(on_progress=Progress("meta-train"), progress_every=max(1, cfg.eval_every)))
     os.makedirs(args.out, exist_ok=True)
+    if out.bundle is None:
+        with open(os.path.join(args.out, "report.json"), "w") as f:
+            json.dump(out.report, f, indent=1)
+        print(f"ml3 train: {out.report['warnings'][0]}", file=sys.stderr)
+        return 0
     out.bundle.write_dir(os.path.join(args.out, "loss"))
     for seed, bundle in zip(cfg.seed_ids, out.seed_bundles, strict=True):
         bundle.write_dir(os.path.join(args.out, "seeds", f"seed-{seed}"))
@@ -125,6 +132,8 @@ def cmd_train(args) -> int:
             f.write(png)
     summary(out.report)
     print(f"published loss (seed {out.report['published_seed']}): {os.path.join(args.out, 'loss')}")
+    for warning in out.report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -141,6 +150,8 @@ def summary(report: dict) -> None:
 def add_train_arguments(p, name: str, cls) -> None:
     p.add_argument("--out", default=f"runs/{name}", help="output directory")
     p.add_argument("--spec", help="a JSON job spec to start from")
+    p.add_argument("--preset", help="start from a named preset: default (what bench/scoreboard.py shows best "
+                                    "at every horizon) or paper (the paper's code)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
     p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
     p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")

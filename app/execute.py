@@ -227,12 +227,14 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
         return _stopped(Session, lease)
 
     def register(db, job):
+        if out.bundle is None:  # nothing learned (0 outer iterations): the job says so, the registry is untouched
+            return {"loss": None, "warnings": out.report.get("warnings", [])}
         name = job.register_as or plan.family.name
         if db.scalar(select(LossVersion.id).where(LossVersion.job_id == job.id)) is not None:
             raise LeaseLost(job.id)  # registered already: someone else finished this job
         v = registry.register(db, name, out.bundle, job.id, clean(out.bundle.spec.get("metrics")))
         return {"loss": f"{name}:{v.version}", "name": name, "version": v.version, "sha256": v.sha256,
-                "published_seed": out.report.get("published_seed")}
+                "published_seed": out.report.get("published_seed"), "warnings": out.report.get("warnings", [])}
 
     files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
     files.update({name: ("image/png", png) for name, png in out.figures.items()})

@@ -16,9 +16,10 @@ from . import plots
 from .artifact import Bundle
 from .config import ConfigError, check
 from .engine import Hooks, MetaTrainer, TrainConfig, TrainResult
+from .inner import from_training
 from .losses import LossSpec
 from .metatest import MetaTestConfig, meta_test
-from .tasks import TaskFamily, make_family
+from .tasks import FAMILIES, TaskFamily, make_family
 
 
 @dataclass
@@ -49,6 +50,7 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     check(isinstance(spec, dict), "spec", "an object")
     spec = {k: v for k, v in spec.items() if k not in ignore}
     check("task" in spec, "task", "required: {\"family\": ...}")
+    spec = with_preset(spec)
     family = make_family(spec.pop("task"))
     family.resolve()
     loss_in = spec.pop("loss", None)
@@ -57,6 +59,24 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
     return Plan(family, loss, TrainConfig.from_dict({**family.train_defaults(), **spec}), mt)
+
+
+def with_preset(spec: dict) -> dict:
+    """The spec over its family's preset (``"preset"``, default "default"): a preset is a partial
+    spec, and what the spec states wins, field by field."""
+    task = spec.get("task")
+    name = task.get("family") if isinstance(task, dict) else None
+    presets = FAMILIES[name].presets() if isinstance(name, str) and name in FAMILIES else {"default": {}}
+    preset = spec.pop("preset", "default")
+    check(isinstance(preset, str) and preset in presets, "preset", f"one of {sorted(presets)}")
+    return _merge(presets[preset], spec)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 @dataclass
@@ -83,10 +103,15 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     if result.stopped:
         return Outcome(True, result.iteration, result)
     cfg = plan.train
-    test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner_lr,
+    if result.iteration == 0:  # phi is its initialisation: nothing learned, nothing to publish
+        report = {"spec": plan.to_dict(), "history": result.history, "published_seed": None,
+                  "warnings": ["0 outer iterations: the loss is untrained, so nothing was published"]}
+        return Outcome(False, 0, result, report=report)
+    test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner,
                      cfg.device, cfg.dtype)
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
-              "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe()}
+              "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe(),
+              "warnings": losing_horizons(test, result.chosen, plan.family.heldout_metric)}
     bundles = []
     for i, seed in enumerate(cfg.seed_ids):
         metrics = {
@@ -104,6 +129,17 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     }
     figures.update(plan.family.figures(plan.loss, bundles[result.chosen].params(), report))
     return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
+
+
+def losing_horizons(test: dict, chosen: int, metric: str) -> list[str]:
+    """Where the published seed's loss is worse than the baseline on the meta-test tasks: said, not hidden."""
+    out = []
+    for row in test["horizon"]:
+        ratio = (row.get("heldout_ratio_per_seed") or [None] * (chosen + 1))[chosen]
+        if ratio is None or ratio > 1:
+            shown = "not finite" if ratio is None else f"{ratio:.3g}x the baseline's"
+            out.append(f"after {row['steps']} steps the published loss's {metric} is {shown}")
+    return out
 
 
 def parse_meta_test(bundle: Bundle, spec: dict | None = None) -> tuple[TaskFamily, list[int], MetaTestConfig]:
@@ -145,9 +181,9 @@ def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu")
     states both. Returns (report, figures).
     """
     family, seed_ids, cfg = parse_meta_test(bundle, spec)
-    lr = bundle.spec.get("training", {}).get("inner_lr", 1e-3)
+    opt = from_training(bundle.spec.get("training", {}))
     params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
-    report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, lr, device, per_seed_phi=False)
+    report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, opt, device, per_seed_phi=False)
     trained, tested = optimizee(bundle.spec["task"]), optimizee(asdict(family.config))
     report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
     report["data"] = family.describe()

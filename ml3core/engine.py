@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError, check, check_range, from_dict
+from .inner import OPTIMIZERS, InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
 from .models import stack_params
 from .tasks import TaskFamily
@@ -36,12 +38,22 @@ class TrainConfig:
     seeds: int = 5
     seed: int = 0  # seed ids are seed, seed+1, ..., seed+seeds-1
     outer_iterations: int = 500
-    inner_steps: int = 1  # M: unrolled SGD steps per meta-gradient
+    inner_steps: int = 1  # M: unrolled inner steps per meta-gradient
     inner_lr: float = 1e-3  # alpha
+    inner_optimizer: str = "sgd"  # sgd | momentum | adam: the optimizer the loss is meta-trained for
+    inner_momentum: float = 0.9
+    inner_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     outer_lr: float = 1e-3  # eta (Adam)
-    tasks_per_batch: int = 1  # T
-    schedule: str = "unrolled"  # "unrolled": one phi step per M-step unroll; "online": one per inner step
+    tasks_per_batch: int = 1  # T (the population P of the persistent schedule)
+    # "unrolled": fresh models, one phi step per M-step unroll; "online": one phi step per inner step;
+    # "persistent": T models per seed keep training across iterations (M steps each) and restart at
+    # train_horizon, so phi is meta-trained on models of every age from 0 to the horizon
+    schedule: str = "unrolled"
+    train_horizon: int = 100  # H: the steps users train for; the published seed must not lose up to it
     first_order: bool = False  # drop d theta_m / d theta_{m-1} terms (keeps the mixed d grad / d phi)
+    # k > 0: keep only every k-th step's state of the unroll and recompute the steps between them
+    # during the backward pass: the exact meta-gradient in about O(M/k + k) steps of memory, not O(M)
+    unroll_checkpoint: int = 0
     eval_every: int = 10  # curves: train fresh models with the current L_phi every k iterations
     eval_steps: int = 100  # ... for this many SGD steps
     eval_tasks: int = 1  # meta-train tasks in the curve when the family samples its train tasks
@@ -57,7 +69,14 @@ class TrainConfig:
         check_range(self.inner_lr, "inner_lr", 0, 1e3)
         check_range(self.outer_lr, "outer_lr", 0, 10)
         check_range(self.tasks_per_batch, "tasks_per_batch", 1, 100_000)
-        check(self.schedule in ("unrolled", "online"), "schedule", "unrolled or online")
+        check(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        check_range(self.train_horizon, "train_horizon", 1, 100_000)
+        check_range(self.unroll_checkpoint, "unroll_checkpoint", 0, 10_000)
+        check(self.schedule != "persistent" or self.train_horizon >= self.inner_steps, "train_horizon",
+              "at least inner_steps for the persistent schedule")
+        check(self.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {OPTIMIZERS}")
+        check(len(self.inner_betas) == 2, "inner_betas", "two numbers [beta1, beta2]")
+        InnerOptimizer(self.inner_optimizer, self.inner_lr, self.inner_momentum, *self.inner_betas)  # checks
         check_range(self.eval_every, "eval_every", 1, 10_000_000)
         check_range(self.eval_steps, "eval_steps", 0, 100_000)
         check_range(self.eval_tasks, "eval_tasks", 1, 10_000)
@@ -72,6 +91,17 @@ class TrainConfig:
     @property
     def seed_ids(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
+
+    @property
+    def inner(self) -> InnerOptimizer:
+        return InnerOptimizer(self.inner_optimizer, self.inner_lr, self.inner_momentum, *self.inner_betas)
+
+
+SCHEDULES = ("unrolled", "online", "persistent")
+# Fields added after checkpoints were first written: at these values they leave a checkpoint's
+# identity as it was, so a job checkpointed before them resumes.
+LATER_DEFAULTS = {"inner_optimizer": "sgd", "inner_momentum": 0.9, "inner_betas": [0.9, 0.999], "train_horizon": 100,
+                  "unroll_checkpoint": 0}
 
 
 @dataclass
@@ -123,9 +153,10 @@ def to(tree: dict, device, dtype) -> dict:
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in tree.items()}
 
 
-def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: float,
+def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: float | InnerOptimizer,
         record_at=None) -> dict:
-    """Plain SGD of the models in ``theta`` on ``objective(theta, data)`` (one value per model).
+    """Train the models in ``theta`` on ``objective(theta, data)`` (one value per model) with an inner
+    optimizer (SGD at ``lr`` when given a number), without a graph between steps.
 
     Returns {metric: (R, *batch)} with the family's metrics after k steps for each recorded
     k (k = 0 is the initial model; every step unless ``record_at`` names some).
@@ -138,8 +169,10 @@ def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: 
             for name, value in family.metrics(theta, data).items():
                 curves.setdefault(name, []).append(value.detach())
 
+    opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
     theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
     leaves = list(theta.values())
+    state = opt.init(theta)
     if 0 in record_at:
         record()
     for k in range(1, steps + 1):
@@ -147,8 +180,13 @@ def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: 
             loss = objective(theta, data)
             grads = torch.autograd.grad(loss.sum(), leaves)
         with torch.no_grad():  # in place: no graph is needed between steps
-            for v, g in zip(leaves, grads, strict=True):
-                v.sub_(g, alpha=lr)
+            if opt.name == "sgd":
+                for v, g in zip(leaves, grads, strict=True):
+                    v.sub_(g, alpha=opt.lr)
+            else:
+                new, state = opt.step(theta, dict(zip(theta, grads, strict=True)), state)
+                for v, n in zip(leaves, new.values(), strict=True):
+                    v.copy_(n)
         if k in record_at:
             record()
     return {name: torch.stack(vals) for name, vals in curves.items()}
@@ -179,9 +217,11 @@ class MetaTrainer:
         self.opt = torch.optim.Adam(list(self.phi.values()), lr=config.outer_lr, fused=True)
         self.iteration = 0
         self.history = {"iteration": [], "meta_loss": [], "eval": {}, "baseline": {}}
+        self.inner = config.inner
         self.fixed = None
         if family.fixed_train:
             self.fixed = self._sample_data(self.gens, config.tasks_per_batch, "train")
+        self.population = self._start_population() if config.schedule == "persistent" else None
         self._setup_eval()
 
     # -- data -------------------------------------------------------------------------------
@@ -208,17 +248,41 @@ class MetaTrainer:
         }
 
     # -- one meta-iteration ------------------------------------------------------------------
-    def meta_objective(self, theta0: dict, data: dict, steps: int | None = None):
-        """L_T after ``steps`` unrolled inner SGD steps on L_phi; returns (theta_M, per-seed L_T)."""
-        steps = self.cfg.inner_steps if steps is None else steps
+    def unroll(self, theta0: dict, state: dict, data: dict, steps: int) -> tuple[dict, dict]:
+        """``steps`` inner optimizer steps on L_phi from (theta0, state), differentiable in phi;
+        in checkpointed segments of ``unroll_checkpoint`` steps when that is set."""
         phi_b = broadcast_seeds(self.phi)
         theta = {k: v.detach().requires_grad_() for k, v in theta0.items()}
+        k = self.cfg.unroll_checkpoint
+        if not k or k >= steps:
+            return self._inner_steps(phi_b, theta, state, data, steps)
+        names, snames = list(theta), list(state)
+
+        def segment(n, *flat):  # flat tensors in, flat tensors out: what checkpoint can replay
+            th, st = self._inner_steps(phi_b, dict(zip(names, flat[:len(names)], strict=True)),
+                                       dict(zip(snames, flat[len(names):], strict=True)), data, n)
+            return (*th.values(), *st.values())
+
+        for start in range(0, steps, k):
+            flat = checkpoint(segment, min(k, steps - start), *theta.values(), *state.values(), use_reentrant=False)
+            theta = dict(zip(names, flat[:len(names)], strict=True))
+            state = dict(zip(snames, flat[len(names):], strict=True))
+        return theta, state
+
+    def _inner_steps(self, phi_b: dict, theta: dict, state: dict, data: dict, steps: int) -> tuple[dict, dict]:
         for _ in range(steps):
             at = {k: v.detach().requires_grad_() for k, v in theta.items()} if self.cfg.first_order else theta
             pred, target, x = self.family.loss_inputs(at, data)
-            inner = apply_loss(self.spec, phi_b, pred, target, x)
+            inner = apply_loss(self.spec, phi_b, pred, target, x)  # (S, T)
             grads = torch.autograd.grad(inner.sum(), list(at.values()), create_graph=True)
-            theta = {k: v - self.cfg.inner_lr * g for (k, v), g in zip(theta.items(), grads, strict=True)}
+            theta, state = self.inner.step(theta, dict(zip(theta, grads, strict=True)), state)
+        return theta, state
+
+    def meta_objective(self, theta0: dict, data: dict, steps: int | None = None):
+        """L_T after ``steps`` unrolled inner steps on L_phi from fresh optimizer state;
+        returns (theta_M, per-seed L_T)."""
+        steps = self.cfg.inner_steps if steps is None else steps
+        theta, _ = self.unroll(theta0, self.inner.init(theta0), data, steps)
         return theta, self.family.task_loss(theta, data).mean(dim=1)
 
     def outer_step(self, per_seed_loss):
@@ -233,9 +297,61 @@ class MetaTrainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
+    # -- the persistent schedule -------------------------------------------------------------
+    def _start_population(self) -> dict:
+        """T models per seed at ages spread over [0, H): model p is first trained p·H/T steps (with
+        the initial phi, no graph), so the very first iterations already see late training."""
+        T, H = self.cfg.tasks_per_batch, self.cfg.train_horizon
+        data = self.fixed if self.fixed is not None else self._sample_data(self.gens, T, "train")
+        theta = self._fresh_theta(self.gens, T)
+        state = self.inner.init(theta)
+        age = torch.tensor([(p * H // T) // self.cfg.inner_steps * self.cfg.inner_steps for p in range(T)])
+        phi_b = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
+        theta = {k: v.requires_grad_() for k, v in theta.items()}
+        for k in range(int(age.max())):
+            active = (k < age).to(self.device).expand(len(self.gens), T)  # (S, T)
+            with torch.enable_grad():
+                pred, target, x = self.family.loss_inputs(theta, data)
+                grads = torch.autograd.grad(apply_loss(self.spec, phi_b, pred, target, x).sum(), list(theta.values()))
+            with torch.no_grad():
+                new, new_state = self.inner.step(theta, dict(zip(theta, grads, strict=True)), state)
+                theta = restart(new, theta, ~active)  # models past their age keep their parameters
+                state = restart(new_state, state, ~active)
+            theta = {k: v.requires_grad_() for k, v in theta.items()}
+        return {"theta": {k: v.detach() for k, v in theta.items()}, "state": state, "age": age, "data": data}
+
+    def _persistent_step(self):
+        """Unroll every model M steps from where it stands, step phi, keep the models' new states,
+        and restart (fresh model, fresh task, fresh optimizer state) those that reached H."""
+        pop, M, H = self.population, self.cfg.inner_steps, self.cfg.train_horizon
+        theta, state = self.unroll(pop["theta"], pop["state"], pop["data"], M)
+        losses = self.family.task_loss(theta, pop["data"])  # (S, T)
+        # log: a late model's L_T is orders of magnitude below a young one's; each age counts alike
+        per_seed = losses.clamp_min(1e-12).log().mean(dim=1)
+        self.outer_step(per_seed)
+        theta = {k: v.detach() for k, v in theta.items()}
+        state = {k: v.detach() for k, v in state.items()}
+        age = pop["age"] + M
+        done = age >= H
+        if bool(done.any()):
+            T = self.cfg.tasks_per_batch
+            mask = done.to(self.device).expand(len(self.gens), T)
+            fresh = self._fresh_theta(self.gens, T)
+            theta = restart(theta, fresh, mask)
+            state = restart(state, self.inner.init(fresh), mask)
+            if self.fixed is None:
+                pop["data"] = restart(pop["data"], self._sample_data(self.gens, T, "train"), mask)
+            age = torch.where(done, torch.zeros_like(age), age)
+        pop.update(theta=theta, state=state, age=age)
+        return losses.detach().mean()
+
     def step(self) -> float:
         """One outer iteration; returns the mean meta-loss over seeds."""
         T = self.cfg.tasks_per_batch
+        if self.population is not None:
+            mean = self._persistent_step()
+            self.iteration += 1
+            return float(mean)
         data = self.fixed if self.fixed is not None else self._sample_data(self.gens, T, "train")
         theta = self._fresh_theta(self.gens, T)
         if self.cfg.schedule == "unrolled":
@@ -323,18 +439,33 @@ class MetaTrainer:
             result.validation = self.validate()
         return result
 
+    def validation_horizons(self) -> list[int]:
+        """Where a loss is judged before it is published: 10, 100, ... up to the training horizon H."""
+        H = self.cfg.train_horizon
+        return sorted({h for h in (10, 100, 1000, 10_000) if h < H} | {H})
+
     def validate(self) -> dict:
-        """Pick the seed to publish: the lowest held-out MSE on the meta-validation tasks after
-        ``eval_steps`` with the final phi (the last point of the validation curve)."""
+        """Pick the seed to publish by its worst learned/baseline ratio of the held-out metric on the
+        meta-validation tasks over the horizons up to H (the inner optimizer of meta-training for
+        both): a loss that wins early and loses late is not the one to publish."""
         assert self.history["iteration"][-1] == self.iteration, "the final phi has not been evaluated"
-        metric = self.family.heldout_metric
-        scores = self.history["eval"]["validation"][metric][-1]
-        finite = [math.inf if v is None else v for v in scores]
-        chosen = min(range(len(finite)), key=finite.__getitem__)
+        metric, hs = self.family.heldout_metric, self.validation_horizons()
+        theta, data = self.eval_sets["validation"]
+        phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
+        learned = fit(self.family, learned_objective(self.family, self.spec, phi), theta, data, hs[-1], self.inner,
+                      record_at=hs)[metric].mean(-1)  # (R, S)
+        plain = fit(self.family, self.family.plain_loss, theta, data, hs[-1], self.inner,
+                    record_at=hs)[metric].mean(-1)
+        ratios = torch.where(torch.isfinite(learned), learned / plain, torch.full_like(learned, math.inf))
+        worst = ratios.max(0).values.nan_to_num(nan=math.inf)  # (S,)
+        chosen = int(torch.argmin(worst))
         return {
-            "metric": f"{metric} after {self.cfg.eval_steps} SGD steps on "
+            "metric": f"worst ratio of {metric} (learned / baseline) over {hs} {self.inner.name} steps on "
                       f"{self.cfg.validation_tasks} meta-validation tasks",
-            "scores": scores,
+            "horizons": hs,
+            "ratios": {str(h): json_clean(ratios[i].tolist()) for i, h in enumerate(hs)},
+            "worst_ratio": json_clean(worst.tolist()),
+            "scores": self.history["eval"]["validation"][metric][-1],
             "mse_baseline": self.history["baseline"]["validation"][metric],
             "chosen_index": chosen,
             "chosen_seed": self.cfg.seed_ids[chosen],
@@ -342,8 +473,10 @@ class MetaTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _identity(self) -> dict:
+        train = {k: v for k, v in asdict(self.cfg).items()
+                 if k not in ("outer_iterations", "device") and LATER_DEFAULTS.get(k, ...) != v}
         return {"family": self.family.name, "task": asdict(self.family.config), "loss": self.spec.to_dict(),
-                "train": {k: v for k, v in asdict(self.cfg).items() if k not in ("outer_iterations", "device")}}
+                "train": train}
 
     def state_bytes(self) -> bytes:
         """Everything needed to continue bit-for-bit: phi, Adam state, RNG states, data, history."""
@@ -356,6 +489,10 @@ class MetaTrainer:
             tensors[f"rng.{i}"] = g.get_state()
         if self.fixed is not None:
             tensors.update({f"fixed.{k}": v.cpu().contiguous() for k, v in self.fixed.items()})
+        if self.population is not None:
+            for part in ("theta", "state", "data"):
+                tensors.update({f"pop.{part}.{k}": v.cpu().contiguous() for k, v in self.population[part].items()})
+            tensors["pop.age"] = self.population["age"].contiguous()
         meta = {"format": "ml3-checkpoint", "version": 1, "iteration": self.iteration,
                 "identity": self._identity(), "history": self.history,
                 "adam_param_groups": opt["param_groups"]}
@@ -384,6 +521,10 @@ class MetaTrainer:
         if self.fixed is not None:
             self.fixed = to({k[6:]: v for k, v in tensors.items() if k.startswith("fixed.")}, self.device, self.dtype)
             self._setup_eval()
+        if self.population is not None:
+            pop = {part: to({k[len(part) + 5:]: v for k, v in tensors.items() if k.startswith(f"pop.{part}.")},
+                            self.device, self.dtype) for part in ("theta", "state", "data")}
+            self.population = {**pop, "age": tensors["pop.age"]}
         self.iteration = meta["iteration"]
         self.history = meta["history"]
 

@@ -8,10 +8,11 @@ unroll may stop paying off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import check, check_range, from_dict
 from .engine import DTYPES, fit, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
+from .inner import InnerOptimizer
 from .losses import LossSpec
 from .tasks import TaskFamily
 
@@ -20,7 +21,7 @@ from .tasks import TaskFamily
 class MetaTestConfig:
     tasks: int = 10
     steps: int = 100
-    lr: float = 0.0  # 0: the inner learning rate of meta-training
+    lr: float = 0.0  # 0: the inner learning rate of meta-training (with its inner optimizer)
     horizons: list[int] = field(default_factory=lambda: [10, 100, 1000, 5000])
 
     def __post_init__(self):
@@ -36,7 +37,7 @@ class MetaTestConfig:
 
 
 def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int], cfg: MetaTestConfig,
-              lr: float, device="cpu", dtype="float32", per_seed_phi: bool = True) -> dict:
+              lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True) -> dict:
     """Curves of every family metric for L_phi and for MSE, one row per seed.
 
     ``phi`` is stacked (S, ...) with one loss per seed id when ``per_seed_phi``; otherwise a
@@ -44,7 +45,8 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     from its own 'test' stream, so learned and plain training start from identical models.
     """
     dt = DTYPES[dtype]
-    lr = cfg.lr or lr
+    opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
+    opt = replace(opt, lr=cfg.lr) if cfg.lr else opt
     gens = [stream_generator(s, "test") for s in seed_ids]
     data = sample_data(family, gens, cfg.tasks, "test", device, dt)
     theta = fresh_theta(family, gens, cfg.tasks, device, dt)
@@ -53,12 +55,13 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     horizon = max([cfg.steps, *cfg.horizons])
     record = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
     runs = {
-        "learned": fit(family, learned_objective(family, spec, phi), theta, data, horizon, lr, record),
-        "mse": fit(family, family.plain_loss, theta, data, horizon, lr, record),
+        "learned": fit(family, learned_objective(family, spec, phi), theta, data, horizon, opt, record),
+        "mse": fit(family, family.plain_loss, theta, data, horizon, opt, record),
     }
     idx = {k: i for i, k in enumerate(record)}
     curve_rows = [idx[k] for k in range(cfg.steps + 1)]
-    report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": lr, "seed_ids": list(seed_ids), "curves": {},
+    report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
+              "seed_ids": list(seed_ids), "curves": {},
               "final": {}, "horizon": []}
     for name, curves in runs.items():
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks
@@ -70,6 +73,9 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
             row[name] = {m: json_clean(float(c[idx[h]].mean())) for m, c in curves.items()}
         metric = family.heldout_metric
         row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))
+        if metric in runs["learned"]:  # per seed: a published loss is one seed's
+            per_seed = runs["learned"][metric][idx[h]].mean(-1) / runs["mse"][metric][idx[h]].mean(-1)
+            row["heldout_ratio_per_seed"] = json_clean(per_seed.tolist())
         report["horizon"].append(row)
     return report
 

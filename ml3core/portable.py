@@ -133,6 +133,19 @@ class LearnedLoss(torch.nn.Module):
             self.register_buffer(f"scale_{name}", value)
 
     @property
+    def trained_for(self) -> dict:
+        """The inner optimizer and learning rate the loss was meta-trained for: train with these
+        (e.g. torch.optim.SGD(model.parameters(), lr=loss_fn.trained_for["lr"])). Adam's eps sits
+        inside the square root, sqrt(v + eps²), as in meta-training."""
+        t = self.spec.get("training", {})
+        out = {"optimizer": t.get("inner_optimizer", "sgd"), "lr": t.get("inner_lr", 1e-3)}
+        if out["optimizer"] == "momentum":
+            out["momentum"] = t.get("inner_momentum", 0.9)
+        if out["optimizer"] == "adam":
+            out["betas"] = t.get("inner_betas", [0.9, 0.999])
+        return out
+
+    @property
     def params(self) -> dict:
         return {name: getattr(self, f"p{i}") for i, name in enumerate(self._names)}
 

@@ -43,6 +43,12 @@ class TaskFamily:
         return {**d, "form": form, "output": "softplus",
                 "inputs": [n for n in d.get("inputs", ["pred", "target"]) if n != "pred"]}
 
+    @classmethod
+    def presets(cls) -> dict:
+        """Named partial specs a job can start from (``"preset": name``); "default" applies when a
+        spec names none. Every family has "paper", the settings of the paper's code."""
+        return {"default": {}, "paper": {}}
+
     def train_defaults(self) -> dict:
         """TrainConfig fields this family's official setting uses where a spec gives none."""
         return {}
@@ -68,9 +74,12 @@ class TaskFamily:
         raise NotImplementedError(f"{self.name} has no extra task loss")
 
     def task_loss(self, theta: dict, data: dict):
-        """L_T on the train points, one value per task: beta * MSE + gamma * extra."""
+        """L_T, one value per task: beta * MSE + gamma * extra. The MSE is on the train points, or on
+        the held-out points when the config's ``meta_objective`` is "heldout": then L_phi is
+        meta-trained for predictions on new points, not for how fast a model fits its own."""
         beta, gamma = self.config.beta, getattr(self.config, "gamma", 0.0)
-        out = beta * mse(self.predict(theta, data["x"]), data["y"]) if beta else 0.0
+        part = "_heldout" if getattr(self.config, "meta_objective", "train") == "heldout" else ""
+        out = beta * mse(self.predict(theta, data["x" + part]), data["y" + part]) if beta else 0.0
         if gamma:
             out = out + gamma * self.extra_loss(theta, data)
         return out

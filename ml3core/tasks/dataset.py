@@ -29,7 +29,7 @@ import torch
 from ..config import ConfigError, check, check_layers, check_range
 from ..models import mlp_forward, mlp_init
 from ..portable import ACTIVATIONS
-from .base import TaskFamily, mse
+from .base import TaskFamily
 
 FORMAT = "ml3-tasks"
 SPLITS = ("train", "validation", "test")
@@ -284,13 +284,6 @@ class DatasetFamily(TaskFamily):
                 out["x" + key].append(p.x[rows])
                 out["y" + key].append(p.y[rows])
         return {k: torch.stack(v) for k, v in out.items()}
-
-    def task_loss(self, theta, data):
-        """MSE after the inner steps on rows the steps did not see (default): L_phi is meta-trained
-        for what a model predicts on new points of a task, not for how fast it fits its own."""
-        if self.config.meta_objective == "train":
-            return super().task_loss(theta, data)
-        return mse(self.predict(theta, data["x_heldout"]), data["y_heldout"])
 
     # -- what the service shows ----------------------------------------------------------------------
     def describe(self) -> dict:

@@ -32,6 +32,7 @@ class SineConfig:
     model_hidden: list[int] = field(default_factory=lambda: [100, 10])
     model_activation: str = "relu"
     beta: float = 1.0
+    meta_objective: str = "train"  # L_T on the points the steps used ("train", the paper's) or "heldout"
 
     def __post_init__(self):
         check_interval(self.amplitude, "task.amplitude", -1e3, 1e3)
@@ -48,6 +49,7 @@ class SineConfig:
 
         check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.beta == 1.0, "task.beta", "sine has only the MSE task loss (beta = 1)")
+        check(self.meta_objective in ("train", "heldout"), "task.meta_objective", "train or heldout")
 
 
 class SineFamily(TaskFamily):
