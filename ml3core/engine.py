@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError, check, check_range, from_dict
 from .inner import OPTIMIZERS, InnerOptimizer, restart
@@ -251,23 +250,20 @@ class MetaTrainer:
     def unroll(self, theta0: dict, state: dict, data: dict, steps: int) -> tuple[dict, dict]:
         """``steps`` inner optimizer steps on L_phi from (theta0, state), differentiable in phi;
         in checkpointed segments of ``unroll_checkpoint`` steps when that is set."""
-        phi_b = broadcast_seeds(self.phi)
         theta = {k: v.detach().requires_grad_() for k, v in theta0.items()}
         k = self.cfg.unroll_checkpoint
         if not k or k >= steps:
-            return self._inner_steps(phi_b, theta, state, data, steps)
-        names, snames = list(theta), list(state)
+            return self._inner_steps(broadcast_seeds(self.phi), theta, state, data, steps)
+        names, snames, pnames = list(theta), list(state), list(self.phi)
 
-        def segment(n, *flat):  # flat tensors in, flat tensors out: what checkpoint can replay
-            th, st = self._inner_steps(phi_b, dict(zip(names, flat[:len(names)], strict=True)),
-                                       dict(zip(snames, flat[len(names):], strict=True)), data, n)
+        def run(phi, carry, n):  # flat tensors in and out, as _Checkpointed needs them
+            th, st = self._inner_steps(broadcast_seeds(dict(zip(pnames, phi, strict=True))),
+                                       dict(zip(names, carry[:len(names)], strict=True)),
+                                       dict(zip(snames, carry[len(names):], strict=True)), data, n)
             return (*th.values(), *st.values())
 
-        for start in range(0, steps, k):
-            flat = checkpoint(segment, min(k, steps - start), *theta.values(), *state.values(), use_reentrant=False)
-            theta = dict(zip(names, flat[:len(names)], strict=True))
-            state = dict(zip(snames, flat[len(names):], strict=True))
-        return theta, state
+        flat = _Checkpointed.apply(run, len(pnames), steps, k, *self.phi.values(), *theta.values(), *state.values())
+        return dict(zip(names, flat[:len(names)], strict=True)), dict(zip(snames, flat[len(names):], strict=True))
 
     def _inner_steps(self, phi_b: dict, theta: dict, state: dict, data: dict, steps: int) -> tuple[dict, dict]:
         for _ in range(steps):
@@ -324,10 +320,13 @@ class MetaTrainer:
         """Unroll every model M steps from where it stands, step phi, keep the models' new states,
         and restart (fresh model, fresh task, fresh optimizer state) those that reached H."""
         pop, M, H = self.population, self.cfg.inner_steps, self.cfg.train_horizon
+        with torch.no_grad():
+            before = self.family.task_loss(pop["theta"], pop["data"])  # (S, T)
         theta, state = self.unroll(pop["theta"], pop["state"], pop["data"], M)
         losses = self.family.task_loss(theta, pop["data"])  # (S, T)
-        # log: a late model's L_T is orders of magnitude below a young one's; each age counts alike
-        per_seed = losses.clamp_min(1e-12).log().mean(dim=1)
+        # L_T relative to where the unroll started: a late model's L_T is orders of magnitude below a
+        # young one's, and each age should count alike; a ratio (not its log) keeps a blow-up costly
+        per_seed = (losses / before.clamp_min(1e-12)).mean(dim=1)
         self.outer_step(per_seed)
         theta = {k: v.detach() for k, v in theta.items()}
         state = {k: v.detach() for k, v in state.items()}
@@ -527,6 +526,47 @@ class MetaTrainer:
             self.population = {**pop, "age": tensors["pop.age"]}
         self.iteration = meta["iteration"]
         self.history = meta["history"]
+
+
+class _Checkpointed(torch.autograd.Function):
+    """An unroll that keeps only the states at segment boundaries: the backward pass recomputes
+    each segment's graph from its boundary, last segment first, and hands the adjoint back one
+    segment at a time. The meta-gradient is the exact one; the graph alive at any time is one
+    segment's (k steps) plus M/k boundary states."""
+
+    @staticmethod
+    def forward(ctx, run, n_phi, steps, every, *tensors):
+        phi, carry = tensors[:n_phi], tensors[n_phi:]
+        boundaries, lengths = [], []
+        for start in range(0, steps, every):
+            n = min(every, steps - start)
+            boundaries.append(carry)
+            lengths.append(n)
+            with torch.enable_grad():  # inner gradients need a graph within a step, nothing is kept
+                carry = tuple(t.detach() for t in run(phi, tuple(t.detach().requires_grad_() for t in carry), n))
+        ctx.run, ctx.lengths, ctx.n_phi, ctx.n_carry = run, lengths, n_phi, len(carry)
+        ctx.save_for_backward(*phi, *[t for b in boundaries for t in b])
+        return carry
+
+    @staticmethod
+    def backward(ctx, *adjoint):
+        saved = ctx.saved_tensors
+        phi, flat = saved[:ctx.n_phi], saved[ctx.n_phi:]
+        m = ctx.n_carry
+        boundaries = [flat[i * m:(i + 1) * m] for i in range(len(ctx.lengths))]
+        phi_grads = [torch.zeros_like(p) for p in phi]
+        adjoint = [torch.zeros_like(b) if a is None else a for a, b in zip(adjoint, boundaries[-1], strict=True)]
+        for start, n in zip(reversed(boundaries), reversed(ctx.lengths), strict=True):
+            with torch.enable_grad():
+                p = tuple(t.detach().requires_grad_() for t in phi)
+                c = tuple(t.detach().requires_grad_() for t in start)
+                out = ctx.run(p, c, n)
+                grads = torch.autograd.grad(out, (*p, *c), adjoint, allow_unused=True)
+            for acc, g in zip(phi_grads, grads[:len(p)], strict=True):
+                if g is not None:
+                    acc.add_(g)
+            adjoint = [torch.zeros_like(t) if g is None else g for g, t in zip(grads[len(p):], c, strict=True)]
+        return (None, None, None, None, *phi_grads, *adjoint)
 
 
 def checkpoint_iteration(blob: bytes) -> int:

@@ -1,0 +1,109 @@
+"""The scoreboard: does each family's default loss pay off at every horizon?
+
+For every family, meta-train a loss with the family's defaults (no flags, as `ml3 train FAMILY`
+runs it), then train fresh models on held-out meta-test tasks with the published loss and with
+the plain loss at the same learning rate and inner optimizer, and report the held-out
+learned/baseline ratio at 10, 100, 1000 (and 5000 for sine) steps: below 1 the learned loss wins.
+The published seed's ratio is the headline; the mean over seeds and the worst seed sit beside it.
+
+    python bench/scoreboard.py                        # every family (sine, diabetes, 2link, digits)
+    python bench/scoreboard.py --families sine --seeds 5
+    python bench/scoreboard.py --preset paper         # the paper's settings, for comparison
+
+Diabetes: scikit-learn's data set grouped into patient tasks as in examples/dataset_example.py.
+Digits: only once the family exists. The last line is `RESULT {json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ml3core.api import meta_train
+from ml3core.tasks import FAMILIES
+
+ROOT = Path(__file__).resolve().parent.parent
+HORIZONS = {"sine": [10, 100, 1000, 5000], "diabetes": [10, 100, 1000], "2link": [10, 100, 1000],
+            "digits": [10, 100, 1000]}
+SEEDS = {"sine": 5, "diabetes": 3, "2link": 3, "digits": 3}
+
+
+def diabetes_task() -> dict:
+    """The diabetes patient tasks of examples/dataset_example.py, provided in this process."""
+    from sklearn.datasets import load_diabetes
+
+    from ml3core.tasks.dataset import TaskData, provide
+
+    spec = importlib.util.spec_from_file_location("dataset_example", ROOT / "examples" / "dataset_example.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    d = load_diabetes(scaled=False)
+    names = list(d.feature_names)
+    keep = [i for i, n in enumerate(names) if n != "sex"]
+    labels = [f"sex{int(r[names.index('sex')])} age{example.age_band(r[names.index('age')])}" for r in d.data]
+    provide("diabetes", TaskData.from_labels(d.data[:, keep], d.target, labels))
+    return {"family": "dataset", "dataset": "diabetes"}
+
+
+def task_of(name: str) -> dict:
+    if name == "diabetes":
+        return diabetes_task()
+    if name == "2link":
+        return {"family": "inverse-dynamics", "robot": "2link"}
+    return {"family": name}
+
+
+def score(name: str, seeds: int, preset: str | None) -> dict:
+    spec = {"task": task_of(name), "seeds": seeds, "meta_test": {"horizons": HORIZONS[name]}}
+    if preset:
+        spec["preset"] = preset
+    start = time.perf_counter()
+    out = meta_train(spec)
+    wall = time.perf_counter() - start
+    chosen = out.result.chosen
+    rows = out.report["meta_test"]["horizon"]
+    per_seed = {r["steps"]: r["heldout_ratio_per_seed"] for r in rows}
+    return {
+        "family": name, "seeds": seeds, "wall_s": round(wall, 1), "metric": out.report["validation"]["metric"],
+        "published": {h: _round(v[chosen]) for h, v in per_seed.items()},
+        "mean_over_seeds": {h: _round(sum(v) / len(v)) if None not in v else None for h, v in per_seed.items()},
+        "worst_seed": {h: _round(max(v)) if None not in v else None for h, v in per_seed.items()},
+        "warnings": out.report["warnings"],
+    }
+
+
+def _round(v):
+    return None if v is None else round(v, 3)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--families", default="sine,diabetes,2link,digits")
+    p.add_argument("--seeds", type=int, help="seeds per family (default: 5 for sine, 3 elsewhere)")
+    p.add_argument("--preset", help="a preset for every family (default: each family's default)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for name in args.families.split(","):
+        if (name == "digits" and "digits" not in FAMILIES) or name not in HORIZONS:
+            print(f"skip {name}: no such family here", file=sys.stderr)
+            continue
+        row = score(name, args.seeds or SEEDS[name], args.preset)
+        rows.append(row)
+        cells = "  ".join(f"{h}: {r}" for h, r in row["published"].items())
+        print(f"{name:9s} published seed, learned/baseline held-out  {cells}   ({row['wall_s']} s)", flush=True)
+    print("RESULT " + json.dumps({"bench": "scoreboard", "preset": args.preset or "default", "threads": 1,
+                                  "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                                  "families": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
