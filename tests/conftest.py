@@ -21,12 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # On 2 cores, two torch threads can make a tiny step 100x slower.
 torch.set_num_threads(1)
 
-# Job specs shared by several modules. SMALL: a sine job that runs to the end in seconds, with evaluations
-# and a meta-test. TINY: the smallest sine job, for tests where jobs stay queued.
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 2, "outer_iterations": 20,
+# Job specs shared by several modules, on the paper's settings (fast). SMALL: a sine job that runs to
+# the end in seconds, with evaluations and a meta-test. TINY: the smallest sine job, for tests where jobs stay queued.
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 2,
+         "outer_iterations": 20,
          "eval_every": 10, "eval_steps": 10, "validation_tasks": 2,
          "meta_test": {"steps": 20, "tasks": 3, "horizons": [10, 20]}}
-TINY = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "seeds": 1, "outer_iterations": 2,
+TINY = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "preset": "paper", "seeds": 1,
+        "outer_iterations": 2,
         "eval_every": 1, "eval_steps": 2, "validation_tasks": 1,
         "meta_test": {"steps": 2, "tasks": 1, "horizons": [2]}}
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}

@@ -63,6 +63,20 @@ class SineFamily(TaskFamily):
     def loss_defaults(self) -> dict:
         return {"pred_dim": 1, "x_dim": 1}
 
+    @classmethod
+    def presets(cls) -> dict:
+        """"paper": the official code (one fixed task, the 2->50->50->1 net, M = 1): it wins at 100
+        steps and loses from 1000 on. "default": what bench/scoreboard.py shows paying off at every
+        horizon up to 5000 steps: a learned weight on each point's squared error that starts as MSE,
+        tasks from the meta-test distribution judged on held-out points, and a persistent population
+        of models of every age up to the horizon."""
+        default = {"task": {"train_task": "sampled", "train_x_range": [-5.0, 5.0], "meta_objective": "heldout"},
+                   "loss": {"form": "weighted_se", "inputs": ["target"], "output": "exp", "bias": True,
+                            "init": "baseline"},
+                   "schedule": "persistent", "tasks_per_batch": 16, "inner_steps": 10, "train_horizon": 5000,
+                   "outer_iterations": 300, "outer_lr": 0.01}
+        return {"default": default, "paper": {}}
+
     def init_theta(self, generators, n):
         return mlp_init([1, *self.config.model_hidden, 1], generators, n)
 
