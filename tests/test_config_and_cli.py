@@ -34,13 +34,28 @@ def test_bad_specs_name_the_field(spec, loc):
     assert err.value.loc == loc, err.value
 
 
-def test_defaults_are_the_official_sine_settings():
-    plan = parse_spec({"task": {"family": "sine"}})
+def test_the_paper_preset_is_the_official_sine_settings():
+    plan = parse_spec({"task": {"family": "sine"}, "preset": "paper"})
     assert plan.train.seeds == 5 and plan.train.outer_iterations == 500 and plan.train.inner_steps == 1
     assert plan.train.inner_lr == 1e-3 and plan.train.outer_lr == 1e-3
     assert plan.loss.hidden == [50, 50] and not plan.loss.bias and plan.loss.output == "softplus"
     assert plan.family.config.model_hidden == [100, 10] and plan.family.config.points == 100
-    assert plan.to_dict()["task"]["family"] == "sine"
+    assert plan.to_dict()["task"]["family"] == "sine" and plan.train.schedule == "unrolled"
+
+
+def test_the_default_sine_preset_covers_the_horizon_and_yields_to_the_spec():
+    plan = parse_spec({"task": {"family": "sine"}})
+    assert plan.train.schedule == "persistent" and plan.train.train_horizon == 5000
+    assert plan.loss.form == "weighted_se" and plan.loss.init == "baseline"
+    assert plan.family.config.train_task == "sampled" and plan.family.config.meta_objective == "heldout"
+    mine = parse_spec({"task": {"family": "sine", "points": 30}, "schedule": "online", "loss": {"hidden": [4]}})
+    assert mine.train.schedule == "online" and mine.family.config.points == 30
+    assert mine.loss.hidden == [4] and mine.loss.form == "weighted_se"  # field by field
+    assert parse_spec(plan.to_dict()).to_dict() == plan.to_dict()  # a stored plan parses to itself
+    for bad in ("nope", 3):
+        with pytest.raises(ConfigError) as err:
+            parse_spec({"task": {"family": "sine"}, "preset": bad})
+        assert err.value.loc == "preset"
 
 
 def test_ml3core_does_not_import_the_web_or_database_stack():
@@ -53,8 +68,9 @@ def test_ml3core_does_not_import_the_web_or_database_stack():
 def test_cli_train_sine_writes_bundles_report_and_figures(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [ML3, "train", "sine", "--seeds", "2", "--outer-iters", "10", "--eval-every", "5", "--eval-steps", "5",
-         "--meta-test-steps", "10", "--meta-test-tasks", "3", "--horizons", "10,20", "--threads", "1",
+        [ML3, "train", "sine", "--preset", "paper", "--seeds", "2", "--outer-iters", "10", "--eval-every", "5",
+         "--eval-steps", "5", "--meta-test-steps", "10", "--meta-test-tasks", "3", "--horizons", "10,20",
+         "--threads", "1",
          "--set", "task.points=30", "--out", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
