@@ -121,7 +121,7 @@ def _guard(fn):
 
 
 def cmd_jobs_submit(args) -> int:
-    from .cli import apply_sets
+    from .spec_flags import apply_sets
 
     spec = {}
     if args.spec:

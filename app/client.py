@@ -91,7 +91,7 @@ class Client:
 
     def wait(self, job_id: int, progress: bool = True, timeout: float | None = None) -> dict:
         """Follow a job to its final status (a progress bar on stderr), then return it."""
-        from .cli import Progress  # stdlib only
+        from .progress import Progress  # stdlib only
 
         bar = Progress(f"job {job_id}") if progress else None
         start = time.time()

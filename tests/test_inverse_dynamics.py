@@ -214,7 +214,7 @@ def test_prior_shaped_loss_on_the_two_link_arm():
     steps) agrees on the inertia (0.60 vs 0.77 plain, 0.79 MSE-shaped) and is worse on torques
     (7.9 vs 0.29: the prior alone never asks for the gravity torques).
     """
-    from ml3core.tasks.inverse_dynamics import VARIANT_LABELS, experiment
+    from ml3core.experiments.inverse_dynamics import VARIANT_LABELS, experiment
 
     out = experiment(CLAIM_SPEC, ("prior", "mse"))
     final = out["summary"]["final"]
