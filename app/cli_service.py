@@ -106,14 +106,18 @@ def _print(obj) -> None:
 
 
 def _guard(fn):
-    """Print a server problem as one line and exit 1 instead of a traceback."""
+    """Print a server problem, a server that cannot be reached or a file that cannot be read as one
+    line and exit 1 instead of a traceback."""
 
     def run(args):
-        from .client import ApiError
+        from .client import ApiError, ServerUnreachable
 
         try:
             return fn(args)
-        except ApiError as e:
+        except (ApiError, ServerUnreachable) as e:
+            print(f"ml3: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # --spec or an upload that is not there
             print(f"ml3: {e}", file=sys.stderr)
             return 1
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import urllib.error
 import urllib.request
 import zipfile
 
@@ -48,7 +49,8 @@ FORMS = ("net", "weighted_se")
 
 
 class LossBundleError(ValueError):
-    """A bundle that cannot be read: missing file, bad format, or weights that fail their checksum."""
+    """A bundle that cannot be read: missing file, bad format, weights that fail their checksum, or a
+    URL that answers with an error (the message carries the server's problem detail)."""
 
 
 def loss_features(arch: dict, pred, target, x=None):
@@ -176,9 +178,7 @@ def read_bundle_files(source) -> dict:
         url = source.rstrip("/")
         if not url.endswith("/artifact"):
             url += "/artifact"
-        req = urllib.request.Request(url, headers=_auth_headers())
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return _read_zip(resp.read())
+        return _read_zip(_fetch(url))
     if os.path.isdir(source):
         files = {}
         for name in (WEIGHTS_FILE, SPEC_FILE):
@@ -192,6 +192,27 @@ def read_bundle_files(source) -> dict:
         raise LossBundleError(f"{source}: no such bundle directory, zip or URL")
     with open(source, "rb") as f:
         return _read_zip(f.read())
+
+
+def _fetch(url: str) -> bytes:
+    """GET a bundle zip; a failure names the URL and passes on the server's problem detail."""
+    req = urllib.request.Request(url, headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            problem = json.loads(body)
+            detail = f"{problem.get('code', e.reason)}: {problem.get('detail')}"
+        except (ValueError, AttributeError):
+            detail = body.decode(errors="replace")[:200] or str(e.reason)
+        error = LossBundleError(f"GET {url}: {e.code} {detail}")
+        error.status = e.code
+        raise error from None
+    except (urllib.error.URLError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise LossBundleError(f"GET {url}: cannot reach the server ({reason}): is it running there?") from None
 
 
 def _auth_headers() -> dict:

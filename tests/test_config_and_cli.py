@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
-from ml3core import ConfigError, load_loss
+from ml3core import ConfigError, LossBundleError, load_loss
 from ml3core.api import parse_spec
 
 ML3 = os.path.join(os.path.dirname(sys.executable), "ml3")
@@ -77,3 +78,21 @@ def test_cli_rejects_a_bad_setting_with_exit_2(tmp_path):
     proc = subprocess.run([ML3, "train", "sine", "--inner-steps", "0", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "inner_steps" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["losses", "list"], ["jobs", "watch", "1"],
+                                  ["jobs", "submit", "--family", "sine"], ["datasets", "list"]])
+def test_cli_against_a_closed_port_is_one_line_naming_the_url(argv):
+    port = free_port()  # nothing listens there
+    proc = subprocess.run([ML3, *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ML3_SERVER": f"http://127.0.0.1:{port}"})
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"http://127.0.0.1:{port}/v1/" in lines[0] and "ml3 serve" in lines[0] and "ML3_SERVER" in lines[0]
+
+
+def test_load_loss_from_a_closed_port_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}/v1/losses/x"
+    with pytest.raises(LossBundleError, match=f"GET {url}/artifact: cannot reach the server"):
+        load_loss(url)

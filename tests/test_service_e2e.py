@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 import torch
 from conftest import PROBLEM_KEYS, ROOT, SMALL, Server, wait_for
@@ -87,6 +88,19 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
     rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [0, 3, 15, 30]
     assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+
+
+def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trained):
+    url = f"{server.url}/v1/losses/nope"
+    problem = httpx.get(f"{url}/artifact").json()
+    load = subprocess.run([sys.executable, "-c", f"from ml3core import load_loss; load_loss({url!r})"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert load.returncode != 0
+    assert f"LossBundleError: GET {url}/artifact: 404 {problem['code']}: {problem['detail']}" in load.stderr
+    example = subprocess.run([sys.executable, "examples/downstream_training.py", "--server", server.url],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)  # no --loss: the README's
+    assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
+    assert "/v1/losses/my-loss/artifact: 404" in example.stderr and "--register-as my-loss" in example.stderr
 
 
 def test_bad_inputs_are_problems_and_change_nothing(server, c, trained):
