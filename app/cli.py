@@ -55,7 +55,10 @@ def cmd_train(args) -> int:
     cfg = plan.train
     print(f"meta-training '{args.family}': {cfg.seeds} seeds x {cfg.outer_iterations} iterations, "
           f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
-    out = meta_train(plan, Hooks(on_progress=Progress("meta-train"), progress_every=max(1, cfg.eval_every)))
+    bar = Progress("")
+    hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
+                  progress_every=max(1, cfg.eval_every))
+    out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
     os.makedirs(args.out, exist_ok=True)
     out.bundle.write_dir(os.path.join(args.out, "loss"))
     for seed, bundle in zip(cfg.seed_ids, out.seed_bundles, strict=True):

@@ -117,8 +117,8 @@ class Client:
         bar = Progress(f"job {job_id}") if progress else None
         start = time.time()
         for _, event, data in self.events(job_id):
-            if event == "progress" and bar:
-                bar(data["completed"], data["total"])
+            if event == "progress" and bar:  # each phase (meta-train, meta-test, figures) has its own bar
+                bar(data["completed"], data["total"], phase=data.get("phase"))
             if event == "status" and data["status"] in FINAL:
                 break
             if timeout is not None and time.time() - start > timeout:

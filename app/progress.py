@@ -29,7 +29,7 @@ class Progress:
         if not self.tty and done < total and now - self._last_line < 5:
             return
         self._last_line = now
-        label = f"{self.label} {phase}" if phase else self.label
+        label = " ".join(p for p in (self.label, phase) if p)
         frac = min(1.0, done / total) if total else 1.0
         bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
         extra = ""

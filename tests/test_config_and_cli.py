@@ -59,7 +59,9 @@ def test_cli_train_sine_writes_bundles_report_and_figures(tmp_path):
          "--set", "task.points=30", "--out", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "meta-train" in proc.stderr and "published loss" in proc.stdout
+    assert "published loss" in proc.stdout
+    for line in ("meta-train 10/10", "meta-test 40/40", "figures 1/1"):  # every phase reports its end
+        assert line in proc.stderr, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["spec"]["task"]["points"] == 30
     assert report["history"]["iteration"] == [0, 5, 10]

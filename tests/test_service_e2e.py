@@ -36,7 +36,15 @@ def test_sse_follows_a_job_to_success(trained):
     kinds = [e for _, e, _ in events]
     statuses = [d["status"] for _, e, d in events if e == "status"]
     assert statuses == ["queued", "running", "succeeded"]
-    assert [d["completed"] for _, e, d in events if e == "progress"] == [5, 10, 15, 20]
+    progress = [d for _, e, d in events if e == "progress"]
+    assert [d["completed"] for d in progress if d["phase"] == "meta-train"] == [5, 10, 15, 20]
+    phases = [d["phase"] for d in progress]  # every phase after meta-training reports too, in order
+    assert sorted(set(phases), key=phases.index) == ["meta-train", "meta-test", "figures"]
+    test = [d for d in progress if d["phase"] == "meta-test"]  # SGD steps of both runs to the longest horizon
+    assert test[-1] == {"completed": 40, "total": 40, "unit": "steps", "phase": "meta-test"}
+    assert [d["completed"] for d in test] == sorted(d["completed"] for d in test)
+    assert job["progress"] == {"completed": 20, "total": 20, "unit": "iterations"}
+    assert 0 < job["metrics"]["meta_train_seconds"] and job["metrics"]["phase"] == "figures"
     assert kinds.count("metrics") == 2
     assert [i for i, _, _ in events] == sorted(i for i, _, _ in events)
 
@@ -88,6 +96,20 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
     rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [0, 3, 15, 30]
     assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+
+
+def test_cli_lists_are_headed_tables(server, trained):
+    def ml3(*argv):
+        out = subprocess.run([sys.executable, "-m", "app.cli", *argv, "--server", server.url], capture_output=True,
+                             text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [line.split() for line in out.stdout.splitlines()]
+
+    jobs = ml3("jobs", "list")
+    assert jobs[0] == ["ID", "KIND", "STATUS", "PHASE", "PROGRESS", "LOSS"]
+    assert [str(trained[0]["id"]), "meta-train", "succeeded", "20/20", "iterations", "e2e:1"] in jobs[1:]
+    losses = ml3("losses", "list")
+    assert losses[0] == ["NAME", "LATEST", "ALIASES"] and losses[1][0] == "e2e"
 
 
 def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trained):
