@@ -312,7 +312,7 @@ def cmd_datasets(args) -> int:
         elif args.datasets_command == "show":
             _print(c.request("GET", f"/v1/datasets/{args.id}").json())
         else:
-            c.request("DELETE", f"/v1/datasets/{args.id}")
+            c.request("DELETE", f"/v1/datasets/{args.id}", params={"force": "true"} if args.force else None)
             print(f"data set {args.id} deleted")
     return 0
 
@@ -330,6 +330,8 @@ def add_dataset_commands(sub) -> None:
     ds.add_parser("list", help="data sets, newest first")
     for name in ("show", "delete"):
         ds.add_parser(name, help=f"{name} a data set").add_argument("id", type=int)
+    ds.choices["delete"].add_argument("--force", action="store_true",
+                                      help="even if registered losses were meta-trained on it")
     for parser in ds.choices.values():
         parser.add_argument("--server", help="server URL (ML3_SERVER, default http://127.0.0.1:8000)")
         parser.set_defaults(func=_guard(cmd_datasets))

@@ -32,11 +32,11 @@ class Plan:
         return {"family": self.family.name, **asdict(self.family.config)}
 
     def bundle(self, phi: dict, seed: int, metrics: dict) -> Bundle:
-        """One seed's phi with how it was meta-trained, and the input scales it saw, if any."""
+        """One seed's phi with how it was meta-trained, and the input scales (and offsets) it saw, if any."""
         training = {**{k: v for k, v in asdict(self.train).items() if k not in ("seeds", "seed")}, "seed": seed}
-        scales = self.family.input_scales()
+        units = {"input_scales": self.family.input_scales(), "input_offsets": self.family.input_offsets()}
         return Bundle.build(phi, self.loss, self.task_dict(), training, metrics,
-                            {"input_scales": scales} if scales else None)
+                            {k: v for k, v in units.items() if v} or None)
 
     def to_dict(self) -> dict:
         """The fully defaulted spec: what actually runs."""

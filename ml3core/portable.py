@@ -112,8 +112,9 @@ class LearnedLoss(torch.nn.Module):
     """A learned loss as a torch module. Its weights are buffers: they move with
     ``.to(device)`` but are never picked up by your optimizer.
 
-    raw_units: divide pred, target and x by the bundle's ``input_scales`` (what meta-training
-    divided them by) before the network sees them; a bundle without scales saw raw values."""
+    raw_units: subtract the bundle's ``input_offsets`` from pred, target and x and divide them by
+    its ``input_scales`` (what meta-training did: a data set's standardisation, a robot's torque
+    scale) before the network sees them; a bundle without them saw raw values."""
 
     def __init__(self, params: dict, spec: dict, raw_units: bool = False):
         super().__init__()
@@ -122,17 +123,21 @@ class LearnedLoss(torch.nn.Module):
         self._names = sorted(params)
         for i, name in enumerate(self._names):
             self.register_buffer(f"p{i}", params[name].detach().clone())
-        scales = spec.get("input_scales") if raw_units else None
-        self._scaled = sorted(scales or {})
-        for name in self._scaled:
-            want = self.arch.get("x_dim" if name == "x" else "pred_dim", 1)
-            try:
-                value = torch.as_tensor(scales[name], dtype=torch.float32)
-            except (TypeError, ValueError, RuntimeError):
-                value = torch.zeros(0)
-            if name not in ("pred", "target", "x") or value.shape != (want,) or not bool((value > 0).all()):
-                raise LossBundleError(f"input_scales.{name}: expected {want} positive numbers")
-            self.register_buffer(f"scale_{name}", value)
+        self._units = {}  # name -> which of "offset", "scale" apply
+        for key, kind in (("input_offsets", "offset"), ("input_scales", "scale")):
+            given = spec.get(key) if raw_units else None
+            for name in sorted(given or {}):
+                want = self.arch.get("x_dim" if name == "x" else "pred_dim", 1)
+                try:
+                    value = torch.as_tensor(given[name], dtype=torch.float32)
+                except (TypeError, ValueError, RuntimeError):
+                    value = torch.zeros(0)
+                ok = name in ("pred", "target", "x") and value.shape == (want,) and bool(torch.isfinite(value).all())
+                if not ok or (kind == "scale" and not bool((value > 0).all())):
+                    what = "positive" if kind == "scale" else "finite"
+                    raise LossBundleError(f"{key}.{name}: expected {want} {what} numbers")
+                self.register_buffer(f"{kind}_{name}", value)
+                self._units.setdefault(name, []).append(kind)
 
     @property
     def params(self) -> dict:
@@ -149,7 +154,12 @@ class LearnedLoss(torch.nn.Module):
         return out
 
     def _unscale(self, name: str, value):
-        return value if value is None or name not in self._scaled else value / getattr(self, f"scale_{name}")
+        kinds = self._units.get(name, ()) if value is not None else ()
+        if "offset" in kinds:
+            value = value - getattr(self, f"offset_{name}")
+        if "scale" in kinds:
+            value = value / getattr(self, f"scale_{name}")
+        return value
 
     def extra_repr(self) -> str:
         a = self.arch
