@@ -98,6 +98,19 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
     assert rows[0][1] == rows[0][2]  # the same initial model for both losses
 
 
+def test_head_on_downloads_gives_the_headers_without_the_body(server, trained):
+    job = trained[0]
+    for path in ("/v1/losses/e2e/artifact", f"/v1/jobs/{job['id']}/report",
+                 f"/v1/jobs/{job['id']}/figures/meta_test.png"):
+        got, head = httpx.get(server.url + path), httpx.head(server.url + path)
+        assert got.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and int(head.headers["content-length"]) == len(got.content) > 0, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    head, got = httpx.head(server.url + "/v1/losses/e2e/artifact"), httpx.get(server.url + "/v1/losses/e2e/artifact")
+    assert (head.headers["etag"], head.headers["x-loss-id"]) == (got.headers["etag"], got.headers["x-loss-id"])
+    assert httpx.head(server.url + "/v1/losses/nope/artifact").status_code == 404
+
+
 def test_cli_lists_are_headed_tables(server, trained):
     def ml3(*argv):
         out = subprocess.run([sys.executable, "-m", "app.cli", *argv, "--server", server.url], capture_output=True,
