@@ -90,6 +90,8 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     cfg = plan.train
     test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner_lr,
                      cfg.device, cfg.dtype, progress=(lambda d, t: on_phase("meta-test", d, t)) if on_phase else None)
+    model = optimizee(plan.task_dict())
+    test["optimizee"] = {"meta_train": model, "meta_test": model, "same": True}
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
               "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe()}
     bundles = []
@@ -106,7 +108,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     if on_phase:
         on_phase("figures", 0, 1)
     figures = {
-        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps),
+        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps, model=model),
         "meta_test.png": plots.meta_test_figure(test),
     }
     figures.update(plan.family.figures(plan.loss, bundles[result.chosen].params(), report))

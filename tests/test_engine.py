@@ -160,3 +160,14 @@ def test_loss_is_shared_by_a_seeds_tasks():
     tr = make_trainer(seeds=2, tasks_per_batch=3)
     phi_b = broadcast_seeds(tr.phi)
     assert all(v.shape[1] == 1 for v in phi_b.values())
+
+
+def test_meta_test_figure_caption_names_the_band_and_the_optimizee():
+    from ml3core.plots import meta_test_caption
+
+    report = {"seed_ids": [0, 1, 2], "tasks": 4, "lr": 0.001,
+              "optimizee": {"meta_test": {"model_hidden": [40, 40], "model_activation": "tanh"}}}
+    caption = meta_test_caption(report)
+    assert "mean over 3 seeds of the mean over 4 new tasks" in caption and "band: min-max over seeds" in caption
+    assert "Optimizee tested: hidden [40, 40], activation tanh." in caption and "lr 0.001" in caption
+    assert "Optimizee" not in meta_test_caption({**report, "optimizee": None})
