@@ -119,9 +119,10 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
         yield
         app.state.runner.stop()
 
-    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package: no CDN, so they
-    # work on a machine without internet (and Swagger UI's online validator stays off)
-    app = FastAPIOffline(title="ml3", version="1", lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None},
+    # /docs and /redoc (app/openapi.py) load Swagger UI and ReDoc from the fastapi-offline package:
+    # no CDN, so they work on a machine without internet (and Swagger UI's online validator stays off)
+    app = FastAPIOffline(title="ml3", version="1", lifespan=lifespan, redoc_url=None,
+                         swagger_ui_parameters={"validatorUrl": None},
                          description="Meta-learn loss functions (ML3) and serve them: jobs, registry, evaluate.")
     torch.set_num_threads(settings.api_threads)
     app.state.settings = settings

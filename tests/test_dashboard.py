@@ -277,7 +277,7 @@ def test_api_docs_render_with_no_network(browser, server):
         assert p.locator(".swagger-ui .opblock").count() > 20
         shot(p, "api-docs.png")
         p.goto(server.url + "/redoc")
-        p.get_by_text("Submit a meta-train job").first.wait_for(timeout=30_000)
+        p.locator("h2", has_text="Submit a meta-train job").first.wait_for(timeout=30_000)
         shot(p, "api-redoc.png")
     finally:
         context.close()
