@@ -94,6 +94,25 @@ def test_cli_against_a_closed_port_is_one_line_naming_the_url(argv):
     assert f"http://127.0.0.1:{port}/v1/" in lines[0] and "ml3 serve" in lines[0] and "ML3_SERVER" in lines[0]
 
 
+def test_progress_bar_starts_a_line_per_phase_and_ends_each():
+    import io
+
+    from app.progress import Progress
+
+    out = io.StringIO()  # not a terminal: a phase's first and last line, and one every 5 s between
+    bar = Progress("job 3", out)
+    for done in range(0, 11):
+        bar(done, 10, {"meta_loss": 0.5}, phase="meta-train")
+    for done in (0, 50, 100):
+        bar(done, 100, phase="meta-test")
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:4] for line in lines] == [["job", "3", "meta-train", "0/10"],
+                                                   ["job", "3", "meta-train", "10/10"],
+                                                   ["job", "3", "meta-test", "0/100"],
+                                                   ["job", "3", "meta-test", "100/100"]]
+    assert "meta_loss=0.5" in lines[1]
+
+
 def test_load_loss_from_a_closed_port_names_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1/losses/x"
     with pytest.raises(LossBundleError, match=f"GET {url}/artifact: cannot reach the server"):

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 import torch
-from conftest import PROBLEM_KEYS, ROOT, SMALL, Server, wait_for
+from conftest import PROBLEM_KEYS, ROOT, SMALL, TINY, Server, wait_for
 
 from app.client import ApiError, Client
 from ml3core import load_loss
@@ -68,6 +68,7 @@ def test_meta_test_job(c, trained):
     job = c.meta_test("e2e", tasks=3, steps=20, horizons=[10, 20], seeds=2)
     job = c.wait(job["id"], progress=False, timeout=300)
     assert job["status"] == "succeeded" and job["kind"] == "meta-test"
+    assert job["progress"] == {"completed": 40, "total": 40, "unit": "steps"}  # SGD steps of both runs to 20
     report = c.report(job["id"])
     assert set(report["curves"]) == {"learned", "mse"}
     assert {"mse_train", "mse_heldout"} <= set(report["curves"]["learned"])
@@ -96,6 +97,18 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
     rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [0, 3, 15, 30]
     assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+
+
+def test_cli_submit_wait_reports_every_phase(server, tmp_path):
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    out = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "submit", "--spec", str(spec), "--wait",
+                          "--server", server.url], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "succeeded"
+    job = json.loads(out.stdout)["id"]
+    for line in (f"job {job} meta-train 2/2", f"job {job} meta-test 4/4", f"job {job} figures 1/1"):
+        assert line in out.stderr, out.stderr  # not a full bar at the end of meta-training, then silence
 
 
 def test_head_on_downloads_gives_the_headers_without_the_body(server, trained):
