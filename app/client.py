@@ -21,12 +21,13 @@ FINAL = ("succeeded", "failed", "canceled")
 
 
 class ApiError(Exception):
-    """A problem+json answer: ``status``, ``code`` and ``detail`` as the server sent them."""
+    """A problem+json answer: ``status``, ``code`` and ``detail`` as the server sent them, and the
+    request that got it (``url``)."""
 
-    def __init__(self, status: int, problem: dict):
-        self.status, self.problem = status, problem
+    def __init__(self, status: int, problem: dict, url: str | None = None):
+        self.status, self.problem, self.url = status, problem, url
         self.code, self.detail = problem.get("code"), problem.get("detail")
-        super().__init__(f"{status} {self.code}: {self.detail}")
+        super().__init__(f"{status} {self.code}: {self.detail}" + (f" ({url})" if url else ""))
 
 
 class ServerUnreachable(ConnectionError):
@@ -68,7 +69,7 @@ class Client:
                 problem = r.json()
             except ValueError:
                 problem = {"detail": r.text}
-            raise ApiError(r.status_code, problem)
+            raise ApiError(r.status_code, problem, f"{method} {r.request.url}")
         return r
 
     # -- jobs --------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Client:
                                       timeout=httpx.Timeout(self.http.timeout.connect, read=60)) as r:
                     if r.status_code >= 400:
                         r.read()
-                        raise ApiError(r.status_code, r.json())
+                        raise ApiError(r.status_code, r.json(), f"GET {r.request.url}")
                     connected, failing_since = True, None
                     for ev_id, event, data in _parse_sse(r.iter_lines()):
                         last = ev_id

@@ -138,6 +138,14 @@ def test_cli_lists_are_headed_tables(server, trained):
     assert losses[0] == ["NAME", "LATEST", "ALIASES"] and losses[1][0] == "e2e"
 
 
+def test_cli_problem_is_one_line_with_the_detail_and_the_request(server, trained):
+    out = subprocess.run([sys.executable, "-m", "app.cli", "losses", "pull", "nope", "--server", server.url],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    detail = httpx.get(f"{server.url}/v1/losses/nope/artifact").json()["detail"]
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"ml3: 404 not_found: {detail} (GET {server.url}/v1/losses/nope/artifact)"]
+
+
 def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trained):
     url = f"{server.url}/v1/losses/nope"
     problem = httpx.get(f"{url}/artifact").json()
