@@ -111,7 +111,10 @@ def cmd_experiment(args) -> int:
     spec = build_train_spec(args, FAMILIES[args.family])
     variants = tuple(v for v in args.variants.split(",") if v)
     try:
-        out = experiment(spec, variants, hooks=Hooks(on_progress=Progress("meta-train"), progress_every=1))
+        bar = Progress("")
+        hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
+                      progress_every=1)
+        out = experiment(spec, variants, hooks=hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
     except ConfigError as e:
         print(f"ml3 experiment: invalid setting {e}", file=sys.stderr)
         return 2

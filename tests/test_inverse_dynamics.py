@@ -242,7 +242,9 @@ def test_cli_train_and_experiment(tmp_path, capsys):
     assert main(["experiment", "inverse-dynamics", "--robot", "2link", "--variants", "mse,prior",
                  "--out", str(tmp_path / "fig"), *TINY]) == 0
     assert (tmp_path / "fig" / "figure7.png").read_bytes().startswith(b"\x89PNG")
-    assert "L_φ learned with the prior" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "L_φ learned with the prior" in captured.out
+    assert "meta-test prior 6/6" in captured.err and "meta-test mse 6/6" in captured.err  # each meta-test reports
     assert main(["experiment", "inverse-dynamics", "--robot", "3link", "--out", str(tmp_path / "bad"), *TINY]) == 2
 
 

@@ -14,13 +14,14 @@ VARIANT_LABELS = {"mse": "L_φ learned with torque MSE", "prior": "L_φ learned 
                   "mixed": "L_φ learned with β·MSE + γ·prior"}
 
 
-def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None) -> dict:
+def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_phase=None) -> dict:
     """Meta-train one loss per task-loss variant, meta-test each against plain torque MSE on the
     same held-out tasks from the same initial models, and draw the curves (review Fig. 7).
 
     ``spec`` is a job spec (seeds, iterations, ``task`` settings such as the robot); its
     ``task.task_loss`` is replaced by each variant in turn. Returns {"summary": end points per
-    curve, "reports": meta-test report per variant, "figure": PNG bytes}.
+    curve, "reports": meta-test report per variant, "figure": PNG bytes}. ``on_phase(phase, done,
+    total)`` hears of each meta-test's SGD steps (phase "meta-test VARIANT").
     """
     spec = dict(spec or {})
     task = {**spec.pop("task", {}), "family": InverseDynamicsFamily.name}
@@ -30,8 +31,9 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None) -> di
         plan = parse_spec({**spec, "task": {**task, "task_loss": variant}})
         cfg = plan.train
         result = MetaTrainer(plan.family, plan.loss, cfg).run(hooks)
+        progress = (lambda d, t, v=variant: on_phase(f"meta-test {v}", d, t)) if on_phase else None
         reports[variant] = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test,
-                                     cfg.inner_lr, cfg.device, cfg.dtype)
+                                     cfg.inner_lr, cfg.device, cfg.dtype, progress=progress)
     robot = plan.family.config.robot
     first = reports[variants[0]]
     plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)] for m, rows in first["curves"]["mse"].items()
