@@ -35,8 +35,8 @@ class ServerUnreachable(ConnectionError):
 
     def __init__(self, method: str, url: str, error: Exception):
         self.url, self.error = url, error
-        what = f"no answer within the timeout ({type(error).__name__})" if isinstance(error, httpx.TimeoutException) \
-            else f"{type(error).__name__}: {error}"
+        timeout = isinstance(error, httpx.TimeoutException)
+        what = f"no answer in time ({type(error).__name__})" if timeout else f"{type(error).__name__}: {error}"
         super().__init__(f"cannot reach the ml3 server for {method} {url} ({what}); start it with `ml3 serve` "
                          "or point --server / ML3_SERVER at a running one")
 
