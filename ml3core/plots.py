@@ -84,9 +84,14 @@ def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Me
 
 
 def meta_test_caption(report: dict) -> str:
+    """What the line and band of a meta-test figure are, and what was trained (as far as the report says)."""
+    first = next(iter(report["curves"].values()), {})  # {metric: one row per seed}
+    seeds = len(report.get("seed_ids") or next(iter(first.values()), []))
+    tasks = f" of the mean over {report['tasks']} new tasks" if "tasks" in report else ""
+    caption = f"Line: mean over {_seeds(seeds)}{tasks}; band: min-max over seeds."
+    if "lr" in report:
+        caption += f" Plain SGD from the same initial models, lr {report['lr']:g}."
     tested = (report.get("optimizee") or {}).get("meta_test")
-    caption = (f"Line: mean over {_seeds(len(report['seed_ids']))} of the mean over {report['tasks']} new tasks; "
-               f"band: min-max over seeds. Plain SGD from the same initial models, lr {report['lr']:g}.")
     return caption + (f"\nOptimizee tested: {optimizee_text(tested)}." if tested else "")
 
 

@@ -165,9 +165,11 @@ def test_loss_is_shared_by_a_seeds_tasks():
 def test_meta_test_figure_caption_names_the_band_and_the_optimizee():
     from ml3core.plots import meta_test_caption
 
-    report = {"seed_ids": [0, 1, 2], "tasks": 4, "lr": 0.001,
+    report = {"seed_ids": [0, 1, 2], "tasks": 4, "lr": 0.001, "curves": {},
               "optimizee": {"meta_test": {"model_hidden": [40, 40], "model_activation": "tanh"}}}
     caption = meta_test_caption(report)
     assert "mean over 3 seeds of the mean over 4 new tasks" in caption and "band: min-max over seeds" in caption
     assert "Optimizee tested: hidden [40, 40], activation tanh." in caption and "lr 0.001" in caption
+    report["curves"] = {"learned": {"mse_heldout": [[1.0], [2.0], [3.0]]}}
     assert "Optimizee" not in meta_test_caption({**report, "optimizee": None})
+    assert meta_test_caption({"curves": report["curves"]}) == "Line: mean over 3 seeds; band: min-max over seeds."
