@@ -45,7 +45,7 @@
       fact("Finished", when(job.finished_at)),
       fact("Run time", duration(t)),
     ];
-    const trained = m.meta_train_seconds || trainSeconds || t;  // speed of meta-training only
+    const trained = trainSeconds || t;  // speed of meta-training only
     if (trained && p.completed && job.kind === "meta-train") items.push(fact("Speed", `${num(p.completed / trained)} it/s`));
     if (m.meta_loss !== undefined) items.push(fact("Meta-loss", num(m.meta_loss)));
     if (job.attempts > 1) items.push(fact("Attempts", job.attempts));
@@ -77,6 +77,7 @@
   async function load() {
     try {
       job = await api(`/v1/jobs/${id}`);
+      trainSeconds = (job.metrics && job.metrics.meta_train_seconds) || trainSeconds;
     } catch (e) {
       $("#job-error").hidden = false;
       $("#job-error").textContent = e.status === 404 ? `There is no job ${id}.` : `Could not load job ${id}: ${e.message}`;
@@ -227,7 +228,7 @@
   function onEvent(type, data) {
     if (type === "progress") {
       if (job.kind === "meta-train" && data.phase && data.phase !== "meta-train") {
-        if (!job.phase && job.status === "running") trainSeconds = runTime(job);
+        if (trainSeconds === null && job.status === "running") trainSeconds = runTime(job);
         job.phase = data;
       } else job.progress = { ...job.progress, ...data };
       if (job.status === "queued") job.status = "running";
