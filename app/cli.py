@@ -7,55 +7,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency; quiet when not a terminal)."""
-
-    def __init__(self, label: str, stream=sys.stderr):
-        self.label, self.stream, self.start = label, stream, time.time()
-        self.tty = stream.isatty()
-        self._last_line = 0.0
-
-    def __call__(self, done: int, total: int, metrics: dict | None = None):
-        now = time.time()
-        if not self.tty and done < total and now - self._last_line < 5:
-            return
-        self._last_line = now
-        frac = done / total if total else 1.0
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        extra = ""
-        if metrics:
-            shown = [f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "iteration"][:3]
-            extra = " " + " ".join(shown)
-        end = "\r" if self.tty and done < total else "\n"
-        self.stream.write(f"{self.label} [{bar}] {done}/{total} {now - self.start:.0f}s{extra}\033[K{end}"
-                          if self.tty else f"{self.label} {done}/{total} {now - self.start:.0f}s{extra}{end}")
-        self.stream.flush()
-
-
-TRAIN_FLAGS = [  # flag, spec key, type, help
-    ("--seeds", "seeds", int, "independent seeds, trained in one batched pass"),
-    ("--seed", "seed", int, "first seed id"),
-    ("--outer-iters", "outer_iterations", int, "meta-train (outer) iterations"),
-    ("--inner-steps", "inner_steps", int, "M: unrolled inner SGD steps per meta-gradient"),
-    ("--inner-lr", "inner_lr", float, "alpha: inner SGD learning rate"),
-    ("--outer-lr", "outer_lr", float, "eta: outer Adam learning rate"),
-    ("--tasks-per-batch", "tasks_per_batch", int, "T: tasks per meta-batch"),
-    ("--schedule", "schedule", str, "unrolled (one phi step per unroll) or online (one per inner step)"),
-    ("--eval-every", "eval_every", int, "meta-train curve: evaluate every k iterations"),
-    ("--eval-steps", "eval_steps", int, "SGD steps of each evaluation"),
-    ("--device", "device", str, "cpu or cuda"),
-    ("--dtype", "dtype", str, "float32 or float64"),
-]
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+from .progress import Progress
+from .spec_flags import TRAIN_FLAGS, apply_sets
 
 
 def build_train_spec(args, family_cls) -> dict:
@@ -86,18 +40,6 @@ def build_train_spec(args, family_cls) -> dict:
     return apply_sets(spec, args.set)
 
 
-def apply_sets(spec: dict, items: list[str] | None) -> dict:
-    """Apply ``--set a.b=VALUE`` items (VALUE as JSON when it parses) to a spec, in place."""
-    for item in items or []:
-        path, _, value = item.partition("=")
-        *parents, leaf = path.split(".")
-        node = spec
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = _parse_value(value)
-    return spec
-
-
 def cmd_train(args) -> int:
     import torch
 
@@ -115,7 +57,10 @@ def cmd_train(args) -> int:
     cfg = plan.train
     print(f"meta-training '{args.family}': {cfg.seeds} seeds x {cfg.outer_iterations} iterations, "
           f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
-    out = meta_train(plan, Hooks(on_progress=Progress("meta-train"), progress_every=max(1, cfg.eval_every)))
+    bar = Progress("")
+    hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
+                  progress_every=max(1, cfg.eval_every))
+    out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
     os.makedirs(args.out, exist_ok=True)
     if out.bundle is None:
         with open(os.path.join(args.out, "report.json"), "w") as f:
@@ -170,14 +115,17 @@ def cmd_experiment(args) -> int:
     import torch
 
     from ml3core import ConfigError, Hooks
+    from ml3core.experiments.inverse_dynamics import experiment
     from ml3core.tasks import FAMILIES
-    from ml3core.tasks.inverse_dynamics import experiment
 
     torch.set_num_threads(args.threads) if args.threads else None
     spec = build_train_spec(args, FAMILIES[args.family])
     variants = tuple(v for v in args.variants.split(",") if v)
     try:
-        out = experiment(spec, variants, hooks=Hooks(on_progress=Progress("meta-train"), progress_every=1))
+        bar = Progress("")
+        hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
+                      progress_every=1)
+        out = experiment(spec, variants, hooks=hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
     except ConfigError as e:
         print(f"ml3 experiment: invalid setting {e}", file=sys.stderr)
         return 2

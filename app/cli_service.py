@@ -106,14 +106,18 @@ def _print(obj) -> None:
 
 
 def _guard(fn):
-    """Print a server problem as one line and exit 1 instead of a traceback."""
+    """Print a server problem, a server that cannot be reached or a file that cannot be read as one
+    line and exit 1 instead of a traceback."""
 
     def run(args):
-        from .client import ApiError
+        from .client import ApiError, ServerUnreachable
 
         try:
             return fn(args)
-        except ApiError as e:
+        except (ApiError, ServerUnreachable) as e:
+            print(f"ml3: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # --spec or an upload that is not there
             print(f"ml3: {e}", file=sys.stderr)
             return 1
 
@@ -121,7 +125,7 @@ def _guard(fn):
 
 
 def cmd_jobs_submit(args) -> int:
-    from .cli import apply_sets
+    from .spec_flags import apply_sets
 
     spec = {}
     if args.spec:
@@ -141,14 +145,27 @@ def cmd_jobs_submit(args) -> int:
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
 
 
+def _table(header: tuple, rows: list[tuple]) -> None:
+    """Columns as wide as their widest cell, under a header line; numbers right-aligned."""
+    cells = [tuple(str(v) for v in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    right = [bool(rows) and all(isinstance(r[i], int | float) for r in rows) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(row, widths, right, strict=True)).rstrip())
+
+
 def cmd_jobs_list(args) -> int:
     with _client(args) as c:
+        rows = []
         for i, job in enumerate(c.jobs(status=args.status, kind=args.kind)):
             if i >= args.limit:
                 break
             p = job["progress"]
+            phase = (job.get("metrics") or {}).get("phase", "") if job["status"] == "running" else ""
             result = (job.get("result") or {}).get("loss", "")
-            print(f"{job['id']:>6}  {job['kind']:<10} {job['status']:<10} {p['completed']}/{p['total']}  {result}")
+            rows.append((job["id"], job["kind"], job["status"], phase, f"{p['completed']}/{p['total']} {p['unit']}",
+                         result))
+        _table(("ID", "KIND", "STATUS", "PHASE", "PROGRESS", "LOSS"), rows)
     return 0
 
 
@@ -174,9 +191,9 @@ def cmd_jobs_cancel(args) -> int:
 
 def cmd_losses_list(args) -> int:
     with _client(args) as c:
-        for loss in c.losses():
-            aliases = " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items())
-            print(f"{loss['name']:<32} latest {loss['latest_version']}  {aliases}")
+        rows = [(loss["name"], loss["latest_version"], " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()))
+                for loss in c.losses()]
+        _table(("NAME", "LATEST", "ALIASES"), rows)
     return 0
 
 
@@ -289,13 +306,13 @@ def cmd_datasets(args) -> int:
                   f"outputs {out['outputs']}; train on it with --set task.dataset={out['id']}", file=sys.stderr)
             _print(out)
         elif args.datasets_command == "list":
-            for d in c._pages("/v1/datasets", {"limit": 50}):
-                print(f"{d['id']:>6}  {d['name'][:32]:<32} {d['tasks']:>5} tasks {d['rows']:>8} rows  "
-                      f"x {d['x_dim']}  y {d['y_dim']}")
+            rows = [(d["id"], d["name"][:32], d["tasks"], d["rows"], d["x_dim"], d["y_dim"])
+                    for d in c._pages("/v1/datasets", {"limit": 50})]
+            _table(("ID", "NAME", "TASKS", "ROWS", "X_DIM", "Y_DIM"), rows)
         elif args.datasets_command == "show":
             _print(c.request("GET", f"/v1/datasets/{args.id}").json())
         else:
-            c.request("DELETE", f"/v1/datasets/{args.id}")
+            c.request("DELETE", f"/v1/datasets/{args.id}", params={"force": "true"} if args.force else None)
             print(f"data set {args.id} deleted")
     return 0
 
@@ -313,6 +330,8 @@ def add_dataset_commands(sub) -> None:
     ds.add_parser("list", help="data sets, newest first")
     for name in ("show", "delete"):
         ds.add_parser(name, help=f"{name} a data set").add_argument("id", type=int)
+    ds.choices["delete"].add_argument("--force", action="store_true",
+                                      help="even if registered losses were meta-trained on it")
     for parser in ds.choices.values():
         parser.add_argument("--server", help="server URL (ML3_SERVER, default http://127.0.0.1:8000)")
         parser.set_defaults(func=_guard(cmd_datasets))

@@ -21,15 +21,29 @@ FINAL = ("succeeded", "failed", "canceled")
 
 
 class ApiError(Exception):
-    """A problem+json answer: ``status``, ``code`` and ``detail`` as the server sent them."""
+    """A problem+json answer: ``status``, ``code`` and ``detail`` as the server sent them, and the
+    request that got it (``url``)."""
 
-    def __init__(self, status: int, problem: dict):
-        self.status, self.problem = status, problem
+    def __init__(self, status: int, problem: dict, url: str | None = None):
+        self.status, self.problem, self.url = status, problem, url
         self.code, self.detail = problem.get("code"), problem.get("detail")
-        super().__init__(f"{status} {self.code}: {self.detail}")
+        super().__init__(f"{status} {self.code}: {self.detail}" + (f" ({url})" if url else ""))
+
+
+class ServerUnreachable(ConnectionError):
+    """No answer from the server (refused, DNS, timeout): the message names the URL and what to do."""
+
+    def __init__(self, method: str, url: str, error: Exception):
+        self.url, self.error = url, error
+        timeout = isinstance(error, httpx.TimeoutException)
+        what = f"no answer in time ({type(error).__name__})" if timeout else f"{type(error).__name__}: {error}"
+        super().__init__(f"cannot reach the ml3 server for {method} {url} ({what}); start it with `ml3 serve` "
+                         "or point --server / ML3_SERVER at a running one")
 
 
 class Client:
+    retry_seconds = 120.0  # how long ``events`` keeps resuming a dropped stream
+
     def __init__(self, base_url: str | None = None, timeout: float = 60.0, api_key: str | None = None):
         base_url = base_url or os.environ.get("ML3_SERVER", "http://127.0.0.1:8000")
         api_key = api_key or os.environ.get("ML3_API_KEY")
@@ -46,13 +60,16 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
-        r = self.http.request(method, path, **kw)
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ServerUnreachable(method, f"{self.http.base_url}{path}", e) from None
         if r.status_code >= 400:
             try:
                 problem = r.json()
             except ValueError:
                 problem = {"detail": r.text}
-            raise ApiError(r.status_code, problem)
+            raise ApiError(r.status_code, problem, f"{method} {r.request.url}")
         return r
 
     # -- jobs --------------------------------------------------------------------------------
@@ -72,8 +89,9 @@ class Client:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
     def events(self, job_id: int, last_event_id: int | None = None) -> Iterator[tuple[int, str, dict]]:
-        """(id, event, data) from the job's Server-Sent Events until it ends; resumes after drops."""
-        last = last_event_id
+        """(id, event, data) from the job's Server-Sent Events until it ends; resumes after drops
+        (a server restart) for up to ``retry_seconds``, but a server never reached is an error at once."""
+        last, connected, failing_since = last_event_id, False, None
         while True:
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
@@ -81,23 +99,27 @@ class Client:
                                       timeout=httpx.Timeout(self.http.timeout.connect, read=60)) as r:
                     if r.status_code >= 400:
                         r.read()
-                        raise ApiError(r.status_code, r.json())
+                        raise ApiError(r.status_code, r.json(), f"GET {r.request.url}")
+                    connected, failing_since = True, None
                     for ev_id, event, data in _parse_sse(r.iter_lines()):
                         last = ev_id
                         yield ev_id, event, data
                 return
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError):
-                time.sleep(1.0)  # the server restarted or the connection dropped: resume
+            except httpx.TransportError as e:  # the server restarted or the connection dropped: resume
+                failing_since = failing_since or time.time()
+                if not connected or time.time() - failing_since > self.retry_seconds:
+                    raise ServerUnreachable("GET", f"{self.http.base_url}/v1/jobs/{job_id}/events", e) from None
+                time.sleep(1.0)
 
     def wait(self, job_id: int, progress: bool = True, timeout: float | None = None) -> dict:
         """Follow a job to its final status (a progress bar on stderr), then return it."""
-        from .cli import Progress  # stdlib only
+        from .progress import Progress  # stdlib only
 
         bar = Progress(f"job {job_id}") if progress else None
         start = time.time()
         for _, event, data in self.events(job_id):
-            if event == "progress" and bar:
-                bar(data["completed"], data["total"])
+            if event == "progress" and bar:  # each phase (meta-train, meta-test, figures) has its own bar
+                bar(data["completed"], data["total"], phase=data.get("phase"))
             if event == "status" and data["status"] in FINAL:
                 break
             if timeout is not None and time.time() - start > timeout:

@@ -32,7 +32,7 @@ from ml3core.tasks import dataset as family
 from .core.config import Settings
 from .db import get_sessionmaker, lock_row
 from .errors import Problem, invalid, not_found
-from .models import FINAL, META_TEST, Dataset, Job, LossVersion
+from .models import FINAL, META_TEST, Dataset, Job, Loss, LossVersion
 from .schemas import iso
 
 FORMATS = ("csv", "npz", "parquet")
@@ -269,6 +269,16 @@ def jobs_using(db, dataset_id: int) -> list[int]:
     """Queued or running jobs that read the data set."""
     jobs = db.scalars(select(Job).where(Job.status.not_in(FINAL)).order_by(Job.id))
     return [job.id for job in jobs if dataset_of(db, job) == dataset_id]
+
+
+def losses_using(db, dataset_id: int) -> list[str]:
+    """Registered loss versions (``name:version``) meta-trained on the data set: only it can
+    meta-test them as they were trained."""
+    rows = db.execute(select(Loss.name, LossVersion.version, LossVersion.spec).join(Loss)
+                      .order_by(Loss.name, LossVersion.version))
+    return [f"{name}:{version}" for name, version, spec in rows
+            if (spec.get("task") or {}).get("family") == "dataset"
+            and str((spec.get("task") or {}).get("dataset")) == str(dataset_id)]
 
 
 def lock_for_job(db, job: Job) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
 from datetime import timedelta
 from math import gcd
@@ -209,7 +210,7 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
         with Session.begin() as db:
             lease.write(db, progress_completed=done, progress_total=total, metrics=metrics)
             db.add(JobEvent(job_id=job.id, type="progress",
-                            data={"completed": done, "total": total, "unit": "iterations"}))
+                            data={"completed": done, "total": total, "unit": "iterations", "phase": "meta-train"}))
             if done % eval_every == 0 or done == total:
                 db.add(JobEvent(job_id=job.id, type="metrics", data=metrics))
 
@@ -222,7 +223,7 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
     hooks = Hooks(on_progress=on_progress, should_stop=lease.should_stop, on_checkpoint=on_checkpoint,
                   progress_every=gcd(settings.progress_every, eval_every),
                   checkpoint_every=settings.checkpoint_every)
-    out = meta_train(plan, hooks, resume=resume)
+    out = meta_train(plan, hooks, resume=resume, on_phase=PhaseEvents(Session, lease, job))
     if out.stopped:
         return _stopped(Session, lease)
 
@@ -242,6 +243,39 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
                 progress_completed=total, progress_total=total)
 
 
+class PhaseEvents:
+    """on_phase(phase, done, total) of ``meta_train``: progress events of the phases after
+    meta-training (at most one a second, and each phase's first and last). The job row keeps
+    its meta-train progress; its metrics note the phase and how long meta-training took, so a
+    speed shown for the job counts meta-training only."""
+
+    def __init__(self, Session, lease: Lease, job: Job, row_progress: bool = False):
+        self.Session, self.lease, self.job_id, self.row_progress = Session, lease, job.id, row_progress
+        self.started_at, self.phase, self.last, self.total = job.started_at, None, 0.0, 1
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        new = phase != self.phase
+        if not new and done < total and now - self.last < 1.0:
+            return
+        self.last, self.total = now, total
+        unit = "steps" if phase == "meta-test" else "parts"
+        with self.Session.begin() as db:
+            values = {}
+            if self.row_progress:
+                values = {"progress_completed": done, "progress_total": total, "progress_unit": unit}
+            elif new and self.phase is None:  # meta-training just ended
+                job = db.get(Job, self.job_id)
+                seconds = (utcnow() - self.started_at).total_seconds() if self.started_at else None
+                values = {"metrics": {**(job.metrics or {}), "meta_train_seconds": seconds}}
+            if new:
+                values.setdefault("metrics", dict(db.get(Job, self.job_id).metrics or {}))["phase"] = phase
+            self.lease.write(db, **values)
+            db.add(JobEvent(job_id=self.job_id, type="progress",
+                            data={"completed": done, "total": total, "unit": unit, "phase": phase}))
+        self.phase = phase
+
+
 def _meta_test(Session, job: Job, lease: Lease) -> str | None:
     from ml3core.api import run_meta_test
 
@@ -250,11 +284,14 @@ def _meta_test(Session, job: Job, lease: Lease) -> str | None:
     plan = dict(job.plan)
     device = plan.pop("device", "cpu")
     ref = plan.pop("loss")
-    report, figures = run_meta_test(bundle, plan.get("spec"), device)
+    on_phase = PhaseEvents(Session, lease, job, row_progress=True)
+    report, figures = run_meta_test(bundle, plan.get("spec"), device,
+                                    progress=lambda done, total: on_phase("meta-test", done, total))
     report = clean(report)
     files = {"report.json": ("application/json", json.dumps(report).encode())}
     files.update({name: ("image/png", png) for name, png in figures.items()})
     result = {"loss": ref, "report": f"/v1/jobs/{job.id}/report",
               "figures": {name: f"/v1/jobs/{job.id}/figures/{name}" for name in figures},
               "horizon": report["horizon"], "final": report["final"]}
-    return _end(Session, lease, SUCCEEDED, files=files, result=result, progress_completed=1, progress_total=1)
+    return _end(Session, lease, SUCCEEDED, files=files, result=result, progress_completed=on_phase.total,
+                progress_total=on_phase.total)

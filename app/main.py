@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from ml3core import ConfigError
@@ -118,8 +119,11 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
         yield
         app.state.runner.stop()
 
-    app = FastAPI(title="ml3", version="1", lifespan=lifespan,
-                  description="Meta-learn loss functions (ML3) and serve them: jobs, registry, evaluate.")
+    # /docs and /redoc (app/openapi.py) load Swagger UI and ReDoc from the fastapi-offline package:
+    # no CDN, so they work on a machine without internet (and Swagger UI's online validator stays off)
+    app = FastAPIOffline(title="ml3", version="1", lifespan=lifespan, redoc_url=None,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Meta-learn loss functions (ML3) and serve them: jobs, registry, evaluate.")
     torch.set_num_threads(settings.api_threads)
     app.state.settings = settings
     datasets.use_database(settings.db_url)  # the dataset family reads uploads from this database

@@ -1,6 +1,9 @@
 """Downstream training with a learned loss fetched from a running ml3 server.
 
-    python examples/downstream_training.py --server http://127.0.0.1:8000 --loss sine
+    python examples/downstream_training.py --server http://127.0.0.1:8000 --loss my-loss
+
+The default loss ``my-loss`` is the one the README trains (``ml3 jobs submit --family sine
+--register-as my-loss --wait``).
 
 Trains one fresh model on a new sine task twice from the same initial weights, once with the
 learned loss and once with MSE, and prints the held-out MSE of both as training goes on.
@@ -12,7 +15,7 @@ import math
 
 import torch
 
-from ml3core import load_loss
+from ml3core import LossBundleError, load_loss
 
 
 def make_model(seed: int) -> torch.nn.Module:
@@ -39,14 +42,20 @@ def train(model, loss_fn, x, y, x_test, y_test, steps: int, lr: float, report_at
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", default="http://127.0.0.1:8000")
-    ap.add_argument("--loss", default="sine", help="name, name:VERSION or name@ALIAS")
+    ap.add_argument("--loss", default="my-loss", help="name, name:VERSION or name@ALIAS (default: the README's)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--amplitude", type=float, default=2.5, help="the new task: A sin(x - phase)")
     ap.add_argument("--phase", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    learned = load_loss(f"{args.server.rstrip('/')}/v1/losses/{args.loss}")
+    try:
+        learned = load_loss(f"{args.server.rstrip('/')}/v1/losses/{args.loss}")
+    except LossBundleError as e:
+        name = args.loss.split("@")[0].split(":")[0]
+        hint = (f"; train and register it first (`ml3 jobs submit --family sine --register-as {name} --wait`) "
+                "or name another with --loss") if getattr(e, "status", None) == 404 else ""
+        raise SystemExit(f"downstream_training: {e}{hint}") from None
     lr = learned.spec.get("training", {}).get("inner_lr", 1e-3)
     reads_x = "x" in learned.arch["inputs"]
     print(f"loss {args.loss}: {learned.extra_repr()}, meta-trained on {learned.spec.get('task_family')}, lr {lr}")

@@ -33,11 +33,11 @@ class Plan:
         return {"family": self.family.name, **asdict(self.family.config)}
 
     def bundle(self, phi: dict, seed: int, metrics: dict) -> Bundle:
-        """One seed's phi with how it was meta-trained, and the input scales it saw, if any."""
+        """One seed's phi with how it was meta-trained, and the input scales (and offsets) it saw, if any."""
         training = {**{k: v for k, v in asdict(self.train).items() if k not in ("seeds", "seed")}, "seed": seed}
-        scales = self.family.input_scales()
+        units = {"input_scales": self.family.input_scales(), "input_offsets": self.family.input_offsets()}
         return Bundle.build(phi, self.loss, self.task_dict(), training, metrics,
-                            {"input_scales": scales} if scales else None)
+                            {k: v for k, v in units.items() if v} or None)
 
     def to_dict(self) -> dict:
         """The fully defaulted spec: what actually runs."""
@@ -90,9 +90,14 @@ class Outcome:
     figures: dict = field(default_factory=dict)  # name -> PNG bytes
 
 
-def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | None = None) -> Outcome:
+def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | None = None,
+               on_phase=None) -> Outcome:
     """Run (or resume) a meta-training job to the end: train, validate, meta-test every seed,
-    and package each seed's phi as a bundle, publishing the best on meta-validation."""
+    and package each seed's phi as a bundle, publishing the best on meta-validation.
+
+    ``hooks.on_progress`` hears of the meta-train iterations; ``on_phase(phase, done, total)`` of
+    the phases after it: "meta-test" (SGD steps of the meta-test and the horizon report) and
+    "figures" (0 of 1 when drawing starts, 1 of 1 at the end)."""
     plan = spec if isinstance(spec, Plan) else parse_spec(spec)
     if plan.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", "CUDA was requested but this worker has no GPU")
@@ -108,7 +113,9 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
                   "warnings": ["0 outer iterations: the loss is untrained, so nothing was published"]}
         return Outcome(False, 0, result, report=report)
     test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner,
-                     cfg.device, cfg.dtype)
+                     cfg.device, cfg.dtype, progress=(lambda d, t: on_phase("meta-test", d, t)) if on_phase else None)
+    model = optimizee(plan.task_dict())
+    test["optimizee"] = {"meta_train": model, "meta_test": model, "same": True}
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
               "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe(),
               "warnings": losing_horizons(test, result.chosen, plan.family.heldout_metric)}
@@ -123,11 +130,15 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
             "horizon": test["horizon"] if i == result.chosen else None,
         }
         bundles.append(plan.bundle(result.seed_phi(i), seed, metrics))
+    if on_phase:
+        on_phase("figures", 0, 1)
     figures = {
-        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps),
+        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps, model=model),
         "meta_test.png": plots.meta_test_figure(test),
     }
     figures.update(plan.family.figures(plan.loss, bundles[result.chosen].params(), report))
+    if on_phase:
+        on_phase("figures", 1, 1)
     return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
 
 
@@ -172,18 +183,21 @@ def optimizee(task: dict) -> dict:
     return {k: v for k, v in task.items() if k.startswith("model")}
 
 
-def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu") -> tuple[dict, dict]:
+def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu",
+                  progress=None) -> tuple[dict, dict]:
     """Meta-test a stored loss: train fresh models on test tasks with it and with MSE.
 
     spec: {"task": {overrides of the bundle's task config}, "seeds": [0, 1] or 2, and the
     MetaTestConfig fields (tasks, steps, lr, horizons)}. Overrides may name another optimizee
     (``model_hidden``, ``model_activation``) than meta-training used: the report's ``optimizee``
-    states both. Returns (report, figures).
+    states both. ``progress(done, total)`` hears of the SGD steps (see ``meta_test``). Returns
+    (report, figures).
     """
     family, seed_ids, cfg = parse_meta_test(bundle, spec)
     opt = from_training(bundle.spec.get("training", {}))
     params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
-    report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, opt, device, per_seed_phi=False)
+    report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, opt, device, per_seed_phi=False,
+                       progress=progress)
     trained, tested = optimizee(bundle.spec["task"]), optimizee(asdict(family.config))
     report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
     report["data"] = family.describe()

@@ -37,12 +37,14 @@ class MetaTestConfig:
 
 
 def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int], cfg: MetaTestConfig,
-              lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True) -> dict:
+              lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True,
+              progress=None) -> dict:
     """Curves of every family metric for L_phi and for MSE, one row per seed.
 
     ``phi`` is stacked (S, ...) with one loss per seed id when ``per_seed_phi``; otherwise a
     single loss evaluated on each seed's tasks. Seed s draws its test tasks and initial models
     from its own 'test' stream, so learned and plain training start from identical models.
+    ``progress(done, total)``, if given, hears of the SGD steps of both runs (about 100 calls).
     """
     dt = DTYPES[dtype]
     opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
@@ -54,9 +56,10 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     phi = {k: v.unsqueeze(1) for k, v in phi.items()} if per_seed_phi else phi
     horizon = max([cfg.steps, *cfg.horizons])
     record = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
+    count = _StepCounter(progress, 2 * horizon)
     runs = {
-        "learned": fit(family, learned_objective(family, spec, phi), theta, data, horizon, opt, record),
-        "mse": fit(family, family.plain_loss, theta, data, horizon, opt, record),
+        "learned": fit(family, count(learned_objective(family, spec, phi)), theta, data, horizon, opt, record),
+        "mse": fit(family, count(family.plain_loss), theta, data, horizon, opt, record),
     }
     idx = {k: i for i, k in enumerate(record)}
     curve_rows = [idx[k] for k in range(cfg.steps + 1)]
@@ -78,6 +81,26 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
             row["heldout_ratio_per_seed"] = json_clean(per_seed.tolist())
         report["horizon"].append(row)
     return report
+
+
+class _StepCounter:
+    """Wraps the objectives ``fit`` calls once per SGD step, to report steps done (every 1%)."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+        self.every = max(1, total // 100)
+
+    def __call__(self, objective):
+        if self.progress is None:
+            return objective
+
+        def counted(theta, data):
+            self.done += 1
+            if self.done % self.every == 0 or self.done == self.total:
+                self.progress(self.done, self.total)
+            return objective(theta, data)
+
+        return counted
 
 
 def _ratio(a, b):

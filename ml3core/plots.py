@@ -13,9 +13,14 @@ import numpy as np  # noqa: E402
 LEARNED, PLAIN, SHAPED = "tab:blue", "tab:orange", "tab:green"
 
 
-def _png(fig) -> bytes:
+def _png(fig, caption: str | None = None) -> bytes:
+    """The figure as PNG; ``caption`` goes under the axes (what the band is, what was trained)."""
     buf = io.BytesIO()
-    fig.tight_layout()
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=7.5, color="dimgray", wrap=True, ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.03 + 0.03 * caption.count("\n"), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
@@ -29,7 +34,17 @@ def _band(ax, x, rows, color, label):
         ax.fill_between(x, np.nanmin(a, 0), np.nanmax(a, 0), color=color, alpha=0.2)
 
 
-def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout") -> bytes:
+def optimizee_text(model: dict | None) -> str:
+    """{"model_hidden": [40, 40], "model_activation": "relu"} -> "hidden [40, 40], activation relu"."""
+    return ", ".join(f"{k if k == 'model' else k.removeprefix('model_')} {v}" for k, v in (model or {}).items())
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
+def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout",
+                      model: dict | None = None) -> bytes:
     """Review Fig. 2, and the same on meta-validation tasks: MSE after ``eval_steps`` SGD steps
     with L_phi at each meta-train iteration (band over seeds), against plain MSE training."""
     groups = list(history["eval"])
@@ -46,11 +61,15 @@ def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout
         ax.set_ylabel(f"{metric.replace('_', ' ')} after {eval_steps} steps")
         ax.set_title(titles.get(group, group))
         ax.legend()
-    return _png(fig)
+    seeds = len(history["eval"][groups[0]][metric][0])
+    tested = f"\nOptimizee trained: {optimizee_text(model)}." if model else ""
+    return _png(fig, f"Each point: fresh models trained {eval_steps} SGD steps with L_φ of that iteration. Line: mean "
+                     f"over {_seeds(seeds)} (each the mean over its tasks); band: min-max over seeds.{tested}")
 
 
 def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Meta-test tasks") -> bytes:
-    """Review Fig. 3: test-task MSE per SGD step, learned loss (band over seeds) against MSE."""
+    """Review Fig. 3: test-task MSE per SGD step, learned loss (band over seeds) against MSE. The
+    caption says what the band is and, where the report names it, which optimizee was trained."""
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(report["steps"] + 1)
     names = {"learned": ("learned loss", LEARNED), "mse": ("MSE", PLAIN), "shaped": ("shaped loss", SHAPED)}
@@ -61,7 +80,19 @@ def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Me
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title)
     ax.legend()
-    return _png(fig)
+    return _png(fig, meta_test_caption(report))
+
+
+def meta_test_caption(report: dict) -> str:
+    """What the line and band of a meta-test figure are, and what was trained (as far as the report says)."""
+    first = next(iter(report["curves"].values()), {})  # {metric: one row per seed}
+    seeds = len(report.get("seed_ids") or next(iter(first.values()), []))
+    tasks = f" of the mean over {report['tasks']} new tasks" if "tasks" in report else ""
+    caption = f"Line: mean over {_seeds(seeds)}{tasks}; band: min-max over seeds."
+    if "lr" in report:
+        caption += f" Plain SGD from the same initial models, lr {report['lr']:g}."
+    tested = (report.get("optimizee") or {}).get("meta_test")
+    return caption + (f"\nOptimizee tested: {optimizee_text(tested)}." if tested else "")
 
 
 def landscape_figure(data: dict) -> bytes:

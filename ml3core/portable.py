@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import urllib.error
 import urllib.request
 import zipfile
 
@@ -48,7 +49,8 @@ FORMS = ("net", "weighted_se")
 
 
 class LossBundleError(ValueError):
-    """A bundle that cannot be read: missing file, bad format, or weights that fail their checksum."""
+    """A bundle that cannot be read: missing file, bad format, weights that fail their checksum, or a
+    URL that answers with an error (the message carries the server's problem detail)."""
 
 
 def loss_features(arch: dict, pred, target, x=None):
@@ -110,8 +112,9 @@ class LearnedLoss(torch.nn.Module):
     """A learned loss as a torch module. Its weights are buffers: they move with
     ``.to(device)`` but are never picked up by your optimizer.
 
-    raw_units: divide pred, target and x by the bundle's ``input_scales`` (what meta-training
-    divided them by) before the network sees them; a bundle without scales saw raw values."""
+    raw_units: subtract the bundle's ``input_offsets`` from pred, target and x and divide them by
+    its ``input_scales`` (what meta-training did: a data set's standardisation, a robot's torque
+    scale) before the network sees them; a bundle without them saw raw values."""
 
     def __init__(self, params: dict, spec: dict, raw_units: bool = False):
         super().__init__()
@@ -120,17 +123,21 @@ class LearnedLoss(torch.nn.Module):
         self._names = sorted(params)
         for i, name in enumerate(self._names):
             self.register_buffer(f"p{i}", params[name].detach().clone())
-        scales = spec.get("input_scales") if raw_units else None
-        self._scaled = sorted(scales or {})
-        for name in self._scaled:
-            want = self.arch.get("x_dim" if name == "x" else "pred_dim", 1)
-            try:
-                value = torch.as_tensor(scales[name], dtype=torch.float32)
-            except (TypeError, ValueError, RuntimeError):
-                value = torch.zeros(0)
-            if name not in ("pred", "target", "x") or value.shape != (want,) or not bool((value > 0).all()):
-                raise LossBundleError(f"input_scales.{name}: expected {want} positive numbers")
-            self.register_buffer(f"scale_{name}", value)
+        self._units = {}  # name -> which of "offset", "scale" apply
+        for key, kind in (("input_offsets", "offset"), ("input_scales", "scale")):
+            given = spec.get(key) if raw_units else None
+            for name in sorted(given or {}):
+                want = self.arch.get("x_dim" if name == "x" else "pred_dim", 1)
+                try:
+                    value = torch.as_tensor(given[name], dtype=torch.float32)
+                except (TypeError, ValueError, RuntimeError):
+                    value = torch.zeros(0)
+                ok = name in ("pred", "target", "x") and value.shape == (want,) and bool(torch.isfinite(value).all())
+                if not ok or (kind == "scale" and not bool((value > 0).all())):
+                    what = "positive" if kind == "scale" else "finite"
+                    raise LossBundleError(f"{key}.{name}: expected {want} {what} numbers")
+                self.register_buffer(f"{kind}_{name}", value)
+                self._units.setdefault(name, []).append(kind)
 
     @property
     def trained_for(self) -> dict:
@@ -160,7 +167,12 @@ class LearnedLoss(torch.nn.Module):
         return out
 
     def _unscale(self, name: str, value):
-        return value if value is None or name not in self._scaled else value / getattr(self, f"scale_{name}")
+        kinds = self._units.get(name, ()) if value is not None else ()
+        if "offset" in kinds:
+            value = value - getattr(self, f"offset_{name}")
+        if "scale" in kinds:
+            value = value / getattr(self, f"scale_{name}")
+        return value
 
     def extra_repr(self) -> str:
         a = self.arch
@@ -189,9 +201,7 @@ def read_bundle_files(source) -> dict:
         url = source.rstrip("/")
         if not url.endswith("/artifact"):
             url += "/artifact"
-        req = urllib.request.Request(url, headers=_auth_headers())
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return _read_zip(resp.read())
+        return _read_zip(_fetch(url))
     if os.path.isdir(source):
         files = {}
         for name in (WEIGHTS_FILE, SPEC_FILE):
@@ -205,6 +215,27 @@ def read_bundle_files(source) -> dict:
         raise LossBundleError(f"{source}: no such bundle directory, zip or URL")
     with open(source, "rb") as f:
         return _read_zip(f.read())
+
+
+def _fetch(url: str) -> bytes:
+    """GET a bundle zip; a failure names the URL and passes on the server's problem detail."""
+    req = urllib.request.Request(url, headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            problem = json.loads(body)
+            detail = f"{problem.get('code', e.reason)}: {problem.get('detail')}"
+        except (ValueError, AttributeError):
+            detail = body.decode(errors="replace")[:200] or str(e.reason)
+        error = LossBundleError(f"GET {url}: {e.code} {detail}")
+        error.status = e.code
+        raise error from None
+    except (urllib.error.URLError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise LossBundleError(f"GET {url}: cannot reach the server ({reason}): is it running there?") from None
 
 
 def _auth_headers() -> dict:

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
-from ml3core import ConfigError, load_loss
+from ml3core import ConfigError, LossBundleError, load_loss
 from ml3core.api import parse_spec
 
 ML3 = os.path.join(os.path.dirname(sys.executable), "ml3")
@@ -74,7 +75,9 @@ def test_cli_train_sine_writes_bundles_report_and_figures(tmp_path):
          "--set", "task.points=30", "--out", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "meta-train" in proc.stderr and "published loss" in proc.stdout
+    assert "published loss" in proc.stdout
+    for line in ("meta-train 10/10", "meta-test 40/40", "figures 1/1"):  # every phase reports its end
+        assert line in proc.stderr, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["spec"]["task"]["points"] == 30
     assert report["history"]["iteration"] == [0, 5, 10]
@@ -93,3 +96,40 @@ def test_cli_rejects_a_bad_setting_with_exit_2(tmp_path):
     proc = subprocess.run([ML3, "train", "sine", "--inner-steps", "0", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "inner_steps" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list"], ["losses", "list"], ["jobs", "watch", "1"],
+                                  ["jobs", "submit", "--family", "sine"], ["datasets", "list"]])
+def test_cli_against_a_closed_port_is_one_line_naming_the_url(argv):
+    port = free_port()  # nothing listens there
+    proc = subprocess.run([ML3, *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ML3_SERVER": f"http://127.0.0.1:{port}"})
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"http://127.0.0.1:{port}/v1/" in lines[0] and "ml3 serve" in lines[0] and "ML3_SERVER" in lines[0]
+
+
+def test_progress_bar_starts_a_line_per_phase_and_ends_each():
+    import io
+
+    from app.progress import Progress
+
+    out = io.StringIO()  # not a terminal: a phase's first and last line, and one every 5 s between
+    bar = Progress("job 3", out)
+    for done in range(0, 11):
+        bar(done, 10, {"meta_loss": 0.5}, phase="meta-train")
+    for done in (0, 50, 100):
+        bar(done, 100, phase="meta-test")
+    lines = out.getvalue().splitlines()
+    assert [line.split()[:4] for line in lines] == [["job", "3", "meta-train", "0/10"],
+                                                   ["job", "3", "meta-train", "10/10"],
+                                                   ["job", "3", "meta-test", "0/100"],
+                                                   ["job", "3", "meta-test", "100/100"]]
+    assert "meta_loss=0.5" in lines[1]
+
+
+def test_load_loss_from_a_closed_port_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}/v1/losses/x"
+    with pytest.raises(LossBundleError, match=f"GET {url}/artifact: cannot reach the server"):
+        load_loss(url)

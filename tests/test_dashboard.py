@@ -117,6 +117,20 @@ def test_a_name_is_escaped_in_the_page(client):
     assert "<img src=x onerror" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+def test_api_docs_reference_no_external_host(client):
+    """/docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline), not a CDN."""
+    import re
+
+    for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(path).text
+        refs = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+        assert any(r.endswith(asset) for r in refs), (path, refs)
+        assert all(r.startswith("/") for r in refs), (path, refs)  # same host, every one
+        assert not re.search(r"https?://", html), path
+        for ref in refs:
+            assert client.get(ref).status_code == 200, ref
+
+
 # -- in a browser ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():
@@ -193,14 +207,19 @@ def test_submit_watch_inspect_evaluate_download(page, server):
                     "eval_steps": 10, "meta_test": {"steps": 10, "horizons": [10]},
                     "register_as": "browser-sine"}
 
-    # curves with a band over the two seeds, the figures, the horizon report
+    # curves with a band over the two seeds, the horizon report; the PNGs of those curves only as links
+    # (one picture per result)
     chart = page.locator('[data-curve="validation.mse_heldout"] svg')
     chart.wait_for()
     assert chart.locator("path[fill-opacity]").count() >= 1  # the seed band
     page.locator("#horizon tbody tr").first.wait_for()
     assert page.locator("#horizon tbody tr").count() == 1
-    page.wait_for_function("""() => { const imgs = [...document.querySelectorAll('img[data-figure]')];
-        return imgs.length >= 2 && imgs.every(img => img.complete && img.naturalWidth > 0); }""")
+    page.locator("#figure-links a").first.wait_for()
+    links = page.locator("#figure-links a[data-figure-link]")
+    assert sorted(links.nth(i).get_attribute("data-figure-link") for i in range(links.count())) == [
+        "meta_test.png", "meta_train.png"]
+    assert page.locator("img[data-figure]").count() == 0
+    assert page.locator("#metatest .chart-card").count() >= 1
     shot(page, "dashboard-job.png")
 
     page.locator("#result-loss").click()
@@ -235,6 +254,34 @@ def test_submit_watch_inspect_evaluate_download(page, server):
     assert sorted(zipfile.ZipFile(io.BytesIO(data)).namelist()) == ["loss.json", "loss.safetensors"]
     assert load_loss(data).spec["weights_sha256"] == loss_fn.spec["weights_sha256"]
     shot(page, "dashboard-loss.png")
+
+
+def test_api_docs_render_with_no_network(browser, server):
+    """Swagger UI and ReDoc draw the API in Chromium while every request to another host fails."""
+    context = browser.new_context()
+    outside = []
+
+    def only_local(route):
+        if route.request.url.startswith(server.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", only_local)
+    p = context.new_page()
+    errors = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        p.goto(server.url + "/docs")
+        p.locator(".swagger-ui .opblock-summary-path", has_text="/v1/jobs").first.wait_for(timeout=30_000)
+        assert p.locator(".swagger-ui .opblock").count() > 20
+        shot(p, "api-docs.png")
+        p.goto(server.url + "/redoc")
+        p.locator("h2", has_text="Submit a meta-train job").first.wait_for(timeout=30_000)
+        shot(p, "api-redoc.png")
+    finally:
+        context.close()
+    assert outside == [] and errors == [], (outside, errors)
 
 
 def test_alias_tag_and_the_key_sent_with_every_request(page, server):

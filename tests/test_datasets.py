@@ -213,7 +213,11 @@ def test_delete_is_refused_while_a_job_uses_the_data_set(client, settings, Sessi
     assert assert_problem(client.delete(f"/v1/datasets/{d['id']}"), 409)["jobs"] == [mt["id"]]
     client.post(f"/v1/jobs/{mt['id']}/cancel")
 
-    assert client.delete(f"/v1/datasets/{d['id']}").status_code == 204
+    # a registered loss was meta-trained on it: deleting it needs force, and the answer names the loss
+    body = assert_problem(client.delete(f"/v1/datasets/{d['id']}"), 409, "dataset_used_by_losses")
+    assert body["losses"] == [loss_id] and loss_id in body["detail"] and "force=true" in body["detail"]
+    assert client.get(f"/v1/datasets/{d['id']}").status_code == 200  # nothing changed
+    assert client.delete(f"/v1/datasets/{d['id']}", params={"force": "true"}).status_code == 204
     assert_problem(client.get(f"/v1/datasets/{d['id']}"), 404)
     assert_problem(client.delete(f"/v1/datasets/{d['id']}"), 404)
     # the loss stays; a meta-test on the deleted data set is refused; its landscape needs no data
@@ -222,6 +226,11 @@ def test_delete_is_refused_while_a_job_uses_the_data_set(client, settings, Sessi
     # ids are never reused, so a stored loss never names someone else's data
     again = client.post("/v1/datasets", content=npz(**tasks_npz()), params={"format": "npz"}).json()
     assert again["id"] > d["id"]
+    # and another data set of the same shape meta-tests it
+    spec = {"task": {"dataset": again["id"]}, "tasks": 2, "steps": 2, "horizons": [2]}
+    mt = client.post(f"/v1/losses/{loss_id}/meta-test", json=spec)
+    assert mt.status_code == 202, mt.text
+    assert run_job(mt.json()["id"], "runner-a", settings) == "succeeded"
 
 
 # -- the migration on both databases ------------------------------------------------------------------
@@ -254,7 +263,7 @@ def check_database(url: str, tmp_path) -> None:
         spec = {"task": {"family": "dataset", "dataset": d["id"], "model_hidden": [4]}, **SMALL}
         job = c.post("/v1/jobs", json=spec).json()
         assert run_job(job["id"], "runner-db", settings) == "succeeded"
-        assert c.delete(f"/v1/datasets/{d['id']}").status_code == 204
+        assert c.delete(f"/v1/datasets/{d['id']}", params={"force": "true"}).status_code == 204
     migrate(url, "downgrade", "0002")
     assert "datasets" not in tables(url)
     migrate(url, "upgrade", "head")

@@ -178,3 +178,28 @@ def test_meta_test_on_tasks_the_loss_cannot_read_is_refused():
     b = bundle_of({"task": {"family": "dataset", "dataset": "toy"}})  # (pred, target) per output: any data
     r, _ = run_meta_test(b, {"task": {"dataset": "toy-wide"}, "tasks": 2, "steps": 2, "horizons": [2]})
     assert r["data"]["inputs"] == ["x1", "x2", "x3", "x4", "x5"]
+
+
+def test_a_data_set_loss_carries_its_standardisation_and_takes_raw_units():
+    """The bundle keeps the meta-train tasks' means and stds; raw_units=True applies them, so the
+    loss of raw targets and inputs equals the loss of the standardised ones it was trained on."""
+    from ml3core import load_loss
+
+    bundle = bundle_of({"task": {"family": "dataset", "dataset": "toy", "model_hidden": [8]},
+                        "loss": {"inputs": ["pred", "target", "x"]}})
+    norm = family().describe()["normalization"]
+    assert bundle.spec["input_scales"] == {"pred": norm["y_std"], "target": norm["y_std"], "x": norm["x_std"]}
+    assert bundle.spec["input_offsets"] == {"pred": norm["y_mean"], "target": norm["y_mean"], "x": norm["x_mean"]}
+    p = family().prepared
+    rows = torch.cat([torch.cat(family().rows_of(t)) for t in p.tasks["test"]])
+    x, y = p.data.x[rows].float(), p.data.y[rows].float()  # raw units
+    xn, yn = p.x[rows].float(), p.y[rows].float()  # what L_phi saw at meta-training
+    pred = y + torch.randn(y.shape, generator=torch.Generator().manual_seed(0)) * y.std(0)
+    pred_n = (pred - torch.tensor(norm["y_mean"])) / torch.tensor(norm["y_std"])
+    raw, plain = load_loss(bundle.to_zip(), raw_units=True), load_loss(bundle.to_zip())
+    for reduction in ("mean", "none"):
+        assert torch.allclose(raw(pred, y, x, reduction=reduction), plain(pred_n, yn, xn, reduction=reduction),
+                              rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(plain(pred, y, x), plain(pred_n, yn, xn), rtol=1e-2)  # the units do matter
+    unnormalised = bundle_of({"task": {"family": "dataset", "dataset": "toy", "model_hidden": [8], "normalize": False}})
+    assert "input_scales" not in unnormalised.spec and "input_offsets" not in unnormalised.spec

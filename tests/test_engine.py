@@ -184,3 +184,16 @@ def test_baseline_init_needs_a_form_that_contains_the_baseline():
         LossSpec(init="baseline")  # form net cannot start at MSE
     with pytest.raises(ConfigError, match="loss.init"):
         LossSpec(form="weighted_se", inputs=["target"], output="softplus", bias=False, init="baseline")
+
+
+def test_meta_test_figure_caption_names_the_band_and_the_optimizee():
+    from ml3core.plots import meta_test_caption
+
+    report = {"seed_ids": [0, 1, 2], "tasks": 4, "lr": 0.001, "curves": {},
+              "optimizee": {"meta_test": {"model_hidden": [40, 40], "model_activation": "tanh"}}}
+    caption = meta_test_caption(report)
+    assert "mean over 3 seeds of the mean over 4 new tasks" in caption and "band: min-max over seeds" in caption
+    assert "Optimizee tested: hidden [40, 40], activation tanh." in caption and "lr 0.001" in caption
+    report["curves"] = {"learned": {"mse_heldout": [[1.0], [2.0], [3.0]]}}
+    assert "Optimizee" not in meta_test_caption({**report, "optimizee": None})
+    assert meta_test_caption({"curves": report["curves"]}) == "Line: mean over 3 seeds; band: min-max over seeds."

@@ -214,7 +214,7 @@ def test_prior_shaped_loss_on_the_two_link_arm():
     steps) agrees on the inertia (0.60 vs 0.77 plain, 0.79 MSE-shaped) and is worse on torques
     (7.9 vs 0.29: the prior alone never asks for the gravity torques).
     """
-    from ml3core.tasks.inverse_dynamics import VARIANT_LABELS, experiment
+    from ml3core.experiments.inverse_dynamics import VARIANT_LABELS, experiment
 
     out = experiment(CLAIM_SPEC, ("prior", "mse"))
     final = out["summary"]["final"]
@@ -242,7 +242,9 @@ def test_cli_train_and_experiment(tmp_path, capsys):
     assert main(["experiment", "inverse-dynamics", "--robot", "2link", "--variants", "mse,prior",
                  "--out", str(tmp_path / "fig"), *TINY]) == 0
     assert (tmp_path / "fig" / "figure7.png").read_bytes().startswith(b"\x89PNG")
-    assert "L_φ learned with the prior" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "L_φ learned with the prior" in captured.out
+    assert "meta-test prior 6/6" in captured.err and "meta-test mse 6/6" in captured.err  # each meta-test reports
     assert main(["experiment", "inverse-dynamics", "--robot", "3link", "--out", str(tmp_path / "bad"), *TINY]) == 2
 
 

@@ -42,10 +42,11 @@ def loss(Session):
 
 # -- the auth matrix: every write route of the app -----------------------------------------------------
 def write_routes(client) -> list[tuple[str, str, str]]:
-    """(method, path, scope) of every operation but GET under /v1, as the OpenAPI document says."""
+    """(method, path, scope) of every operation but GET and HEAD (reads) under /v1, as the OpenAPI document says."""
     paths = client.get("/openapi.json").json()["paths"]
     return sorted((m.upper(), p, op["security"][-1]["HTTPBearer"][0] if op.get("security") else "none")
-                  for p, ops in paths.items() if p.startswith("/v1") for m, op in ops.items() if m != "get")
+                  for p, ops in paths.items() if p.startswith("/v1")
+                  for m, op in ops.items() if m not in ("get", "head"))
 
 
 READ_POSTS = {("POST", "/v1/losses/{loss_id}/evaluate")}  # evaluate computes, it stores nothing

@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 import torch
-from conftest import PROBLEM_KEYS, ROOT, SMALL, Server, wait_for
+from conftest import PROBLEM_KEYS, ROOT, SMALL, TINY, Server, wait_for
 
 from app.client import ApiError, Client
 from ml3core import load_loss
@@ -35,7 +36,15 @@ def test_sse_follows_a_job_to_success(trained):
     kinds = [e for _, e, _ in events]
     statuses = [d["status"] for _, e, d in events if e == "status"]
     assert statuses == ["queued", "running", "succeeded"]
-    assert [d["completed"] for _, e, d in events if e == "progress"] == [5, 10, 15, 20]
+    progress = [d for _, e, d in events if e == "progress"]
+    assert [d["completed"] for d in progress if d["phase"] == "meta-train"] == [5, 10, 15, 20]
+    phases = [d["phase"] for d in progress]  # every phase after meta-training reports too, in order
+    assert sorted(set(phases), key=phases.index) == ["meta-train", "meta-test", "figures"]
+    test = [d for d in progress if d["phase"] == "meta-test"]  # SGD steps of both runs to the longest horizon
+    assert test[-1] == {"completed": 40, "total": 40, "unit": "steps", "phase": "meta-test"}
+    assert [d["completed"] for d in test] == sorted(d["completed"] for d in test)
+    assert job["progress"] == {"completed": 20, "total": 20, "unit": "iterations"}
+    assert 0 < job["metrics"]["meta_train_seconds"] and job["metrics"]["phase"] == "figures"
     assert kinds.count("metrics") == 2
     assert [i for i, _, _ in events] == sorted(i for i, _, _ in events)
 
@@ -59,6 +68,7 @@ def test_meta_test_job(c, trained):
     job = c.meta_test("e2e", tasks=3, steps=20, horizons=[10, 20], seeds=2)
     job = c.wait(job["id"], progress=False, timeout=300)
     assert job["status"] == "succeeded" and job["kind"] == "meta-test"
+    assert job["progress"] == {"completed": 40, "total": 40, "unit": "steps"}  # SGD steps of both runs to 20
     report = c.report(job["id"])
     assert set(report["curves"]) == {"learned", "mse"}
     assert {"mse_train", "mse_heldout"} <= set(report["curves"]["learned"])
@@ -87,6 +97,66 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
     rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [0, 3, 15, 30]
     assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+
+
+def test_cli_submit_wait_reports_every_phase(server, tmp_path):
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    out = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "submit", "--spec", str(spec), "--wait",
+                          "--server", server.url], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "succeeded"
+    job = json.loads(out.stdout)["id"]
+    for line in (f"job {job} meta-train 2/2", f"job {job} meta-test 4/4", f"job {job} figures 1/1"):
+        assert line in out.stderr, out.stderr  # not a full bar at the end of meta-training, then silence
+
+
+def test_head_on_downloads_gives_the_headers_without_the_body(server, trained):
+    job = trained[0]
+    for path in ("/v1/losses/e2e/artifact", f"/v1/jobs/{job['id']}/report",
+                 f"/v1/jobs/{job['id']}/figures/meta_test.png"):
+        got, head = httpx.get(server.url + path), httpx.head(server.url + path)
+        assert got.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and int(head.headers["content-length"]) == len(got.content) > 0, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    head, got = httpx.head(server.url + "/v1/losses/e2e/artifact"), httpx.get(server.url + "/v1/losses/e2e/artifact")
+    assert (head.headers["etag"], head.headers["x-loss-id"]) == (got.headers["etag"], got.headers["x-loss-id"])
+    assert httpx.head(server.url + "/v1/losses/nope/artifact").status_code == 404
+
+
+def test_cli_lists_are_headed_tables(server, trained):
+    def ml3(*argv):
+        out = subprocess.run([sys.executable, "-m", "app.cli", *argv, "--server", server.url], capture_output=True,
+                             text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [line.split() for line in out.stdout.splitlines()]
+
+    jobs = ml3("jobs", "list")
+    assert jobs[0] == ["ID", "KIND", "STATUS", "PHASE", "PROGRESS", "LOSS"]
+    assert [str(trained[0]["id"]), "meta-train", "succeeded", "20/20", "iterations", "e2e:1"] in jobs[1:]
+    losses = ml3("losses", "list")
+    assert losses[0] == ["NAME", "LATEST", "ALIASES"] and losses[1][0] == "e2e"
+
+
+def test_cli_problem_is_one_line_with_the_detail_and_the_request(server, trained):
+    out = subprocess.run([sys.executable, "-m", "app.cli", "losses", "pull", "nope", "--server", server.url],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    detail = httpx.get(f"{server.url}/v1/losses/nope/artifact").json()["detail"]
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"ml3: 404 not_found: {detail} (GET {server.url}/v1/losses/nope/artifact)"]
+
+
+def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trained):
+    url = f"{server.url}/v1/losses/nope"
+    problem = httpx.get(f"{url}/artifact").json()
+    load = subprocess.run([sys.executable, "-c", f"from ml3core import load_loss; load_loss({url!r})"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert load.returncode != 0
+    assert f"LossBundleError: GET {url}/artifact: 404 {problem['code']}: {problem['detail']}" in load.stderr
+    example = subprocess.run([sys.executable, "examples/downstream_training.py", "--server", server.url],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)  # no --loss: the README's
+    assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
+    assert "/v1/losses/my-loss/artifact: 404" in example.stderr and "--register-as my-loss" in example.stderr
 
 
 def test_bad_inputs_are_problems_and_change_nothing(server, c, trained):

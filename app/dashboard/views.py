@@ -19,8 +19,8 @@ from ml3core.losses import LossSpec
 from ml3core.metatest import MetaTestConfig
 from ml3core.tasks import FAMILIES
 
-from ..cli import TRAIN_FLAGS
 from ..errors import not_found
+from ..spec_flags import TRAIN_FLAGS
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"

@@ -15,7 +15,7 @@ import io
 
 import torch
 
-from . import Robot
+from .base import Robot
 
 INSTALL = ("pip install --no-deps differentiable-robot-model==0.2.3 urdf-parser-py "
            "&& pip install numpy pyyaml lxml")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import Robot
+from .base import Robot
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,11 @@ class TaskFamily:
         take unscaled values. None: L_phi saw raw values."""
         return None
 
+    def input_offsets(self) -> dict | None:
+        """What was subtracted from L_phi's inputs before the division by ``input_scales`` (a
+        standardisation's means), in the same form. None: nothing."""
+        return None
+
     def figures(self, spec, params: dict, report: dict) -> dict:
         """Extra figures (name -> PNG bytes) a family adds to a finished job."""
         return {}

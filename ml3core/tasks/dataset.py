@@ -285,6 +285,21 @@ class DatasetFamily(TaskFamily):
                 out["y" + key].append(p.y[rows])
         return {k: torch.stack(v) for k, v in out.items()}
 
+    def input_scales(self) -> dict | None:
+        """The standardisation's stds: a bundle keeps them, so ``load_loss(..., raw_units=True)``
+        takes targets and inputs in the data set's own units."""
+        return self._standardisation("std")
+
+    def input_offsets(self) -> dict | None:
+        return self._standardisation("mean")
+
+    def _standardisation(self, stat: str) -> dict | None:
+        norm = self.prepared.norm
+        if not norm:
+            return None
+        out = {"pred": norm.get(f"y_{stat}"), "target": norm.get(f"y_{stat}"), "x": norm.get(f"x_{stat}")}
+        return {k: v for k, v in out.items() if v is not None} or None
+
     # -- what the service shows ----------------------------------------------------------------------
     def describe(self) -> dict:
         """Which tasks are in which split and the standardisation L_phi was trained under."""

@@ -4,7 +4,9 @@ A meta-train job names one with ``{"task": {"family": "dataset", "dataset": ID}}
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 
@@ -95,8 +97,12 @@ def show(db: DB, dataset_id: Id) -> dict:
     return out
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a data set (409 while a job uses it)")
-def remove(db: DB, key: AdminKey, dataset_id: Id) -> Response:
+@router.delete("/{dataset_id}", status_code=204,
+               summary="Delete a data set (409 while a job uses it, or a registered loss without force)")
+def remove(db: DB, key: AdminKey, dataset_id: Id,
+           force: Annotated[bool, Query(description="delete even though registered losses were trained on it: "
+                                        "they stay usable, but can be meta-tested only on another data set")] = False,
+           ) -> Response:
     # locked until the commit: a job submitted meanwhile waits, then finds no data set (422); one
     # submitted before has committed when the lock is granted, and is among the users
     if not lock_row(db, Dataset, dataset_id):
@@ -105,6 +111,12 @@ def remove(db: DB, key: AdminKey, dataset_id: Id) -> Response:
     if users:
         raise Problem(409, "dataset_in_use", f"data set {dataset_id} is used by queued or running jobs {users}; "
                       "cancel them or wait until they end", jobs=users)
+    losses = datasets.losses_using(db, dataset_id)
+    if losses and not force:  # the registry keeps every loss: the data set is what re-checks them
+        shown = ", ".join(losses[:10]) + (f" and {len(losses) - 10} more" if len(losses) > 10 else "")
+        raise Problem(409, "dataset_used_by_losses",
+                      f"data set {dataset_id} meta-trained the registered losses {shown}; without it they can "
+                      "be meta-tested only on another data set. Delete it anyway with ?force=true", losses=losses)
     db.execute(delete(Dataset).where(Dataset.id == dataset_id))
     db.commit()
     return Response(status_code=204)

@@ -35,6 +35,7 @@ from ...models import (
 )
 from ...schemas import JobSpec, job_json
 from ..deps import DB, READ, Id, PageDep, SubmitKey
+from ..head import head_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 log = logging.getLogger("ml3.api")
@@ -187,6 +188,16 @@ def figure(db: DB, job_id: Id, name: str) -> Response:
     if not name.endswith(".png"):
         raise not_found(f"figure {name!r}")
     return Response(_file(db, job_id, name).data, media_type="image/png")
+
+
+@router.head("/{job_id}/report", summary="The report's headers (Content-Length), no body")
+def report_head(db: DB, job_id: Id) -> Response:
+    return head_of(report(db, job_id))
+
+
+@router.head("/{job_id}/figures/{name}", summary="A figure's headers (Content-Length), no body")
+def figure_head(db: DB, job_id: Id, name: str) -> Response:
+    return head_of(figure(db, job_id, name))
 
 
 def _sse(event: JobEvent) -> str:

@@ -24,6 +24,7 @@ from ...evaluate import evaluate, to_tensor, torch_threads
 from ...models import META_TEST, Loss, LossAlias, LossVersion
 from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagRequest, iso, version_json
 from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_query
+from ..head import head_of
 from .jobs import IdempotencyKey, create_job
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
@@ -241,6 +242,12 @@ def artifact(db: DB, loss_id: str, if_none_match: Annotated[str | None, Header()
     data = registry.load_bundle(db, r.id).to_zip()
     headers["Content-Disposition"] = f'attachment; filename="{r.name}-v{r.version}.zip"'
     return Response(data, media_type="application/zip", headers=headers)
+
+
+@router.head("/{loss_id}/artifact", summary="The bundle's headers (ETag, Content-Length, X-Loss-Id), no body",
+             response_class=Response, responses={200: {"content": {"application/zip": {}}}, 304: {}})
+def artifact_head(db: DB, loss_id: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    return head_of(artifact(db, loss_id, if_none_match))
 
 
 LANDSCAPE_QUERY = {"targets", "lo", "hi", "points", "x", "format"}

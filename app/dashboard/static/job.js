@@ -5,6 +5,7 @@
   const { $, el, api, num, duration, runTime, when, FINAL } = ml3;
   const id = $("#job").dataset.jobId;
   let job = null;
+  let trainSeconds = null;  // how long meta-training took, once a later phase (meta-test, figures) began
   const curves = new Map();  // "group.metric" -> {x: [iteration], rows: [[value per seed]], baseline: [per seed]}
   const GROUPS = { train_task: "meta-train task", validation: "meta-validation tasks" };
 
@@ -19,13 +20,16 @@
     return plan.join(" · ");
   }
 
+  // a running training job past meta-training shows its current phase (meta-test, figures) instead
   function renderProgress() {
-    const p = job.progress;
+    const later = job.status === "running" && job.phase ? job.phase : null;
+    const p = later || job.progress;
     const pct = ml3.setProgress($("#progress"), p.completed, p.total);
-    $("#progress-text").textContent = `${p.completed} / ${p.total} ${p.unit} · ${pct}%`;
+    const phase = p.phase && (later || job.kind === "meta-test") ? `${p.phase}: ` : "";
+    $("#progress-text").textContent = `${phase}${p.completed} / ${p.total} ${p.unit} · ${pct}%`;
     const t = runTime(job);
     let eta = "";
-    if (job.status === "running" && p.completed > 0 && p.completed < p.total && t) {
+    if (!later && job.status === "running" && p.completed > 0 && p.completed < p.total && t) {
       eta = `about ${duration((t / p.completed) * (p.total - p.completed))} left`;
     }
     $("#progress-eta").textContent = eta;
@@ -41,7 +45,8 @@
       fact("Finished", when(job.finished_at)),
       fact("Run time", duration(t)),
     ];
-    if (t && p.completed && job.kind === "meta-train") items.push(fact("Speed", `${num(p.completed / t)} it/s`));
+    const trained = trainSeconds || t;  // speed of meta-training only
+    if (trained && p.completed && job.kind === "meta-train") items.push(fact("Speed", `${num(p.completed / trained)} it/s`));
     if (m.meta_loss !== undefined) items.push(fact("Meta-loss", num(m.meta_loss)));
     if (job.attempts > 1) items.push(fact("Attempts", job.attempts));
     if (job.checkpoint) items.push(fact("Checkpoint", `iteration ${job.checkpoint}`));
@@ -72,6 +77,7 @@
   async function load() {
     try {
       job = await api(`/v1/jobs/${id}`);
+      trainSeconds = (job.metrics && job.metrics.meta_train_seconds) || trainSeconds;
     } catch (e) {
       $("#job-error").hidden = false;
       $("#job-error").textContent = e.status === 404 ? `There is no job ${id}.` : `Could not load job ${id}: ${e.message}`;
@@ -172,11 +178,13 @@
     box.hidden = !box.childNodes.length;
   }
 
-  async function showFigures() {
+  // the curves this page draws itself (charted) are not shown again as pictures: a link to each PNG
+  async function showFigures(charted) {
     const figures = (job.links && job.links.figures) || {};
     const box = $("#figures");
     box.textContent = "";
-    for (const [name, url] of Object.entries(figures)) {
+    const links = Object.entries(figures).filter(([name]) => charted(name));
+    for (const [name, url] of Object.entries(figures).filter(([name]) => !charted(name))) {
       const img = el("img", { class: "figure", alt: name, "data-figure": name });
       const card = el("figure", { class: "card" }, img, el("figcaption", { text: name }));
       box.append(card);
@@ -185,7 +193,14 @@
         img.addEventListener("click", () => window.open(img.src, "_blank"));
       }).catch((e) => card.append(el("p", { class: "error-text", text: e.message })));
     }
-    $("#figures-section").hidden = !box.childNodes.length;
+    const pngs = $("#figure-links");
+    pngs.replaceChildren(...(links.length ? ["The curves above as PNG: "] : []), ...links.flatMap(([name, url], i) => [
+      i ? ", " : "", el("a", { href: "#", "data-figure-link": name, text: name, onclick: (e) => {
+        e.preventDefault();
+        ml3.blobUrl(url).then((href) => window.open(href, "_blank"));
+      } })]));
+    pngs.hidden = !links.length;
+    $("#figures-section").hidden = !box.childNodes.length && !links.length;
   }
 
   // metricsShown: the curves came live through the events; otherwise a training job's report has
@@ -204,13 +219,18 @@
       ml3.metaTestSection($("#metatest"), test, note);
     }
     renderResult(report);
-    await showFigures();
+    const drawn = (name) => (name === "meta_train.png" && curves.size > 0)
+      || (test && (name.startsWith("meta_test") || name === "inertia_error.png"));
+    await showFigures(drawn);
   }
 
   // -- live ------------------------------------------------------------------------------------------------
   function onEvent(type, data) {
     if (type === "progress") {
-      job.progress = { ...job.progress, ...data };
+      if (job.kind === "meta-train" && data.phase && data.phase !== "meta-train") {
+        if (trainSeconds === null && job.status === "running") trainSeconds = runTime(job);
+        job.phase = data;
+      } else job.progress = { ...job.progress, ...data };
       if (job.status === "queued") job.status = "running";
       renderProgress();
       renderTimings();

@@ -1,0 +1,88 @@
+"""The review's Fig. 7 (inverse dynamics with a physics prior): one loss meta-trained per task-loss
+variant, each meta-tested against plain torque MSE on the same held-out tasks. Wiring of the layers
+below (api, engine, metatest) lives here, above the task family it runs."""
+
+from __future__ import annotations
+
+from ..api import parse_spec
+from ..config import check
+from ..engine import MetaTrainer
+from ..metatest import meta_test
+from ..tasks.inverse_dynamics import TASK_LOSSES, InverseDynamicsFamily
+
+VARIANT_LABELS = {"mse": "L_φ learned with torque MSE", "prior": "L_φ learned with the prior",
+                  "mixed": "L_φ learned with β·MSE + γ·prior"}
+
+
+def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_phase=None) -> dict:
+    """Meta-train one loss per task-loss variant, meta-test each against plain torque MSE on the
+    same held-out tasks from the same initial models, and draw the curves (review Fig. 7).
+
+    ``spec`` is a job spec (seeds, iterations, ``task`` settings such as the robot); its
+    ``task.task_loss`` is replaced by each variant in turn. Returns {"summary": end points per
+    curve, "reports": meta-test report per variant, "figure": PNG bytes}. ``on_phase(phase, done,
+    total)`` hears of each meta-test's SGD steps (phase "meta-test VARIANT").
+    """
+    spec = dict(spec or {})
+    task = {**spec.pop("task", {}), "family": InverseDynamicsFamily.name}
+    check(len(variants) > 0 and all(v in TASK_LOSSES for v in variants), "variants", f"some of {TASK_LOSSES}")
+    reports = {}
+    for variant in variants:
+        plan = parse_spec({**spec, "task": {**task, "task_loss": variant}})
+        cfg = plan.train
+        result = MetaTrainer(plan.family, plan.loss, cfg).run(hooks)
+        progress = (lambda d, t, v=variant: on_phase(f"meta-test {v}", d, t)) if on_phase else None
+        reports[variant] = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test,
+                                     cfg.inner_lr, cfg.device, cfg.dtype, progress=progress)
+    robot = plan.family.config.robot
+    first = reports[variants[0]]
+    plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)] for m, rows in first["curves"]["mse"].items()
+             if all(None not in r for r in rows)}
+    curves = {"MSE": first["curves"]["mse"]}
+    curves.update({VARIANT_LABELS[v]: r["curves"]["learned"] for v, r in reports.items()})
+    summary = {"robot": robot, "steps": first["steps"], "tasks": first["tasks"], "seed_ids": first["seed_ids"],
+               "final": {name: {m: _mean(rows, -1) for m, rows in c.items()} for name, c in curves.items()},
+               "horizon": [{"steps": row["steps"], "MSE": row["mse"],
+                            **{VARIANT_LABELS[v]: r["horizon"][i]["learned"] for v, r in reports.items()}}
+                           for i, row in enumerate(first["horizon"])],
+               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, r) for v, r in reports.items()}}
+    return {"summary": summary, "reports": reports, "figure": _figure7(curves, first["steps"], robot)}
+
+
+def _at_equal_torque(plain: dict, report: dict) -> dict | None:
+    """Plain MSE's inertia error at its first step whose held-out torque MSE is as low as the
+    learned loss's at the end: a loss that merely fits torques more slowly keeps M_theta near its
+    initial value, so an inertia error is only better if it beats this."""
+    target = _mean(report["curves"]["learned"]["mse_heldout"], -1)
+    if target is None or "mse_heldout" not in plain:
+        return None
+    step = next((k for k, v in enumerate(plain["mse_heldout"]) if v <= target), None)
+    return None if step is None else {"step": step, "mse_heldout": plain["mse_heldout"][step],
+                                      "prior_heldout": plain["prior_heldout"][step]}
+
+
+def _mean(rows, index):
+    vals = [r[index] for r in rows if r[index] is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _figure7(curves: dict, steps: int, robot: str) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..plots import LEARNED, PLAIN, SHAPED, _band, _png
+
+    colors = {"MSE": PLAIN, VARIANT_LABELS["mse"]: LEARNED, VARIANT_LABELS["prior"]: SHAPED,
+              VARIANT_LABELS["mixed"]: "tab:purple"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(steps + 1)
+    for ax, metric, label in ((axes[0], "mse_heldout", "torque MSE, held-out trajectories (normalised)"),
+                              (axes[1], "prior_heldout", "inertia error ‖D^-½(M − M_θ)D^-½‖² (held-out)")):
+        for name, c in curves.items():
+            _band(ax, x, c[metric], colors.get(name), "trained with " + name if name == "MSE" else name)
+        ax.set_xlabel("gradient step (meta-test, torques only)")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+    axes[0].set_title(f"Inverse dynamics, {robot}: held-out tasks")
+    axes[1].legend(fontsize=8)
+    return _png(fig)
