@@ -142,6 +142,7 @@ def cmd_jobs_submit(args) -> int:
         if args.wait:
             job = c.wait(job["id"])
         _print(job)
+        _warn(job)
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
 
 
@@ -179,7 +180,14 @@ def cmd_jobs_watch(args) -> int:
     with _client(args) as c:
         job = c.wait(args.id)
         _print({k: job[k] for k in ("id", "status", "progress", "metrics", "error", "result")})
+        _warn(job)
         return 0 if job["status"] == "succeeded" else 1
+
+
+def _warn(job: dict) -> None:
+    """Where a finished job's loss loses to the baseline, or why nothing was published: on stderr."""
+    for warning in (job.get("result") or {}).get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_jobs_cancel(args) -> int:

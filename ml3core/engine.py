@@ -434,7 +434,7 @@ class MetaTrainer:
         result = TrainResult(phi={k: v.detach().cpu().clone() for k, v in self.phi.items()},
                              seed_ids=cfg.seed_ids, history=self.history, iteration=self.iteration,
                              stopped=stopped)
-        if not stopped:
+        if not stopped and self.iteration > 0:  # an untrained phi is not published, so not judged
             result.validation = self.validate()
         return result
 

@@ -10,7 +10,8 @@ from app.execute import run_job
 from app.main import create_app
 
 pytestmark = pytest.mark.integration
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 1, "outer_iterations": 10,
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
+         "outer_iterations": 10,
          "eval_every": 5, "eval_steps": 5, "validation_tasks": 2,
          "meta_test": {"steps": 5, "tasks": 2, "horizons": [5]}}
 

@@ -150,3 +150,36 @@ def test_checkpointed_unroll_gives_the_same_meta_gradient(name):
     for a, b in zip(*grads, strict=True):
         assert a.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_zero_iteration_job_through_the_service_registers_nothing(tmp_path):
+    import threading
+
+    from conftest import wait_for
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
+
+    from app.core.config import Settings
+    from app.db import get_sessionmaker
+    from app.main import create_app
+    from app.models import LossVersion
+    from app.runner import serve
+
+    settings = Settings(data_dir=tmp_path, runner="none", poll_seconds=0.05, lease_seconds=5)
+    spec = {"task": dict(TASK), "loss": dict(WEIGHT), "seeds": 1, "outer_iterations": 0, "eval_steps": 2,
+            "validation_tasks": 1, "meta_test": {"tasks": 1, "steps": 2, "horizons": [2]}, "register_as": "untrained"}
+    with TestClient(create_app(settings)) as c:
+        job_id = c.post("/v1/jobs", json=spec).json()["id"]
+        stop = threading.Event()
+        thread = threading.Thread(target=serve, args=(settings, stop))
+        thread.start()
+        try:
+            job = wait_for(lambda: (j := c.get(f"/v1/jobs/{job_id}").json())["status"] == "succeeded" and j, 120,
+                           "the job to finish")
+        finally:
+            stop.set()
+            thread.join(60)
+        assert job["result"]["loss"] is None and "nothing was published" in job["result"]["warnings"][0]
+        assert c.get("/v1/losses/untrained").status_code == 404
+    with get_sessionmaker(settings.db_url)() as db:
+        assert db.scalar(select(func.count()).select_from(LossVersion)) == 0

@@ -18,7 +18,8 @@ from app.main import create_app
 from app.models import Job, LossVersion
 from app.runner import CeleryRunner, LocalRunner, next_job, serve
 
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 1, "outer_iterations": 10,
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
+         "outer_iterations": 10,
          "eval_every": 10, "eval_steps": 5, "validation_tasks": 2,
          "meta_test": {"steps": 5, "tasks": 2, "horizons": [5]}}
 

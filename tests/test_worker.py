@@ -26,7 +26,8 @@ from app.runner import TASK, CeleryRunner
 
 pytestmark = pytest.mark.integration
 
-SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "seeds": 1, "outer_iterations": 40,
+SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
+         "outer_iterations": 40,
          "eval_every": 20, "eval_steps": 10, "validation_tasks": 2,
          "meta_test": {"steps": 10, "tasks": 2, "horizons": [10]}}
 LONG = {**SMALL, "outer_iterations": 200, "inner_steps": 3}  # a few seconds: long enough to interrupt

@@ -167,13 +167,18 @@
         el("div", {}, el("span", { class: "muted", text: "Registered as " }), el("a", { href, class: "big-link", id: "result-loss", text: r.loss }),
           r.published_seed !== undefined ? el("span", { class: "muted", text: ` · published seed ${r.published_seed} (best on meta-validation)` }) : ""),
         el("a", { class: "btn primary", href, text: "Open the loss" })));
-      if (report && report.validation && report.validation.scores) {
+      if (report && report.validation && report.validation.worst_ratio) {
         const v = report.validation, i = v.chosen_index;
-        box.append(el("p", { class: "hint" }, `${v.metric}: ${num(v.scores[i])} with the learned loss, ${num(v.mse_baseline[i])} with MSE.`));
+        box.append(el("p", { class: "hint" }, `Published by the ${v.metric}: ${num(v.worst_ratio[i])}.`));
       }
+    } else if (job.kind === "meta-train" && job.status === "succeeded" && r.loss === null) {
+      box.append(el("p", { id: "result-nothing" }, "Nothing was published."));
     } else if (job.kind === "meta-test" && r.loss) {
       const [name, version] = r.loss.split(":");
       box.append(el("p", {}, "Meta-test of ", el("a", { href: ml3.versionHref(name, version), text: r.loss })));
+    }
+    for (const w of r.warnings || []) {  // where the loss is worse than the baseline: said, not hidden
+      box.append(el("p", { class: "error-text warning", text: `Warning: ${w}` }));
     }
     box.hidden = !box.childNodes.length;
   }
