@@ -77,10 +77,10 @@ def test_weighted_se_defaults_of_the_family():
     assert (loss.form, loss.inputs, loss.output, loss.hidden) == ("weighted_se", ["x"], "exp", [10, 10, 10])
     mine = parse_spec({"task": {"family": "shaped-sine"}, "loss": {"form": "weighted_se", "inputs": ["x", "target"]}})
     assert mine.loss.inputs == ["x", "target"]  # a spec's own fields still win
-    sine = parse_spec({"task": {"family": "sine"}, "loss": {"form": "weighted_se"}}).loss
+    sine = parse_spec({"task": {"family": "sine"}, "preset": "paper", "loss": {"form": "weighted_se"}}).loss
     assert (sine.inputs, sine.output) == (["target"], "softplus")
-    out = meta_train({"task": {"family": "sine"}, "loss": {"form": "weighted_se"}, "seeds": 1, "outer_iterations": 3,
-                      "eval_every": 3, "meta_test": {"tasks": 2, "steps": 5, "horizons": [5]}})
+    out = meta_train({"task": {"family": "sine"}, "preset": "paper", "loss": {"form": "weighted_se"}, "seeds": 1,
+                      "outer_iterations": 3, "eval_every": 3, "meta_test": {"tasks": 2, "steps": 5, "horizons": [5]}})
     assert out.bundle.spec["architecture"]["form"] == "weighted_se" and out.bundle.spec["format_version"] == 2
     pred = torch.randn(6, 1)
     assert out.bundle.module()(pred, pred).item() == 0.0
