@@ -71,7 +71,27 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
         metric = family.heldout_metric
         row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))
         report["horizon"].append(row)
+    if family.baseline_lrs:
+        at = sorted({cfg.steps, *cfg.horizons})
+        report["plain_best_lr"] = best_of_grid(family, theta, data, family.baseline_lrs, at)
     return report
+
+
+def best_of_grid(family: TaskFamily, theta: dict, data: dict, lrs, record: list[int]) -> dict:
+    """The plain loss at each lr of a grid, and at each recorded step the best lr's metrics (the
+    lowest ``heldout_metric`` over seeds and tasks): a baseline whose lr was tuned on the test tasks."""
+    metric = family.heldout_metric
+    runs = {lr: fit(family, family.plain_loss, theta, data, max(record), lr, record) for lr in lrs}
+    out = {"lrs": list(lrs), "metric": metric, "steps": {}}
+    for i, k in enumerate(record):
+        best = min(lrs, key=lambda lr: _nan_last(float(runs[lr][metric][i].mean())))
+        out["steps"][str(k)] = {"lr": best, **{m: json_clean(float(c[i].mean())) for m, c in runs[best].items()},
+                                "per_seed": {m: json_clean(c[i].mean(-1).tolist()) for m, c in runs[best].items()}}
+    return out
+
+
+def _nan_last(v: float) -> float:
+    return v if v == v else float("inf")
 
 
 def _ratio(a, b):

@@ -21,6 +21,7 @@ class TaskFamily:
     extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
     validation_split: str = "test"  # the split meta-validation tasks are drawn from (own stream)
     heldout_metric: str = "mse_heldout"  # the metric that judges a loss (validation, horizon ratios)
+    baseline_lrs: tuple[float, ...] = ()  # meta-test also reports the plain loss at the best lr of these
 
     def __init__(self, config):
         self.config = config
