@@ -89,6 +89,9 @@ class DigitsFamily(TaskFamily):
     # the measure is test error, and a 10-task validation set resolves it finely enough
     heldout_metric = "error_heldout"
     baseline_lrs = (0.01, 0.03, 0.1, 0.3, 1.0)  # meta-test also reports CE at the best of these
+    cli_flags = {"--classes-per-task": ("classes_per_task", int, "k: classes per task (default 4)"),
+                 "--shots": ("shots", int, "train images per class (default 5)"),
+                 "--model": ("model", str, "optimizee: mlp or cnn")}
 
     def resolve(self) -> None:
         self.pools()
