@@ -27,7 +27,15 @@ import torch.nn.functional as F
 from ..config import ConfigError, check, check_layers, check_range
 from ..models import mlp_forward
 from ..portable import ACTIVATIONS
-from .base import TaskFamily
+from .base import (
+    CLASSIFICATION_LOSS,
+    CLASSIFICATION_LRS,
+    TaskFamily,
+    classification_loss_defaults,
+    classification_metrics,
+    cross_entropy,
+    margin_landscape,
+)
 
 SIDE = 8  # images are 8x8
 SPLITS = ("train", "validation", "test")
@@ -88,7 +96,7 @@ class DigitsFamily(TaskFamily):
     validation_split = "validation"
     # the issue's measure is test error, and a 10-task validation set resolves it finely enough
     heldout_metric = "error_heldout"
-    baseline_lrs = (0.01, 0.03, 0.1, 0.3, 1.0)  # meta-test also reports CE at the best of these
+    baseline_lrs = CLASSIFICATION_LRS  # meta-test also reports CE at the best of these
     cli_flags = {"--classes-per-task": ("classes_per_task", int, "k: classes per task (default 4)"),
                  "--shots": ("shots", int, "train images per class (default 5)"),
                  "--model": ("model", str, "optimizee: mlp or cnn")}
@@ -123,13 +131,10 @@ class DigitsFamily(TaskFamily):
         return self.config.heldout_per_class or spare
 
     def loss_defaults(self) -> dict:
-        # starts as exactly cross-entropy; g reads (p_c, y_c, log p_c) of each class
-        return {"form": "ce_classwise", "inputs": ["prob", "target", "logprob"], "hidden": [32, 32],
-                "activation": "tanh", "bias": True, "output": "linear", "init": "baseline"}
+        return dict(CLASSIFICATION_LOSS)  # starts as exactly cross-entropy; g reads (p_c, y_c, log p_c)
 
     def loss_defaults_for(self, form: str) -> dict:
-        check(form in ("net", "ce_classwise"), "loss.form", "ce_classwise for a classification family")
-        return self.loss_defaults()
+        return classification_loss_defaults(form)
 
     def train_defaults(self) -> dict:
         return {"inner_lr": 0.1, "inner_steps": 5, "outer_lr": 1e-3, "tasks_per_batch": 4,
@@ -223,43 +228,13 @@ class DigitsFamily(TaskFamily):
         return cross_entropy(self.predict(theta, data["x"]), data["y"])
 
     def metrics(self, theta, data):
-        out = {}
-        for suffix, key in (("train", ""), ("heldout", "_heldout")):
-            logits, y = self.predict(theta, data["x" + key]), data["y" + key]
-            out[f"error_{suffix}"] = (logits.argmax(-1) != y.argmax(-1)).to(logits.dtype).mean(-1)
-            out[f"ce_{suffix}"] = cross_entropy(logits, y)
-        return out
+        return classification_metrics(self, theta, data)
 
-    # -- what the service shows ----------------------------------------------------------------
+    # -- what the service shows ----------------------------------------------------------------------
     def landscape(self, spec, params, options):
-        """The loss of one example against the true class's logit margin m (true logit m, the
-        other C-1 logits 0), beside cross-entropy. options: classes (C), lo, hi, points."""
-        from ..losses import apply_loss
-
-        classes = options.get("classes", self.config.classes_per_task)
-        lo, hi, n = options.get("lo", -6.0), options.get("hi", 6.0), options.get("points", 121)
-        check_range(classes, "classes", 2, 1000)
-        check_range(n, "points", 2, 10_000)
-        check_range(lo, "lo", -1e3, 1e3)
-        check_range(hi, "hi", lo, 1e3)
-        grid = torch.linspace(float(lo), float(hi), int(n))
-        logits = torch.zeros(int(n), int(classes))
-        logits[:, 0] = grid
-        target = torch.zeros_like(logits)
-        target[:, 0] = 1.0
-        with torch.no_grad():
-            learned = apply_loss(spec, {k: v.float() for k, v in params.items()}, logits, target, reduction="none")
-            ce = F.cross_entropy(logits, torch.zeros(int(n), dtype=torch.int64), reduction="none")
-        return {"kind": "margin", "grid": grid.tolist(), "xlabel": "true class's logit margin",
-                "classes": int(classes), "curves": {f"learned, C={classes}": learned.tolist(),
-                                                    f"cross-entropy, C={classes}": ce.tolist()},
-                "markers": [0.0], "title": "Learned loss vs cross-entropy"}
+        return margin_landscape(spec, params, options, self.config.classes_per_task)
 
     def describe(self):
         return {"source": "sklearn.datasets.load_digits",
                 **{f"heldout_per_class_{s}": self.heldout_count(s) for s in SPLITS}}
 
-
-def cross_entropy(logits, onehot):
-    """Mean cross-entropy per task: logits and one-hot targets (*batch, N, k) -> (*batch)."""
-    return -(onehot * F.log_softmax(logits, dim=-1)).sum(-1).mean(-1)
