@@ -2,6 +2,10 @@
 the digits family (tasks, optimizees, meta-gradient, cross-way transfer)."""
 
 import inspect
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -175,3 +179,21 @@ def test_classification_landscape_beside_cross_entropy():
     assert ce[2] == pytest.approx(torch.log(torch.tensor(10.0)).item(), rel=1e-6)
     with pytest.raises(ConfigError):
         fam.landscape(spec, params, {"classes": 1})
+
+
+def test_cli_train_digits_writes_bundles_report_and_figures(tmp_path):
+    out = tmp_path / "run"
+    ml3 = os.path.join(os.path.dirname(sys.executable), "ml3")
+    proc = subprocess.run(
+        [ml3, "train", "digits", "--seeds", "2", "--outer-iters", "2", "--inner-steps", "2", "--eval-every", "1",
+         "--eval-steps", "3", "--meta-test-steps", "3", "--meta-test-tasks", "1", "--horizons", "3",
+         "--threads", "1", "--shots", "3", "--set", "task.heldout_per_class=10", "--set", "validation_tasks=2",
+         "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "error_heldout" in proc.stdout and "best lr" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["spec"]["task"]["shots"] == 3 and report["spec"]["loss"]["form"] == "ce_classwise"
+    assert len(report["meta_test"]["curves"]["learned"]["error_heldout"]) == 2  # one row per seed
+    for fig in ("meta_train.png", "meta_test.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    assert load_loss(out / "loss").arch["form"] == "ce_classwise"
