@@ -1,10 +1,12 @@
-"""The task-family interface: what the engine needs to know about a family of regression tasks.
+"""The task-family interface: what the engine needs to know about a family of tasks.
 
 A family owns its optimizee (init + forward), its data (sampled per seed from that seed's
 generator) and its task loss L_T = beta * MSE + gamma * extra (review eq. 5). Data are dicts
 of tensors whose leading dims are (*batch, ...): the engine stacks seeds and tasks in front.
 Keys every family provides: ``x``/``y`` (train points, used for the SGD steps) and
 ``x_heldout``/``y_heldout`` (points of the same task the model never trains on).
+Classification families predict logits and keep one-hot ``y``; their L_T, plain loss and
+metrics are cross-entropy and error rate (the helpers at the end of this module).
 """
 
 from __future__ import annotations
