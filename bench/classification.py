@@ -7,7 +7,7 @@ beside cross-entropy at the best lr of a grid (tuned on the test tasks themselve
 
 Targets (per seed): at 100 steps learned <= 0.9 x CE (same lr) and <= CE best-of-grid; at
 1000 steps learned <= CE. Usage:
-    python bench/classification.py [--seeds 5] [--outer-iters 200] [--inner-steps 5] [--set key=value ...]
+    python bench/classification.py [--seeds 5] [--outer-iters 200] [--inner-steps 50] [--set outer_lr=0.003 ...]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--outer-iters", type=int, default=200)
-    ap.add_argument("--inner-steps", type=int, default=5)
+    ap.add_argument("--inner-steps", type=int, default=50)
     ap.add_argument("--inner-lr", type=float, default=0.1)
     ap.add_argument("--tasks", type=int, default=10)
     ap.add_argument("--set", action="append", default=[], help="task.key=value or loss.key=value or key=value (JSON)")
