@@ -75,21 +75,25 @@ def cmd_train(args) -> int:
     for name, png in out.figures.items():
         with open(os.path.join(args.out, name), "wb") as f:
             f.write(png)
-    summary(out.report)
+    summary(out.report, plan.family.heldout_metric)
     print(f"published loss (seed {out.report['published_seed']}): {os.path.join(args.out, 'loss')}")
     for warning in out.report.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def summary(report: dict) -> None:
+def summary(report: dict, metric: str = "mse_heldout") -> None:
     mt = report["meta_test"]
-    print(f"meta-test: {mt['tasks']} held-out tasks per seed, held-out MSE after k steps "
-          "(learned loss vs MSE; mean over seeds):")
+    plain_name = "MSE" if metric.startswith("mse") else "plain"
+    print(f"meta-test: {mt['tasks']} held-out tasks per seed, {metric} after k steps "
+          f"(learned loss vs {plain_name}; mean over seeds):")
+    best = mt.get("plain_best_lr", {}).get("steps", {})
     for row in mt["horizon"]:
-        learned, plain = row["learned"].get("mse_heldout"), row["mse"].get("mse_heldout")
+        learned, plain = row["learned"].get(metric), row["mse"].get(metric)
         fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
-        print(f"  k={row['steps']:>6}: learned {fmt(learned)}  MSE {fmt(plain)}")
+        grid = best.get(str(row["steps"]))
+        tuned = f"  {plain_name} at its best lr ({grid['lr']:g}) {fmt(grid.get(metric))}" if grid else ""
+        print(f"  k={row['steps']:>6}: learned {fmt(learned)}  {plain_name} {fmt(plain)}{tuned}")
 
 
 def add_train_arguments(p, name: str, cls) -> None:

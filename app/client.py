@@ -143,6 +143,13 @@ class Client:
             body["x"] = _plain(x)
         return self.request("POST", f"/v1/losses/{loss_id}/evaluate", json=body).json()
 
+    def evaluate_logits(self, loss_id: str, logits, labels, reduction: str = "mean",
+                        return_grad: bool = False) -> dict:
+        """Evaluate a classification loss: (N, C) logits, (N,) class indices or (N, C) targets."""
+        body = {"logits": _plain(logits), "labels": _plain(labels), "reduction": reduction,
+                "return_grad": return_grad}
+        return self.request("POST", f"/v1/losses/{loss_id}/evaluate", json=body).json()
+
     def pull(self, loss_id: str, dest: str | None = None) -> str:
         """Download a loss bundle zip; returns its path (load it with ``ml3core.load_loss``)."""
         r = self.request("GET", f"/v1/losses/{loss_id}/artifact")

@@ -10,6 +10,10 @@ CSV: a header row, one row per point. ``task_column`` (default ``task``) labels 
 task; ``outputs`` names the output columns (default: the columns called ``y``, ``y1``, ``y2``,
 ... or ``y_<anything>``); ``inputs`` names the input columns (default: every other column).
 NPZ: arrays ``x`` (N,) or (N, X), ``y`` (N,) or (N, Y) and ``task`` (N,) of numbers or strings.
+
+``task_type=classification``: the one output column holds class labels (integers or strings; CSV
+default column ``label``, NPZ ``y`` of shape (N,)). Refused: fewer than 2 or more than
+``MAX_CLASSES`` classes, and a task whose rows are all of one class (nothing to tell apart).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def _names(text: str | None, loc: str) -> list[str] | None:
 
 
 def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: list[str] | None,
-             settings: Settings) -> family.TaskData:
+             settings: Settings, classification: bool = False) -> family.TaskData:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -93,6 +97,11 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
         raise bad("header", f"column names must be unique and non-empty; repeated: {dupes}")
     if task_column not in header:
         raise bad("task_column", f"no column {task_column!r} in the header {header}; name it with ?task_column=")
+    if classification:
+        outputs = outputs or ["label"]
+        if len(outputs) != 1 or outputs[0] not in seen or outputs[0] == task_column:
+            raise bad("outputs", f"classification reads one label column (default label) of the header {header}; "
+                      "name it with ?outputs=")
     if outputs is None:
         outputs = [h for h in header if OUTPUT_NAME.match(h) and h != task_column]
         if not outputs:
@@ -122,11 +131,18 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
             raise too_large("dataset_max_rows", f"more than {settings.dataset_max_rows} rows")
         labels.append(row[ti].strip())
         xs.append([_number(row[i], line, header[i]) for i in xi])
-        ys.append([_number(row[i], line, header[i]) for i in yi])
+        if classification:
+            ys.append(row[yi[0]].strip())
+            if not ys[-1]:
+                raise bad(outputs[0], f"line {line}: empty class label")
+        else:
+            ys.append([_number(row[i], line, header[i]) for i in yi])
     if not labels:
         raise bad("file", "no data rows after the header")
     if any(label == "" for label in labels):
         raise bad(task_column, f"line {labels.index('') + 2}: empty task label")
+    if classification:
+        return _class_data(xs, ys, labels, inputs, outputs[0])
     return _task_data(xs, ys, labels, inputs, outputs)
 
 
@@ -141,7 +157,7 @@ def _number(text: str, line: int, column: str) -> float:
 
 
 def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
-             settings: Settings) -> family.TaskData:
+             settings: Settings, classification: bool = False) -> family.TaskData:
     try:
         members = zipfile.ZipFile(io.BytesIO(body)).infolist()
     except zipfile.BadZipFile:
@@ -162,7 +178,10 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
     for loc, a, dims in (("x", x, (1, 2)), ("y", y, (1, 2)), ("task", task, (1,))):
         if a.ndim not in dims or a.shape[0] == 0:
             raise bad(loc, f"{'(N,)' if dims == (1,) else '(N,) or (N, columns)'} with N > 0, got shape {a.shape}")
-        if loc != "task" and a.dtype.kind not in "biuf":
+        if loc == "y" and classification:
+            if a.ndim != 1 or a.dtype.kind not in "biuU":
+                raise bad("y", f"classification: (N,) integer or string class labels, got {a.dtype} {a.shape}")
+        elif loc != "task" and a.dtype.kind not in "biuf":
             raise bad(loc, f"numbers, got dtype {a.dtype}")
     if task.dtype.kind not in "biuU":
         raise bad("task", f"integer or string labels, got dtype {task.dtype}")
@@ -170,6 +189,11 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
         raise bad("y", f"x, y and task need one row per point: {len(x)}, {len(y)}, {len(task)} rows")
     if len(x) > settings.dataset_max_rows:
         raise too_large("dataset_max_rows", f"{len(x)} rows, at most {settings.dataset_max_rows}")
+    if classification:
+        x2 = x.reshape(len(x), -1)
+        if x2.shape[1] + 1 > settings.dataset_max_columns:
+            raise too_large("dataset_max_columns", f"{x2.shape[1] + 1} columns, at most {settings.dataset_max_columns}")
+        return _class_data(x2.astype(np.float64), y.tolist(), task.tolist(), inputs, (outputs or ["label"])[0])
     x2, y2 = x.reshape(len(x), -1), y.reshape(len(y), -1)
     if x2.shape[1] + y2.shape[1] > settings.dataset_max_columns:
         raise too_large("dataset_max_columns", f"{x2.shape[1] + y2.shape[1]} columns, at most "
@@ -187,6 +211,24 @@ def _task_data(x, y, labels, inputs, outputs) -> family.TaskData:
                                            labels, inputs, outputs)
     except ConfigError as e:  # e.g. NaN in an NPZ array: the message names row and column
         raise bad(e.loc, e.msg) from None
+
+
+def _class_data(x, classes, tasks, inputs, output: str) -> family.TaskData:
+    names = set(map(str, classes))
+    if len(names) > family.MAX_CLASSES:
+        raise bad(output, f"{len(names)} classes; at most {family.MAX_CLASSES} (one logit each)")
+    if len(names) < 2:
+        raise bad(output, f"one class ({sorted(names)}): classification needs at least 2")
+    try:
+        data = family.TaskData.from_class_labels(torch.as_tensor(np.asarray(x, dtype=np.float64)), classes, tasks,
+                                                 inputs, output)
+    except ConfigError as e:
+        raise bad(e.loc, e.msg) from None
+    single = [n for n, row in zip(data.names, data.class_counts(), strict=True) if sum(k > 0 for k in row) < 2]
+    if single:
+        raise bad(output, f"every task needs rows of at least 2 classes; {len(single)} task(s) have one: "
+                  f"{', '.join(map(repr, single[:5]))}")
+    return data
 
 
 def check_sizes(data: family.TaskData, settings: Settings) -> None:
@@ -214,12 +256,16 @@ def read_upload(body: bytes, options: dict, filename: str | None, media_type: st
         raise bad("file", "empty upload")
     fmt = detect_format(options.get("format"), filename, media_type, body)
     inputs, outputs = _names(options.get("inputs"), "inputs"), _names(options.get("outputs"), "outputs")
+    task_type = options.get("task_type") or "regression"
+    if task_type not in ("regression", "classification"):
+        raise bad("task_type", "regression or classification")
+    classification = task_type == "classification"
     if fmt == "parquet":
         raise Problem(415, "unsupported_format", "Parquet is not read by this server; upload CSV or NPZ")
     if fmt == "npz":
-        data = read_npz(body, inputs, outputs, settings)
+        data = read_npz(body, inputs, outputs, settings, classification)
     else:
-        data = read_csv(body, options.get("task_column") or "task", inputs, outputs, settings)
+        data = read_csv(body, options.get("task_column") or "task", inputs, outputs, settings, classification)
     check_sizes(data, settings)
     return fmt, data
 
@@ -246,7 +292,9 @@ def dataset_json(row: Dataset, full: bool = False) -> dict:
     out = {"id": row.id, "name": row.name, "filename": row.filename, "format": row.format, "sha256": row.sha256,
            "size": row.size, "created_at": iso(row.created_at), "rows": s["rows"], "tasks": s["tasks"],
            "x_dim": s["x_dim"], "y_dim": s["y_dim"], "inputs": s["inputs"], "outputs": s["outputs"],
-           "links": {"self": f"/v1/datasets/{row.id}"}}
+           "task_type": s.get("task_type", "regression"), "links": {"self": f"/v1/datasets/{row.id}"}}
+    if "classes" in s:
+        out["classes"] = s["classes"]
     if full:
         out.update({k: s[k] for k in ("task_rows", "min_task_rows", "max_task_rows", "stats")})
     return out

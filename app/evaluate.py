@@ -140,3 +140,56 @@ def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: t
     if g is not None and flat:
         g = g[:, 0]
     return loss, g
+
+
+# -- classification losses (form ce_classwise): logits and labels ---------------------------------
+def is_classification(module: LearnedLoss) -> bool:
+    return module.arch.get("form") == "ce_classwise"
+
+
+def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:
+    """Labels for (N, C) logits: a list of N class indices in [0, C), or an (N, C) list of one-hot or
+    soft targets (non-negative rows summing to 1), as (N, C) float32 targets."""
+    n, c = logits.shape
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if len(value) != n:
+            raise invalid("labels", f"{len(value)} labels for {n} rows of logits")
+        bad = next((v for v in value if not 0 <= v < c), None)
+        if bad is not None:
+            raise invalid("labels", f"class index {bad} outside [0, {c - 1}] for {c} classes")
+        return torch.nn.functional.one_hot(torch.tensor(value, dtype=torch.int64), c).float()
+    t = to_tensor(value, "labels", limit)
+    if list(t.shape) != [n, c]:
+        raise invalid("labels", f"{n} class indices or an ({n}, {c}) array of targets, got shape {list(t.shape)}")
+    if bool((t < 0).any()) or not torch.allclose(t.sum(-1), torch.ones(n), atol=1e-3):
+        raise invalid("labels", "target rows must be non-negative and sum to 1 (one-hot or soft targets)")
+    return t
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise invalid("logits", f"shape {list(logits.shape)}; this loss takes (N, C) logits with C >= 2")
+    if logits.shape[0] == 0:
+        raise invalid("logits", "no rows")
+
+
+def evaluate_classification(module: LearnedLoss, logits: torch.Tensor, targets: torch.Tensor,
+                            reduction: str = "mean", return_grad: bool = False, threads: int = 1):
+    """(loss, grad) of a classification loss: loss per example (none) or reduced; grad = d loss / d logits."""
+    torch_threads(threads)
+    params, arch = module.params, module.arch
+    if return_grad:
+        p = logits.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            v = mlp_loss(params, arch, p, targets, None, "none")
+            (g,) = torch.autograd.grad(v.sum(), p)
+        v = v.detach()
+    else:
+        with torch.inference_mode():
+            v = mlp_loss(params, arch, logits, targets, None, "none")
+        g = None
+    if reduction == "mean":
+        return float(v.mean()), None if g is None else g / v.numel()
+    if reduction == "sum":
+        return float(v.sum()), g
+    return v, g

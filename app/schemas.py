@@ -42,10 +42,12 @@ class EvaluateRequest(BaseModel):
 
     model_config = STRICT
 
-    pred: Any = Field(description="(N,) or (N, D) predictions")
-    target: Any = Field(description="targets, the shape of pred")
+    pred: Any = Field(None, description="(N,) or (N, D) predictions (regression losses)")
+    target: Any = Field(None, description="targets, the shape of pred")
+    logits: Any = Field(None, description="(N, C) logits, for classification losses (base64: give shape)")
+    labels: Any = Field(None, description="(N,) class indices or (N, C) one-hot/soft targets, with logits")
     x: Any = Field(None, description="inputs (N,) or (N, X), for losses that read them")
-    shape: list[int] | None = Field(None, description="shape of base64 pred/target (default: 1-D)")
+    shape: list[int] | None = Field(None, description="shape of base64 pred/target/logits (default: 1-D)")
     reduction: Literal["mean", "sum", "none"] = "mean"
     return_grad: bool = False
     encoding: Literal["json", "base64"] = Field("json", description="how arrays in the response are sent")

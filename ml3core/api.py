@@ -133,8 +133,9 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     if on_phase:
         on_phase("figures", 0, 1)
     figures = {
-        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps, model=model),
-        "meta_test.png": plots.meta_test_figure(test),
+        "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps, plan.family.heldout_metric,
+                                                  model=model),
+        "meta_test.png": plots.meta_test_figure(test, plan.family.heldout_metric),
     }
     figures.update(plan.family.figures(plan.loss, bundles[result.chosen].params(), report))
     if on_phase:
@@ -202,7 +203,7 @@ def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu",
     report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
     report["data"] = family.describe()
     report["loss_sha256"] = bundle.sha256
-    return report, {"meta_test.png": plots.meta_test_figure(report)}
+    return report, {"meta_test.png": plots.meta_test_figure(report, family.heldout_metric)}
 
 
 def landscape(bundle: Bundle, options: dict | None = None) -> dict:

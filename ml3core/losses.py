@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .config import ConfigError, check, check_layers, from_dict
-from .portable import ACTIVATIONS, FORMS, OUTPUTS, mlp_loss
+from .portable import ACTIVATIONS, CLASS_INPUTS, FORMS, OUTPUTS, mlp_loss
 
 INPUT_NAMES = ("pred", "target", "x")
 # "baseline": hidden layers Xavier-uniform, the last layer zero, so the output is a constant; the
 # output bias makes that constant 1 (exp(0) = 1 needs none), and weighted_se at weight 1 is MSE.
+# For ce_classwise the constant is 0 (linear output, zero bias): the correction vanishes, CE remains.
 INITS = ("xavier_uniform", "xavier_normal", "default", "baseline")
 BASELINE_BIAS = {"exp": 0.0, "softplus": math.log(math.e - 1), "square": 1.0}  # out(b) = 1
 
@@ -40,8 +41,9 @@ class LossSpec:
         self.hidden = [int(h) for h in self.hidden]
         check(len(self.inputs) > 0 and len(set(self.inputs)) == len(self.inputs), "loss.inputs",
               "a non-empty list without repeats")
+        names = CLASS_INPUTS if self.form == "ce_classwise" else INPUT_NAMES
         for name in self.inputs:
-            check(name in INPUT_NAMES, "loss.inputs", f"unknown input {name!r}; choose from {INPUT_NAMES}")
+            check(name in names, "loss.inputs", f"unknown input {name!r} for form {self.form}; choose from {names}")
         check_layers(self.hidden, "loss.hidden")
         check(self.activation in ACTIVATIONS, "loss.activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.output in OUTPUTS, "loss.output", f"one of {sorted(OUTPUTS)}")
@@ -52,9 +54,14 @@ class LossSpec:
                   "softplus, square or exp for weighted_se")
         check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
         check(self.init in INITS, "loss.init", f"one of {INITS}")
-        if self.init == "baseline":  # phi starts as the plain loss, so meta-training improves from parity
+        if self.form == "ce_classwise":
+            check(not self.per_output, "loss.per_output", "false for ce_classwise (it is per class already)")
+        if self.init == "baseline" and self.form == "ce_classwise":  # g = 0: exactly cross-entropy
+            check(self.output == "linear", "loss.init", "baseline for ce_classwise needs loss.output linear")
+        elif self.init == "baseline":  # phi starts as the plain loss, so meta-training improves from parity
             check(self.form == "weighted_se", "loss.init",
-                  "baseline needs a form that contains the plain loss: weighted_se (weight 1 is MSE)")
+                  "baseline needs a form that contains the plain loss: weighted_se (weight 1 is MSE), "
+                  "ce_classwise (g = 0 is cross-entropy)")
             check(self.output == "exp" or (self.bias and self.output in BASELINE_BIAS), "loss.init",
                   "baseline needs loss.output exp, or loss.bias true with output softplus or square")
 
@@ -68,6 +75,8 @@ class LossSpec:
 
     @property
     def in_features(self) -> int:
+        if self.form == "ce_classwise":
+            return len(self.inputs)  # per class: the same network for any number of classes
         per_point = 1 if self.per_output else self.pred_dim
         return sum(self.x_dim if n == "x" else per_point for n in self.inputs)
 
@@ -97,7 +106,8 @@ def init_loss_params(spec: LossSpec, generator: torch.Generator, n: int | None =
         last = i == len(spec.layer_sizes()) - 1
         params[f"layers.{i}.weight"] = torch.zeros_like(w) if last and spec.init == "baseline" else w
         if spec.bias:
-            b = BASELINE_BIAS[spec.output] if last and spec.init == "baseline" else 0.0
+            baseline = last and spec.init == "baseline" and spec.form != "ce_classwise"
+            b = BASELINE_BIAS[spec.output] if baseline else 0.0
             params[f"layers.{i}.bias"] = torch.full((*lead, fan_out), b)
     return params
 

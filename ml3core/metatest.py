@@ -80,6 +80,9 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
             per_seed = runs["learned"][metric][idx[h]].mean(-1) / runs["mse"][metric][idx[h]].mean(-1)
             row["heldout_ratio_per_seed"] = json_clean(per_seed.tolist())
         report["horizon"].append(row)
+    if family.baseline_lrs:
+        at = sorted({cfg.steps, *cfg.horizons})
+        report["plain_best_lr"] = best_of_grid(family, theta, data, family.baseline_lrs, at, opt)
     return report
 
 
@@ -101,6 +104,26 @@ class _StepCounter:
             return objective(theta, data)
 
         return counted
+
+
+def best_of_grid(family: TaskFamily, theta: dict, data: dict, lrs, record: list[int],
+                 opt: InnerOptimizer | None = None) -> dict:
+    """The plain loss at each lr of a grid (with the inner optimizer ``opt``, SGD if none), and at each
+    recorded step the best lr's metrics (the lowest ``heldout_metric`` over seeds and tasks): a
+    baseline whose lr was tuned on the test tasks."""
+    metric = family.heldout_metric
+    opt = opt or InnerOptimizer("sgd")
+    runs = {lr: fit(family, family.plain_loss, theta, data, max(record), replace(opt, lr=lr), record) for lr in lrs}
+    out = {"lrs": list(lrs), "metric": metric, "steps": {}}
+    for i, k in enumerate(record):
+        best = min(lrs, key=lambda lr: _nan_last(float(runs[lr][metric][i].mean())))
+        out["steps"][str(k)] = {"lr": best, **{m: json_clean(float(c[i].mean())) for m, c in runs[best].items()},
+                                "per_seed": {m: json_clean(c[i].mean(-1).tolist()) for m, c in runs[best].items()}}
+    return out
+
+
+def _nan_last(v: float) -> float:
+    return v if v == v else float("inf")
 
 
 def _ratio(a, b):

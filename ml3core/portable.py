@@ -45,7 +45,12 @@ OUTPUTS = {"softplus": F.softplus, "linear": lambda h: h, "square": torch.square
 # "net": the network's output is the per-point loss (the paper's L_phi). "weighted_se": it is a
 # weight on the squared error, w_phi(target[, x])·(pred − target)²: never below zero and zero
 # exactly at pred = target, so meta-training can shape the landscape but not move its minimum.
-FORMS = ("net", "weighted_se")
+# "ce_classwise" (classification): cross-entropy plus a learned correction summed over classes,
+#   L = CE(logits, y) + sum_c g_phi(p_c, y_c, log p_c)   (per example; inputs chosen by name)
+# one small network g shared by every class, so a loss meta-trained on 2-way tasks applies to
+# 4- or 10-way ones; with g's last layer zero it is exactly cross-entropy.
+FORMS = ("net", "weighted_se", "ce_classwise")
+CLASS_INPUTS = ("prob", "target", "logprob")
 
 
 class LossBundleError(ValueError):
@@ -76,17 +81,9 @@ def loss_features(arch: dict, pred, target, x=None):
     return torch.cat(parts, dim=-1)
 
 
-def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "mean"):
-    """L_phi(pred, target[, x]): a pointwise MLP, reduced over points (and output dims).
-
-    Weights may carry leading batch dimensions (one loss per seed) that broadcast
-    against the data's leading dimensions.
-    """
-    h = loss_features(arch, pred, target, x)
-    per_output = arch.get("per_output", False)
-    if per_output:
-        lead = h.shape[:-3]
-        h = h.reshape(*lead, -1, h.shape[-1])  # (..., N*D, F)
+def _network(params: dict, arch: dict, h):
+    """The MLP over per-point features: (..., P, F) -> (..., P). Weights may carry leading batch
+    dims (one loss per seed) that broadcast against the data's leading dims (before P)."""
     act = ACTIVATIONS[arch["activation"]]
     n = len(arch["hidden"]) + 1
     for i in range(n):
@@ -94,18 +91,57 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
         if arch["bias"]:
             h = h + params[f"layers.{i}.bias"].unsqueeze(-2)
         h = act(h) if i < n - 1 else OUTPUTS[arch["output"]](h)
-    values = h.squeeze(-1)  # (..., P)
-    if arch.get("form", "net") == "weighted_se":
-        se = (pred - target).square()
-        values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
-    reduction = reduction or arch.get("reduction", "mean")
+    return h.squeeze(-1)
+
+
+def _reduce(values, reduction: str):
     if reduction == "mean":
         return values.mean(-1)
     if reduction == "sum":
         return values.sum(-1)
     if reduction == "none":
-        return values.reshape(pred.shape) if per_output else values
+        return values
     raise ValueError(f"unknown reduction {reduction!r} (mean, sum, none)")
+
+
+def classwise_loss(params: dict, arch: dict, logits, target, reduction: str = "mean"):
+    """Form ce_classwise: CE(logits, target) + sum_c g_phi(features of class c), per example.
+
+    logits, target: (..., N, C); target one-hot or soft (rows summing to 1).
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits shape {tuple(logits.shape)} != target shape {tuple(target.shape)}")
+    logp = F.log_softmax(logits, dim=-1)  # (..., N, C)
+    ce = -(target * logp).sum(-1)  # (..., N)
+    feats = {"prob": logp.exp(), "logprob": logp, "target": target.to(logp.dtype)}
+    h = torch.stack([feats[name] for name in arch["inputs"]], dim=-1)  # (..., N, C, F)
+    *lead, n, c, f = h.shape
+    g = _network(params, arch, h.reshape(*lead, n * c, f)).reshape(*lead, n, c)  # one net for every class
+    return _reduce(ce + g.sum(-1), reduction or arch.get("reduction", "mean"))
+
+
+def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "mean"):
+    """L_phi(pred, target[, x]): a pointwise MLP, reduced over points (and output dims).
+
+    Weights may carry leading batch dimensions (one loss per seed) that broadcast
+    against the data's leading dimensions. For form ce_classwise pred are logits and
+    target one-hot/soft targets, both (..., N, C) (see ``classwise_loss``).
+    """
+    if arch.get("form", "net") == "ce_classwise":
+        return classwise_loss(params, arch, pred, target, reduction)
+    h = loss_features(arch, pred, target, x)
+    per_output = arch.get("per_output", False)
+    if per_output:
+        lead = h.shape[:-3]
+        h = h.reshape(*lead, -1, h.shape[-1])  # (..., N*D, F)
+    values = _network(params, arch, h)  # (..., P)
+    if arch.get("form", "net") == "weighted_se":
+        se = (pred - target).square()
+        values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
+    reduction = reduction or arch.get("reduction", "mean")
+    if reduction == "none" and per_output:
+        return values.reshape(pred.shape)
+    return _reduce(values, reduction)
 
 
 class LearnedLoss(torch.nn.Module):
@@ -157,6 +193,9 @@ class LearnedLoss(torch.nn.Module):
         return {name: getattr(self, f"p{i}") for i, name in enumerate(self._names)}
 
     def forward(self, pred, target, x=None, reduction: str | None = None):
+        if self.arch.get("form") == "ce_classwise":  # called like F.cross_entropy(logits, labels)
+            return mlp_loss(self.params, self.arch, pred, class_targets(pred, target), None,
+                            reduction or self.arch.get("reduction", "mean"))
         squeeze = pred.dim() == 1 and self.arch.get("pred_dim", 1) == 1
         if squeeze:  # a flat vector of scalar predictions
             pred, target = pred.unsqueeze(-1), target.unsqueeze(-1)
@@ -178,6 +217,22 @@ class LearnedLoss(torch.nn.Module):
         a = self.arch
         return (f"form={a.get('form', 'net')}, inputs={a['inputs']}, hidden={a['hidden']}, "
                 f"activation={a['activation']}, output={a['output']}")
+
+
+def class_targets(logits, labels):
+    """Labels as (N,) class indices, or (N, C) one-hot/soft targets, to (N, C) float targets."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (N, C) with C >= 2, got {tuple(logits.shape)}")
+    n, c = logits.shape
+    if labels.dim() == 1 and not labels.is_floating_point():
+        if labels.shape[0] != n:
+            raise ValueError(f"{labels.shape[0]} labels for {n} rows of logits")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= c):
+            raise ValueError(f"labels must be class indices in [0, {c - 1}]")
+        return F.one_hot(labels, c).to(logits.dtype)
+    if labels.shape != logits.shape:
+        raise ValueError(f"targets shape {tuple(labels.shape)}: (N,) int64 indices or (N, C) = {(n, c)}")
+    return labels.to(logits.dtype)
 
 
 def _read_zip(data: bytes) -> dict:

@@ -345,3 +345,37 @@ def test_a_failed_job_shows_its_error_plainly(page, server):
     shown = page.inner_text("#job-error")
     assert error["code"] in shown and error["detail"] in shown and len(error["detail"]) > 10
     shot(page, "dashboard-job-failed.png")
+
+
+def test_a_digits_job_from_the_form_to_its_classification_loss(page, server):
+    """The digits form submits a classification job; the loss page evaluates logits and labels and
+    draws the margin landscape; the job page labels the baseline cross-entropy."""
+    page.goto(server.url + "/submit?family=digits")
+    for loc, value in {"seeds": "1", "outer_iterations": "4", "inner_steps": "2", "eval_every": "2",
+                       "eval_steps": "5", "validation_tasks": "2", "task.heldout_per_class": "10",
+                       "meta_test.steps": "5", "meta_test.tasks": "1", "meta_test.horizons": "5"}.items():
+        field(page, loc).locator("input").fill(value)
+    page.locator("form.job-form:not([hidden]) [name=register_as]").fill("browser-digits")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url("**/jobs/*")
+    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    page.locator('[data-curve="validation.error_heldout"] svg').wait_for()
+    assert "cross-entropy" in page.inner_text("#curves")
+    page.locator("#result-loss").click()
+    page.wait_for_url("**/losses/browser-digits/versions/1")
+    page.wait_for_function("() => { const i = document.querySelector('#landscape'); "
+                           "return i.complete && i.naturalWidth > 0; }")
+    assert "logit margin" in page.inner_text("#landscape-note")
+    page.fill("#ev-pred", "2, 0.1, -1; 0.3, 0.2, 1")
+    page.fill("#ev-target", "0, 2")
+    page.get_by_role("button", name="Evaluate").click()
+    shown = float(page.locator("#eval-loss").get_attribute("data-value"))
+    loss_fn = load_loss(f"{server.url}/v1/losses/browser-digits:1")
+    expected = float(loss_fn(torch.tensor([[2.0, 0.1, -1.0], [0.3, 0.2, 1.0]]), torch.tensor([0, 2])))
+    assert shown == pytest.approx(expected, rel=1e-6)
+    page.fill("#ev-target", "0, 3")  # a label outside the 3 classes: the message sits at the labels field
+    page.get_by_role("button", name="Evaluate").click()
+    bad = page.locator('#evaluate .field[data-loc="labels"] .field-error')
+    bad.wait_for()
+    assert "outside" in bad.inner_text()
+    shot(page, "dashboard-digits-loss.png")

@@ -159,6 +159,26 @@ def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trai
     assert "/v1/losses/my-loss/artifact: 404" in example.stderr and "--register-as my-loss" in example.stderr
 
 
+def test_digits_job_and_classification_example(server, c):
+    """A small digits job through the real service; the example trains with the served loss beside CE."""
+    spec = {"task": {"family": "digits", "heldout_per_class": 10}, "seeds": 1, "outer_iterations": 4,
+            "inner_steps": 2, "tasks_per_batch": 2, "eval_every": 2, "eval_steps": 5, "validation_tasks": 2,
+            "meta_test": {"steps": 5, "tasks": 1, "horizons": [5]}, "register_as": "e2e-digits"}
+    job = c.wait(c.submit(spec)["id"], progress=False, timeout=300)
+    assert job["status"] == "succeeded" and job["result"]["loss"] == "e2e-digits:1"
+    local = load_loss(f"{server.url}/v1/losses/e2e-digits")
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0, 0.5]]), torch.tensor([1])
+    got = c.evaluate_logits("e2e-digits", logits, labels, return_grad=True)
+    assert got["loss"] == pytest.approx(float(local(logits, labels)), rel=1e-6) and len(got["grad"][0]) == 4
+    out = subprocess.run([sys.executable, "examples/classification_downstream.py", "--server", server.url,
+                          "--loss", "e2e-digits", "--steps", "20"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 10, 20]
+    assert rows[0][1] == rows[0][2]  # the same initial model for both losses
+    assert float(rows[-1][1]) < 0.75 and float(rows[-1][2]) < 0.75  # both learn past 4-way chance
+
+
 def test_bad_inputs_are_problems_and_change_nothing(server, c, trained):
     tables = ("jobs", "job_events", "loss_versions", "loss_aliases", "checkpoints")
     before = {t: server.rows(t) for t in tables}

@@ -37,9 +37,10 @@ HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
     "meta_test.steps": "SGD steps of each meta-test curve",
     "meta_test.lr": "0: the inner learning rate of meta-training",
     "meta_test.horizons": "step counts of the horizon report",
-    "loss.inputs": "what L_φ reads: pred, target, x",
+    "loss.inputs": "what L_φ reads: pred, target, x (ce_classwise: prob, target, logprob of each class)",
     "loss.hidden": "hidden layer widths",
-    "loss.form": "net (the network is the loss) or weighted_se (a learned weight on the squared error)",
+    "loss.form": "net (the network is the loss), weighted_se (a learned weight on the squared error) or "
+                 "ce_classwise (classification: cross-entropy plus a learned per-class correction)",
     "loss.output": "softplus, linear, square or exp",
     "loss.reduction": "mean or sum over the batch",
     "loss.per_output": "one shared net per output dimension",

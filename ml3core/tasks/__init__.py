@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import ConfigError, from_dict
 from .base import TaskFamily
 from .dataset import DatasetFamily
+from .digits import DigitsFamily
 from .inverse_dynamics import InverseDynamicsFamily
 from .shaped_sine import ShapedSineFamily
 from .sine import SineFamily
@@ -12,6 +13,7 @@ from .sine import SineFamily
 FAMILIES: dict[str, type[TaskFamily]] = {SineFamily.name: SineFamily, ShapedSineFamily.name: ShapedSineFamily}
 FAMILIES[InverseDynamicsFamily.name] = InverseDynamicsFamily
 FAMILIES[DatasetFamily.name] = DatasetFamily
+FAMILIES[DigitsFamily.name] = DigitsFamily
 
 
 def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:

@@ -1,10 +1,12 @@
-"""The task-family interface: what the engine needs to know about a family of regression tasks.
+"""The task-family interface: what the engine needs to know about a family of tasks.
 
 A family owns its optimizee (init + forward), its data (sampled per seed from that seed's
 generator) and its task loss L_T = beta * MSE + gamma * extra (review eq. 5). Data are dicts
 of tensors whose leading dims are (*batch, ...): the engine stacks seeds and tasks in front.
 Keys every family provides: ``x``/``y`` (train points, used for the SGD steps) and
 ``x_heldout``/``y_heldout`` (points of the same task the model never trains on).
+Classification families predict logits and keep one-hot ``y``; their L_T, plain loss and
+metrics are cross-entropy and error rate (the helpers at the end of this module).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class TaskFamily:
     extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
     validation_split: str = "test"  # the split meta-validation tasks are drawn from (own stream)
     heldout_metric: str = "mse_heldout"  # the metric that judges a loss (validation, horizon ratios)
+    baseline_lrs: tuple[float, ...] = ()  # meta-test also reports the plain loss at the best lr of these
 
     def __init__(self, config):
         self.config = config
@@ -145,6 +148,57 @@ class TaskFamily:
     def figures(self, spec, params: dict, report: dict) -> dict:
         """Extra figures (name -> PNG bytes) a family adds to a finished job."""
         return {}
+
+
+# -- classification (families whose predictions are logits and whose targets are one-hot) -----------
+# the loss a classification family starts from: exactly cross-entropy, with a per-class correction g
+CLASSIFICATION_LOSS = {"form": "ce_classwise", "inputs": ["prob", "target", "logprob"], "hidden": [32, 32],
+                       "activation": "tanh", "bias": True, "output": "linear", "init": "baseline"}
+CLASSIFICATION_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # meta-test: cross-entropy at the best of these too
+
+
+def classification_loss_defaults(form: str) -> dict:
+    check(form in ("net", "ce_classwise"), "loss.form", "ce_classwise for a classification family")
+    return dict(CLASSIFICATION_LOSS)
+
+
+def cross_entropy(logits, onehot):
+    """Mean cross-entropy per task: logits and one-hot targets (*batch, N, k) -> (*batch)."""
+    return -(onehot * torch.log_softmax(logits, dim=-1)).sum(-1).mean(-1)
+
+
+def classification_metrics(family, theta, data) -> dict:
+    """Error rate and cross-entropy on the train and the held-out points of each task."""
+    out = {}
+    for suffix, key in (("train", ""), ("heldout", "_heldout")):
+        logits, y = family.predict(theta, data["x" + key]), data["y" + key]
+        out[f"error_{suffix}"] = (logits.argmax(-1) != y.argmax(-1)).to(logits.dtype).mean(-1)
+        out[f"ce_{suffix}"] = cross_entropy(logits, y)
+    return out
+
+
+def margin_landscape(spec, params: dict, options: dict, classes: int) -> dict:
+    """The loss of one example against the true class's logit margin m (true logit m, the other
+    C-1 logits 0), beside cross-entropy. options: classes (C), lo, hi, points."""
+    from ..losses import apply_loss
+
+    classes = options.get("classes", classes)
+    lo, hi, n = options.get("lo", -6.0), options.get("hi", 6.0), options.get("points", 121)
+    check_range(classes, "classes", 2, 1000)
+    check_range(n, "points", 2, 10_000)
+    check_range(lo, "lo", -1e3, 1e3)
+    check_range(hi, "hi", lo, 1e3)
+    grid = torch.linspace(float(lo), float(hi), int(n))
+    logits = torch.zeros(int(n), int(classes))
+    logits[:, 0] = grid
+    target = torch.zeros_like(logits)
+    target[:, 0] = 1.0
+    with torch.no_grad():
+        learned = apply_loss(spec, {k: v.float() for k, v in params.items()}, logits, target, reduction="none")
+        ce = -torch.log_softmax(logits, -1)[:, 0]
+    return {"kind": "margin", "grid": grid.tolist(), "xlabel": "true class's logit margin", "classes": int(classes),
+            "curves": {f"learned, C={classes}": learned.tolist(), f"cross-entropy, C={classes}": ce.tolist()},
+            "markers": [0.0], "title": "Learned loss vs cross-entropy"}
 
 
 def mse(pred, target):

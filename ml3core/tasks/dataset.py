@@ -29,10 +29,27 @@ import torch
 from ..config import ConfigError, check, check_layers, check_range
 from ..models import mlp_forward, mlp_init
 from ..portable import ACTIVATIONS
-from .base import TaskFamily
+from .base import (
+    CLASSIFICATION_LOSS,
+    CLASSIFICATION_LRS,
+    TaskFamily,
+    classification_loss_defaults,
+    classification_metrics,
+    cross_entropy,
+    margin_landscape,
+)
 
 FORMAT = "ml3-tasks"
 SPLITS = ("train", "validation", "test")
+MAX_CLASSES = 100  # classes of a classification data set: one logit each
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -45,6 +62,7 @@ class TaskData:
     names: list[str]
     inputs: list[str]  # X column names
     outputs: list[str]  # Y column names
+    classes: list[str] | None = None  # classification: y is one column of indices into these class names
 
     def __post_init__(self):
         x, y, t = self.x, self.y, self.task
@@ -62,6 +80,12 @@ class TaskData:
             if len(bad):
                 row, col = bad[0].tolist()
                 raise ConfigError(name, f"row {row}, column {cols[col]!r}: {a[row, col].item()} is not finite")
+        if self.classes is not None:
+            c = len(self.classes)
+            check(2 <= c <= MAX_CLASSES, "classes", f"2..{MAX_CLASSES} classes, got {c}")
+            check(len(set(self.classes)) == c, "classes", "class names must be unique")
+            check(y.shape[1] == 1 and bool(((y >= 0) & (y < c) & (y == y.round())).all()), "y",
+                  "one column of class indices into the class names")
 
     @classmethod
     def from_labels(cls, x, y, labels, inputs=None, outputs=None) -> TaskData:
@@ -76,6 +100,23 @@ class TaskData:
         outputs = list(outputs) if outputs is not None else [f"y{i + 1}" for i in range(y.shape[-1])]
         return cls(x, y, task, names, inputs, outputs)
 
+    @classmethod
+    def from_class_labels(cls, x, labels, tasks, inputs=None, output: str = "label") -> TaskData:
+        """Classification rows: x, one class label per row (ints or strings, compared as text) and
+        one task label per row. Classes are indexed in sorted order (numerically when all are integers)."""
+        labels = [str(v) for v in labels]
+        names = sorted(set(labels), key=lambda v: (0, int(v), "") if _is_int(v) else (1, 0, v))
+        index = {n: i for i, n in enumerate(names)}
+        y = torch.tensor([[float(index[v])] for v in labels], dtype=torch.float64)
+        data = cls.from_labels(x, y, tasks, inputs, [output])
+        return cls(data.x, data.y, data.task, data.names, data.inputs, data.outputs, names)
+
+    def class_counts(self) -> list[list[int]]:
+        """Rows per (task, class) of a classification data set."""
+        c = len(self.classes)
+        flat = torch.bincount(self.task * c + self.y[:, 0].long(), minlength=len(self.names) * c)
+        return flat.reshape(len(self.names), c).tolist()
+
     def counts(self) -> list[int]:
         return torch.bincount(self.task, minlength=len(self.names)).tolist()
 
@@ -84,6 +125,8 @@ class TaskData:
         from safetensors.torch import save
 
         meta = {"format": FORMAT, "version": 1, "names": self.names, "inputs": self.inputs, "outputs": self.outputs}
+        if self.classes is not None:
+            meta["classes"] = self.classes
         tensors = {"x": self.x.contiguous(), "y": self.y.contiguous(), "task": self.task.contiguous()}
         return save(tensors, metadata={"json": json.dumps(meta)})
 
@@ -96,7 +139,7 @@ class TaskData:
             meta = json.loads(json.loads(blob[8 : 8 + n])["__metadata__"]["json"])
             t = load(blob)
             check(meta.get("format") == FORMAT, "dataset", "not an ml3 task file")
-            return cls(t["x"], t["y"], t["task"], meta["names"], meta["inputs"], meta["outputs"])
+            return cls(t["x"], t["y"], t["task"], meta["names"], meta["inputs"], meta["outputs"], meta.get("classes"))
         except ConfigError:
             raise
         except Exception as e:
@@ -113,7 +156,8 @@ class TaskData:
             return {c: {"mean": float(a[:, i].mean()), "std": float(a[:, i].std(correction=0)),
                         "min": float(a[:, i].min()), "max": float(a[:, i].max())} for i, c in enumerate(cols)}
 
-        return {"rows": self.x.shape[0], "tasks": len(self.names), "x_dim": self.x.shape[1],
+        extra = {} if self.classes is None else {"task_type": "classification", "classes": self.classes}
+        return {**extra, "rows": self.x.shape[0], "tasks": len(self.names), "x_dim": self.x.shape[1],
                 "y_dim": self.y.shape[1], "inputs": self.inputs, "outputs": self.outputs,
                 "task_rows": dict(zip(self.names, counts, strict=True)),
                 "min_task_rows": min(counts), "max_task_rows": max(counts),
@@ -232,15 +276,24 @@ class DatasetFamily(TaskFamily):
             k = min(len(rows) - 1, max(1, round(c.heldout_fraction * len(rows))))
             held[t] = (rows[k:], rows[:k])
         x, y = data.x, data.y
+        if data.classes is not None:  # a class seen only outside meta-training has no trained logit behaviour
+            seen = set(data.y[torch.cat([torch.cat(held[t]) for t in tasks["train"]]), 0].long().tolist())
+            for split in ("validation", "test"):
+                rows = torch.cat([torch.cat(held[t]) for t in tasks[split]])
+                unseen = sorted(set(data.y[rows, 0].long().tolist()) - seen)
+                check(not unseen, "task.dataset", f"classes {[data.classes[i] for i in unseen][:5]} of "
+                      f"{split} tasks never occur in a meta-train task; change task.split_seed or add rows")
+            y = torch.nn.functional.one_hot(y[:, 0].long(), len(data.classes)).to(y.dtype)
         norm = {}
         if c.normalize:
             train_rows = torch.cat([torch.cat(held[t]) for t in tasks["train"]])
-            for key, a in (("x", x), ("y", y)):
+            for key, a in (("x", x), ("y", y)) if data.classes is None else (("x", x),):
                 mean, std = a[train_rows].mean(0), a[train_rows].std(0, correction=0)
                 std = torch.where(std > 1e-12, std, torch.ones_like(std))
                 norm[f"{key}_mean"], norm[f"{key}_std"] = mean.tolist(), std.tolist()
             x = (x - torch.tensor(norm["x_mean"], dtype=x.dtype)) / torch.tensor(norm["x_std"], dtype=x.dtype)
-            y = (y - torch.tensor(norm["y_mean"], dtype=y.dtype)) / torch.tensor(norm["y_std"], dtype=y.dtype)
+            if data.classes is None:
+                y = (y - torch.tensor(norm["y_mean"], dtype=y.dtype)) / torch.tensor(norm["y_std"], dtype=y.dtype)
         rows = {}
         for split, members in tasks.items():
             for part, i in (("train", 0), ("heldout", 1)):
@@ -251,6 +304,18 @@ class DatasetFamily(TaskFamily):
                 rows[split, part] = (pad, torch.tensor([len(r) for r in lists]))
         return _Prepared(x, y, tasks, rows, held, norm, data)
 
+    @property
+    def classification(self) -> bool:
+        return self.prepared.data.classes is not None
+
+    @property
+    def heldout_metric(self) -> str:
+        return "error_heldout" if self.classification else "mse_heldout"
+
+    @property
+    def baseline_lrs(self) -> tuple:
+        return CLASSIFICATION_LRS if self.classification else ()
+
     def rows_of(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(train rows, held-out rows) of task ``task``: indices into the data set."""
         return self.prepared.task_rows[task]
@@ -258,15 +323,20 @@ class DatasetFamily(TaskFamily):
     # -- what the engine calls -----------------------------------------------------------------------
     def loss_defaults(self) -> dict:
         """One shared L_phi(pred, target) per output dimension: it works for any number of outputs."""
+        if self.classification:  # logits and labels: the per-class correction of cross-entropy
+            return dict(CLASSIFICATION_LOSS)
         d = self.prepared.data
         return {"pred_dim": d.y.shape[1], "x_dim": d.x.shape[1], "per_output": True}
 
+    def loss_defaults_for(self, form: str) -> dict:
+        return classification_loss_defaults(form) if self.classification else super().loss_defaults_for(form)
+
     def train_defaults(self) -> dict:
-        return {"tasks_per_batch": 4, "inner_lr": 0.01, "eval_tasks": 4}
+        return {"tasks_per_batch": 4, "inner_lr": 0.1 if self.classification else 0.01, "eval_tasks": 4}
 
     def init_theta(self, generators, n):
-        d = self.prepared.data
-        return mlp_init([d.x.shape[1], *self.config.model_hidden, d.y.shape[1]], generators, n)
+        p = self.prepared  # classification: one output (logit) per class
+        return mlp_init([p.x.shape[1], *self.config.model_hidden, p.y.shape[1]], generators, n)
 
     def predict(self, theta, x):
         return mlp_forward(theta, x, self.config.model_activation)
@@ -285,6 +355,14 @@ class DatasetFamily(TaskFamily):
                 out["y" + key].append(p.y[rows])
         return {k: torch.stack(v) for k, v in out.items()}
 
+    def task_loss(self, theta, data):
+        """Cross-entropy for a classification data set (on the held-out rows by default); otherwise the
+        base's MSE, which honours ``meta_objective`` too."""
+        if not self.classification:
+            return super().task_loss(theta, data)
+        key = "" if self.config.meta_objective == "train" else "_heldout"
+        return cross_entropy(self.predict(theta, data["x" + key]), data["y" + key])
+
     def input_scales(self) -> dict | None:
         """The standardisation's stds: a bundle keeps them, so ``load_loss(..., raw_units=True)``
         takes targets and inputs in the data set's own units."""
@@ -300,17 +378,29 @@ class DatasetFamily(TaskFamily):
         out = {"pred": norm.get(f"y_{stat}"), "target": norm.get(f"y_{stat}"), "x": norm.get(f"x_{stat}")}
         return {k: v for k, v in out.items() if v is not None} or None
 
+    def plain_loss(self, theta, data):
+        if self.classification:
+            return cross_entropy(self.predict(theta, data["x"]), data["y"])
+        return super().plain_loss(theta, data)
+
+    def metrics(self, theta, data):
+        return classification_metrics(self, theta, data) if self.classification else super().metrics(theta, data)
+
     # -- what the service shows ----------------------------------------------------------------------
     def describe(self) -> dict:
         """Which tasks are in which split and the standardisation L_phi was trained under."""
         p = self.prepared
-        return {"dataset": self.config.dataset, "sha256": p.data.sha256(), "inputs": p.data.inputs,
+        extra = {} if p.data.classes is None else {"classes": p.data.classes}
+        return {**extra, "dataset": self.config.dataset, "sha256": p.data.sha256(), "inputs": p.data.inputs,
                 "outputs": p.data.outputs,
                 "tasks": {s: [p.data.names[t] for t in members] for s, members in p.tasks.items()},
                 "normalization": p.norm or None}
 
     def landscape(self, spec, params, options):
-        """A per-output loss is one scalar function, whatever the number of outputs."""
+        """A per-output loss is one scalar function, whatever the number of outputs; a classification
+        loss is drawn against the true class's logit margin (no data needed)."""
+        if spec.form == "ce_classwise":
+            return margin_landscape(spec, params, options, 2)
         return super().landscape(replace(spec, pred_dim=1) if spec.per_output else spec, params, options)
 
 

@@ -17,7 +17,7 @@ from ...models import Dataset
 from ..deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[READ])
-OPTIONS = {"name", "filename", "format", "task_column", "inputs", "outputs"}
+OPTIONS = {"name", "filename", "format", "task_column", "inputs", "outputs", "task_type"}
 
 UPLOAD_DOC = {
     "parameters": [
@@ -33,6 +33,9 @@ UPLOAD_DOC = {
          "description": "comma-separated input columns (CSV default: all but task and outputs)"},
         {"name": "outputs", "in": "query", "schema": {"type": "string"},
          "description": "comma-separated output columns (CSV default: y, y1, y2, ..., y_*)"},
+        {"name": "task_type", "in": "query", "schema": {"type": "string", "enum": ["regression", "classification"]},
+         "description": "classification: one label column (CSV default: label; integers or strings), "
+                        "NPZ: y holds the labels"},
     ],
     "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {

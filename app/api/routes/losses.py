@@ -20,7 +20,16 @@ from ml3core.api import landscape, landscape_png, parse_meta_test
 
 from ... import limits, registry
 from ...errors import invalid
-from ...evaluate import evaluate, to_tensor, torch_threads
+from ...evaluate import (
+    check_logits,
+    evaluate,
+    evaluate_classification,
+    is_classification,
+    labels_tensor,
+    to_tensor,
+    torch_threads,
+)
+from ...limits import exceeded
 from ...models import META_TEST, Loss, LossAlias, LossVersion
 from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagRequest, iso, version_json
 from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_query
@@ -147,6 +156,8 @@ def _encode(t, encoding: str):
 async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, return_grad,
                     encoding) -> Response:
     r, module = _loaded(request, loss_id)
+    if is_classification(module):
+        raise invalid("logits", "required: a classification loss takes logits and labels, not pred and target")
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
     if pred.numel() > INLINE_VALUES:
@@ -157,6 +168,51 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
     if grad is not None:
         out["grad"] = _encode(grad, encoding)
     return Response(json.dumps(out), media_type="application/json")
+
+
+async def _evaluate_classification(request: Request, loss_id: str, logits, labels, reduction, return_grad,
+                                   encoding) -> Response:
+    """Evaluate a classification loss (form ce_classwise) on (N, C) logits and labels."""
+    r, module = _loaded(request, loss_id)
+    if not is_classification(module):
+        raise invalid("pred", "required: this loss is not a classification loss; send pred and target")
+    check_logits(logits)
+    if labels is None:
+        raise invalid("labels", "required with logits")
+    targets = labels_tensor(labels, logits, request.app.state.settings.max_eval_values)
+    request.app.state.stats["evaluate_values"] += logits.numel()
+    args = (module, logits, targets, reduction, return_grad, request.app.state.settings.api_threads)
+    if logits.numel() > INLINE_VALUES:
+        loss, grad = await run_in_threadpool(evaluate_classification, *args)
+    else:
+        loss, grad = evaluate_classification(*args)
+    out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(logits.shape[0])}
+    if grad is not None:
+        out["grad"] = _encode(grad, encoding)
+    return Response(json.dumps(out), media_type="application/json")
+
+
+def _query_rows(text: str, loc: str, limit: int):
+    """'a,b;c,d' -> a (2, 2) tensor: rows separated by ';', values by ','."""
+    try:
+        rows = [[float(v) for v in row.split(",")] for row in text.split(";")]
+    except ValueError:
+        raise invalid(loc, "rows of comma-separated numbers separated by ';', e.g. 2,0.1;0.3,1") from None
+    if len({len(row) for row in rows}) != 1:
+        raise invalid(loc, "every row needs the same number of values")
+    if sum(map(len, rows)) > limit:
+        raise exceeded("max_query_values", 413, f"{loc}: {sum(map(len, rows))} values", limit, loc=loc)
+    return to_tensor(rows, loc, limit, limit_name="max_query_values")
+
+
+def _query_labels(text: str, limit: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise invalid("labels", "comma-separated class indices, e.g. 0,2,1") from None
+    if len(values) > limit:
+        raise exceeded("max_query_values", 413, f"labels: {len(values)} values", limit, loc="labels")
+    return values
 
 
 def _query_array(text: str | None, loc: str, limit: int):
@@ -175,11 +231,13 @@ def _param(name: str, description: str, required: bool = False, **schema) -> dic
 
 
 EVAL_QUERY = [
-    _param("pred", "comma-separated predictions, e.g. 0.1,0.5", True),
-    _param("target", "comma-separated targets, as many as pred", True),
+    _param("pred", "comma-separated predictions, e.g. 0.1,0.5 (regression losses)"),
+    _param("target", "comma-separated targets, as many as pred"),
     _param("x", "comma-separated inputs, for losses that read them"),
     _param("reduction", "mean (default), sum or none", enum=["mean", "sum", "none"]),
-    _param("return_grad", "also return d loss / d pred", type="boolean"),
+    _param("return_grad", "also return d loss / d pred (or d loss / d logits)", type="boolean"),
+    _param("logits", "classification losses: rows of comma-separated logits separated by ';', e.g. 2,0.1;0.3,1"),
+    _param("labels", "classification losses: comma-separated class indices, one per row of logits"),
 ]
 EVAL_QUERY_NAMES = frozenset(p["name"] for p in EVAL_QUERY)
 BOOLS = {"true": True, "1": True, "false": False, "0": False}
@@ -195,14 +253,20 @@ async def evaluate_get(request: Request, loss_id: str, key: ReadKey) -> Response
     q = request.query_params
     reject_unknown_query(request, EVAL_QUERY_NAMES)
     limit = request.app.state.settings.max_query_values
-    for name in ("pred", "target"):
-        if name not in q:
-            raise invalid(name, "required")
     reduction, return_grad = q.get("reduction", "mean"), BOOLS.get(q.get("return_grad", "false").lower())
     if reduction not in ("mean", "sum", "none"):
         raise invalid("reduction", "mean, sum or none")
     if return_grad is None:
         raise invalid("return_grad", "true or false")
+    if "logits" in q or "labels" in q:
+        if "logits" not in q or "labels" not in q:
+            raise invalid("logits" if "logits" not in q else "labels", "required: logits and labels go together")
+        logits = _query_rows(q["logits"], "logits", limit)
+        labels = _query_labels(q["labels"], limit)
+        return await _evaluate_classification(request, loss_id, logits, labels, reduction, return_grad, "json")
+    for name in ("pred", "target"):
+        if name not in q:
+            raise invalid(name, "required")
     p, t = _query_array(q["pred"], "pred", limit), _query_array(q["target"], "target", limit)
     x = _query_array(q.get("x"), "x", limit)
     return await _evaluate(request, loss_id, p, t, x, reduction, return_grad, "json")
@@ -223,6 +287,15 @@ async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Respons
         raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
     limit = request.app.state.settings.max_eval_values
     shape = body.shape
+    if body.logits is not None or body.labels is not None:
+        if body.logits is None:
+            raise invalid("logits", "required with labels")
+        logits = to_tensor(body.logits, "logits", limit, shape)
+        return await _evaluate_classification(request, loss_id, logits, body.labels, body.reduction,
+                                              body.return_grad, body.encoding)
+    for name in ("pred", "target"):
+        if getattr(body, name) is None:
+            raise invalid(name, "required")
     p, t = to_tensor(body.pred, "pred", limit, shape), to_tensor(body.target, "target", limit, shape)
     x = None if body.x is None else to_tensor(body.x, "x", limit)
     if x is not None and isinstance(body.x, str) and shape and shape[0] and x.numel() % shape[0] == 0:
@@ -250,7 +323,7 @@ def artifact_head(db: DB, loss_id: str, if_none_match: Annotated[str | None, Hea
     return head_of(artifact(db, loss_id, if_none_match))
 
 
-LANDSCAPE_QUERY = {"targets", "lo", "hi", "points", "x", "format"}
+LANDSCAPE_QUERY = {"targets", "lo", "hi", "points", "x", "classes", "format"}
 
 
 @router.get("/{loss_id}/landscape", summary="The loss over a grid of predictions (JSON or ?format=png)",
@@ -266,8 +339,9 @@ def landscape_view(request: Request, db: DB, loss_id: str,
         for key in ("lo", "hi", "x"):
             if key in q:
                 options[key] = float(q[key])
-        if "points" in q:
-            options["points"] = int(q["points"])
+        for key in ("points", "classes"):  # classes: a classification loss's landscape over C classes
+            if key in q:
+                options[key] = int(q[key])
     except ValueError as e:
         raise invalid("query", f"numbers expected: {e}") from None
     r = registry.resolve(db, loss_id)

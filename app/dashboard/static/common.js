@@ -344,17 +344,21 @@ const ml3 = (() => {
     return [x.filter(keep), ...ys.map((y) => y.filter(keep))];
   }
 
-  const METRIC_NAMES = { mse_heldout: "held-out MSE", mse_train: "train MSE" };
+  const METRIC_NAMES = { mse_heldout: "held-out MSE", mse_train: "train MSE", error_heldout: "held-out error",
+    error_train: "train error", ce_heldout: "held-out cross-entropy", ce_train: "train cross-entropy" };
   const metricName = (m) => METRIC_NAMES[m] || m.replace(/_/g, " ");
+  // the plain loss a learned one is compared with: cross-entropy for classification metrics, else MSE
+  const plainName = (m) => (/(^|\.)(error|ce)_/.test(m) ? "cross-entropy" : "plain MSE");
+  const HEADLINE = ["mse_heldout", "error_heldout"];
 
   // a meta-test report (ml3core.metatest): curves per metric and the horizon table
   function metaTestSection(container, report, note) {
     container.textContent = "";
     const grid = el("div", { class: "grid2" });
-    const metrics = Object.keys(report.curves.learned || {}).sort((a, b) => (b === "mse_heldout") - (a === "mse_heldout"));
+    const metrics = Object.keys(report.curves.learned || {}).sort((a, b) => HEADLINE.includes(b) - HEADLINE.includes(a));
     for (const m of metrics) {
       const series = [];
-      for (const [name, label] of [["learned", "learned loss"], ["mse", "plain MSE"]]) {
+      for (const [name, label] of [["learned", "learned loss"], ["mse", plainName(m)]]) {
         const rows = (report.curves[name] || {})[m];
         if (!rows || !rows.length) continue;
         const b = band(rows);
@@ -374,7 +378,7 @@ const ml3 = (() => {
       const cols = Object.keys(report.horizon[0].learned || {});
       const table = el("table", { class: "table", id: "horizon" },
         el("thead", {}, el("tr", {}, el("th", { text: "steps" }),
-          cols.map((c) => [el("th", { text: `${metricName(c)}, learned` }), el("th", { text: `${metricName(c)}, MSE` })]),
+          cols.map((c) => [el("th", { text: `${metricName(c)}, learned` }), el("th", { text: `${metricName(c)}, ${plainName(c).replace("plain ", "")}` })]),
           el("th", { text: "held-out ratio" }))),
         el("tbody", {}, report.horizon.map((h) => el("tr", {}, el("td", { text: h.steps }),
           cols.map((c) => [el("td", { class: "num", text: num(h.learned[c]) }), el("td", { class: "num", text: num(h.mse[c]) })]),
@@ -391,5 +395,5 @@ const ml3 = (() => {
 
   return { FINAL, $, el, api, request, ApiError, blobUrl, loadImage, follow, notice, num, duration, ago, when,
     runTime, badge, progressBar, setProgress, percent, getKey, versionHref, clearErrors, showErrors, lineChart, band, thin, COLORS,
-    metricName, metaTestSection, sleep };
+    metricName, plainName, metaTestSection, sleep };
 })();

@@ -116,7 +116,7 @@
     });
   }
 
-  const rank = (key) => (key.endsWith("mse_heldout") ? 0 : key.endsWith("mse_train") ? 1 : 2) * 2
+  const rank = (key) => (/(mse|error)_heldout$/.test(key) ? 0 : /(mse|error)_train$/.test(key) ? 1 : 2) * 2
     + (key.startsWith("validation") ? 0 : 1);
 
   let pending = false;
@@ -147,7 +147,7 @@
       if (c.baseline) {
         const b = ml3.band(c.baseline.map((v) => [v]));
         const k = c.x.length;
-        series.push({ label: "plain MSE", color: ml3.COLORS.mse, dashed: true, x: c.x,
+        series.push({ label: ml3.plainName(key), color: ml3.COLORS.mse, dashed: true, x: c.x,
           y: Array(k).fill(b.y[0]), lo: Array(k).fill(Math.min(...b.lo)), hi: Array(k).fill(Math.max(...b.hi)) });
       }
       ml3.lineChart(card.querySelector(".plot"), { series, xlabel: "meta-train iteration", ylabel: ml3.metricName(key.split(".").slice(1).join(".")) });

@@ -102,7 +102,10 @@
     // landscape
     ml3.loadImage($("#landscape"), `${base}/landscape?format=png`)
       .catch((e) => { $("#landscape-note").textContent = `No landscape: ${e.message}`; });
-    $("#landscape-note").textContent = "The learned loss over a grid, beside MSE, as its task family draws it.";
+    const classification = arch.form === "ce_classwise";
+    $("#landscape-note").textContent = classification
+      ? "The learned loss of one example against the true class's logit margin, beside cross-entropy."
+      : "The learned loss over a grid, beside MSE, as its task family draws it.";
 
     // evaluate
     const inputs = arch.inputs || [];
@@ -111,23 +114,34 @@
       $("#ev-x").value = "0, 0, 0";
     }
     const form = $("#evaluate");
+    // a classification loss takes logits (rows separated by ';') and class labels in the same two fields
+    const names = classification ? { pred: "logits", target: "labels", x: "x" } : { pred: "pred", target: "target", x: "x" };
+    if (classification) {
+      for (const [k, label, value] of [["pred", "logits (one row per example, rows separated by ;)", "2, 0.1, -1; 0.3, 0.2, 1"],
+                                       ["target", "labels (class indices)", "0, 2"]]) {
+        const box = form.querySelector(`.field[data-loc="${k}"]`);
+        box.dataset.loc = names[k];
+        box.querySelector("label").textContent = label;
+        form.elements[k].value = value;
+      }
+    }
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       ml3.clearErrors(form);
       const q = new URLSearchParams();
       for (const k of ["pred", "target", "x"]) {
         const text = form.elements[k].value.replace(/\s+/g, "");
-        if (k !== "x" || (!$("#ev-x-field").hidden && text)) q.set(k, text);
+        if (k !== "x" || (!$("#ev-x-field").hidden && text)) q.set(names[k], text);
       }
       q.set("reduction", form.elements.reduction.value);
       if (form.elements.return_grad.checked) q.set("return_grad", "true");
       const out = $("#eval-result");
       try {
         const r = await api(`${base}/evaluate?${q}`);
-        const show = (x) => (Array.isArray(x) ? `[${x.map(num).join(", ")}]` : num(x));
+        const show = (x) => (Array.isArray(x) ? `[${x.map(show).join(", ")}]` : num(x));
         out.replaceChildren(
           el("div", {}, el("span", { class: "muted", text: "loss " }), el("strong", { id: "eval-loss", "data-value": JSON.stringify(r.loss), text: show(r.loss) })),
-          r.grad ? el("div", {}, el("span", { class: "muted", text: "d loss / d pred " }), el("span", { text: show(r.grad) })) : "",
+          r.grad ? el("div", {}, el("span", { class: "muted", text: `d loss / d ${names.pred} ` }), el("span", { text: show(r.grad) })) : "",
           el("div", { class: "hint" }, `${r.n} point${r.n === 1 ? "" : "s"} · ${r.id}`));
         out.hidden = false;
       } catch (err) {
