@@ -54,7 +54,7 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     family = make_family(spec.pop("task"))
     family.resolve()
     loss_in = spec.pop("loss", None)
-    form = loss_in.get("form", "net") if isinstance(loss_in, dict) else "net"
+    form = loss_in.get("form") if isinstance(loss_in, dict) else None  # None: the family's own choice
     loss = LossSpec.from_dict(loss_in, **family.loss_defaults_for(form))
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs

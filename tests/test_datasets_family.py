@@ -95,7 +95,11 @@ def test_standardisation_uses_the_meta_train_tasks_only():
 
 def test_loss_is_per_output_and_meta_train_runs_on_two_outputs():
     plan = parse_spec({"task": {"family": "dataset", "dataset": "toy"}})
-    assert (plan.loss.per_output, plan.loss.pred_dim, plan.loss.x_dim, plan.loss.in_features) == (True, 2, 3, 2)
+    # the default: a weight w(target) on each output's squared error, starting as MSE
+    assert (plan.loss.form, plan.loss.init, plan.loss.inputs) == ("weighted_se", "baseline", ["target"])
+    assert (plan.loss.per_output, plan.loss.pred_dim, plan.loss.x_dim, plan.loss.in_features) == (True, 2, 3, 1)
+    net = parse_spec({"task": {"family": "dataset", "dataset": "toy"}, "loss": {"form": "net"}}).loss
+    assert (net.per_output, net.in_features) == (True, 2)
     out = meta_train({"task": {"family": "dataset", "dataset": "toy", "model_hidden": [8]}, "seeds": 1,
                       "outer_iterations": 4, "inner_steps": 2, "eval_every": 2, "eval_steps": 3,
                       "validation_tasks": 2, "meta_test": {"tasks": 2, "steps": 3, "horizons": [3]}})
@@ -172,10 +176,11 @@ def test_cross_architecture_meta_test_on_sine():
 
 
 def test_meta_test_on_tasks_the_loss_cannot_read_is_refused():
-    b = bundle_of({"task": {"family": "dataset", "dataset": "toy"}, "loss": {"inputs": ["pred", "target", "x"]}})
+    b = bundle_of({"task": {"family": "dataset", "dataset": "toy"},
+                   "loss": {"form": "net", "inputs": ["pred", "target", "x"]}})
     with pytest.raises(ConfigError, match="x_dim = 3"):
         run_meta_test(b, {"task": {"dataset": "toy-wide"}})
-    b = bundle_of({"task": {"family": "dataset", "dataset": "toy"}})  # (pred, target) per output: any data
+    b = bundle_of({"task": {"family": "dataset", "dataset": "toy"}})  # w(target) per output: any data
     r, _ = run_meta_test(b, {"task": {"dataset": "toy-wide"}, "tasks": 2, "steps": 2, "horizons": [2]})
     assert r["data"]["inputs"] == ["x1", "x2", "x3", "x4", "x5"]
 
@@ -186,7 +191,7 @@ def test_a_data_set_loss_carries_its_standardisation_and_takes_raw_units():
     from ml3core import load_loss
 
     bundle = bundle_of({"task": {"family": "dataset", "dataset": "toy", "model_hidden": [8]},
-                        "loss": {"inputs": ["pred", "target", "x"]}})
+                        "loss": {"form": "net", "inputs": ["pred", "target", "x"]}})
     norm = family().describe()["normalization"]
     assert bundle.spec["input_scales"] == {"pred": norm["y_std"], "target": norm["y_std"], "x": norm["x_std"]}
     assert bundle.spec["input_offsets"] == {"pred": norm["y_mean"], "target": norm["y_mean"], "x": norm["x_mean"]}

@@ -37,9 +37,10 @@ class TaskFamily:
         """Default LossSpec fields for this family (architecture and input dims)."""
         return {}
 
-    def loss_defaults_for(self, form: str) -> dict:
-        """``loss_defaults`` for a loss form: a ``weighted_se`` weight reads the same inputs but
-        pred (it weighs the error of pred) and stays positive (softplus)."""
+    def loss_defaults_for(self, form: str | None) -> dict:
+        """``loss_defaults`` for a loss form (None: the spec names none, the family chooses): a
+        ``weighted_se`` weight reads the same inputs but pred (it weighs the error of pred) and
+        stays positive (softplus)."""
         d = self.loss_defaults()
         if form != "weighted_se":
             return d

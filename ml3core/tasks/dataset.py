@@ -328,11 +328,22 @@ class DatasetFamily(TaskFamily):
         d = self.prepared.data
         return {"pred_dim": d.y.shape[1], "x_dim": d.x.shape[1], "per_output": True}
 
-    def loss_defaults_for(self, form: str) -> dict:
-        return classification_loss_defaults(form) if self.classification else super().loss_defaults_for(form)
+    def loss_defaults_for(self, form: str | None) -> dict:
+        """Regression with no form named: a learned weight on each squared error that starts as MSE
+        (measured in bench/scoreboard.py: the free-form net of the paper, meta-trained with M = 1, was
+        up to 89x worse than MSE at 1000 steps on the diabetes tasks; this one stays near parity)."""
+        if self.classification:
+            return classification_loss_defaults(form or "ce_classwise")
+        if form is None:
+            return {**super().loss_defaults_for("weighted_se"), "hidden": [16], "activation": "tanh",
+                    "output": "exp", "bias": True, "init": "baseline"}
+        return super().loss_defaults_for(form)
 
     def train_defaults(self) -> dict:
-        return {"tasks_per_batch": 4, "inner_lr": 0.1 if self.classification else 0.01, "eval_tasks": 4}
+        if self.classification:
+            return {"tasks_per_batch": 4, "inner_lr": 0.1, "eval_tasks": 4}
+        return {"tasks_per_batch": 8, "inner_lr": 0.01, "eval_tasks": 4, "schedule": "persistent", "inner_steps": 10,
+                "train_horizon": 1000, "outer_iterations": 300, "outer_lr": 3e-3}
 
     def init_theta(self, generators, n):
         p = self.prepared  # classification: one output (logit) per class

@@ -133,8 +133,8 @@ class DigitsFamily(TaskFamily):
     def loss_defaults(self) -> dict:
         return dict(CLASSIFICATION_LOSS)  # starts as exactly cross-entropy; g reads (p_c, y_c, log p_c)
 
-    def loss_defaults_for(self, form: str) -> dict:
-        return classification_loss_defaults(form)
+    def loss_defaults_for(self, form: str | None) -> dict:
+        return classification_loss_defaults(form or "ce_classwise")
 
     def train_defaults(self) -> dict:
         # measured (bench/classification.py): a 50-step unroll beats 5 and 20 at 100 and 1000 steps; 100 is worse
