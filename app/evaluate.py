@@ -17,10 +17,11 @@ import torch
 
 from ml3core.portable import LearnedLoss, mlp_loss
 
-from .errors import invalid
+from .errors import Problem, invalid
 from .limits import exceeded
 
 CHUNK = 65536
+F32_MAX = float(torch.finfo(torch.float32).max)
 _local = threading.local()
 
 
@@ -83,8 +84,9 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     if t.numel() > limit:
         raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
     small = isinstance(value, list) and t.dim() == 1 and len(value) <= 64
-    if not (all(map(math.isfinite, value)) if small else bool(torch.isfinite(t).all())):  # a few: in Python
-        raise invalid(loc, "NaN or infinite values")
+    # a few: in Python, where 1e39 is finite but not a float32 (NaN fails the comparison too)
+    if not (all(abs(v) <= F32_MAX for v in value) if small else bool(torch.isfinite(t).all())):
+        raise invalid(loc, f"NaN, infinite or beyond float32 (|value| > {F32_MAX:.4g}) values")
     return t
 
 
@@ -137,6 +139,11 @@ def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: t
         loss = float(v.sum())
     else:
         loss = v
+    finite = math.isfinite(loss) if isinstance(loss, float) else bool(torch.isfinite(loss).all())
+    if not finite or (g is not None and not bool(torch.isfinite(g).all())):
+        what = "its gradient" if finite else "the loss"
+        raise Problem(422, "not_finite", f"{what} overflows float32 on these values (NaN or infinity is not "
+                      "JSON): scale pred and target (and x) down")
     if g is not None and flat:
         g = g[:, 0]
     return loss, g

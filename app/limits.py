@@ -13,7 +13,7 @@ from collections import OrderedDict
 from sqlalchemy import func, select
 
 from .core.config import Settings
-from .errors import Problem
+from .errors import Problem, invalid
 from .models import QUEUED, RUNNING, Job
 
 
@@ -29,17 +29,27 @@ def at_most(settings: Settings, name: str, loc: str, value: int) -> None:
         raise exceeded(name, 422, f"{loc}: {value}", allowed, loc=loc)
 
 
-def check_arrays(obj, settings: Settings, loc: str = "body") -> None:
-    """Every list in a JSON document, however deep, holds at most ``max_array_items`` items."""
+MAX_DEPTH = 16  # nesting of a spec: the deepest real one is 4
+
+
+def check_arrays(obj, settings: Settings, loc: str = "body", depth: int = 0) -> None:
+    """Every list in a JSON document holds at most ``max_array_items`` items; the document nests at
+    most ``MAX_DEPTH`` deep, and no string or key holds a NUL (PostgreSQL's text cannot)."""
+    if depth > MAX_DEPTH:
+        raise invalid(loc, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(obj, dict):
         for k, v in obj.items():
-            check_arrays(v, settings, f"{loc}.{k}" if loc != "body" else str(k))
+            if "\x00" in k:
+                raise invalid(loc, "a NUL character in a key")
+            check_arrays(v, settings, f"{loc}.{k}" if loc != "body" else str(k), depth + 1)
     elif isinstance(obj, list):
         if len(obj) > settings.max_array_items:
             allowed = settings.max_array_items
             raise exceeded("max_array_items", 413, f"{loc}: {len(obj)} items", allowed, loc=loc)
         for i, v in enumerate(obj):
-            check_arrays(v, settings, f"{loc}.{i}")
+            check_arrays(v, settings, f"{loc}.{i}", depth + 1)
+    elif isinstance(obj, str) and "\x00" in obj:
+        raise invalid(loc, "a NUL character in a string")
 
 
 def unroll_bytes(plan) -> int:

@@ -21,7 +21,7 @@ from .api.routes import datasets as dataset_routes
 from .api.routes import health, jobs, losses
 from .core.config import Settings, get_settings
 from .db import get_engine, get_sessionmaker, upgrade
-from .errors import Problem, problem_body
+from .errors import Problem, invalid, problem_body
 from .evaluate import LossCache
 from .registry import FastResolver
 from .runner import make_runner
@@ -87,6 +87,10 @@ class Guard:
                 receive = limits.replay(messages, receive)
         if too_large:
             e = limits.exceeded("max_body_bytes", 413, "the request body is too large", limit)
+            return await problem_response(e.status, e.code, e.detail, **e.extra)(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
+            # no name, id or parameter holds one, and PostgreSQL refuses it in text: a 422 here, not a 500 there
+            e = invalid("url", "a NUL character (%00) is not allowed in a path or query")
             return await problem_response(e.status, e.code, e.detail, **e.extra)(scope, receive, send)
         status = [500]
 

@@ -25,19 +25,20 @@ from ml3core.portable import LossBundleError, parse_bundle
 from .errors import Problem, invalid, not_found
 from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+# matched with fullmatch: "$" would also match before a final newline, letting "name\n" through
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
 def check_name(name: str, loc: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise invalid(loc, f"{name!r} is not a loss name (letters, digits, '.', '_', '-'; at most 64)")
     return name
 
 
 def check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias) or alias == "latest":
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias == "latest":
         raise invalid("alias", f"{alias!r} is not an alias (a letter, then letters, digits, '_', '-'; "
                       "'latest' is reserved)")
     return alias
@@ -56,7 +57,7 @@ def parse_ref(text: str) -> Ref:
         check_name(name, "loss")
         if alias == "latest":
             return Ref(name)
-        if not ALIAS_RE.match(alias):
+        if not ALIAS_RE.fullmatch(alias):
             raise invalid("loss", f"bad alias in {text!r}")
         return Ref(name, alias=alias)
     if ":" in text:
@@ -253,7 +254,7 @@ def delete_alias(db: Session, name: str, alias: str) -> None:
 
 
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:
-    if not TAG_RE.match(key):
+    if not isinstance(key, str) or not TAG_RE.fullmatch(key):
         raise invalid("key", f"{key!r} is not a tag key")
     if not isinstance(value, str) or len(value) > 256:
         raise invalid("value", "a string of at most 256 characters")

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     auth: Literal["auto", "on", "off"] = "auto"
     auth_reads: bool = False  # reads need a key (scope read) too
     host: str = "127.0.0.1"  # the address served on (ml3 serve --host); what auth=auto decides on
+    bench_routes: bool = False  # /v1/_echo, the bare route bench/ compares against: off unless asked for
 
     # job sizes and per-key quotas (app/limits.py); each violation is a 4xx naming the setting
     max_array_items: int = Field(1000, ge=1)  # items in any list of a job or meta-test spec

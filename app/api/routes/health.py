@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import func, select, text
 
-from ...errors import Problem
+from ...errors import Problem, invalid, not_found
 from ...models import STATUSES, Job
+from ..deps import READ
 
 router = APIRouter(tags=["health"])
 
@@ -57,12 +58,24 @@ def metrics(request: Request) -> Response:
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
-@router.get("/v1/_echo", include_in_schema=False)
+def _bench_on(request: Request) -> None:
+    """The echo routes exist for bench/ only: off (404) unless ML3_BENCH_ROUTES=true."""
+    if not request.app.state.settings.bench_routes:
+        raise not_found("route")
+
+
+BENCH = [Depends(_bench_on), READ]  # on: keyed like any read
+
+
+@router.get("/v1/_echo", include_in_schema=False, dependencies=BENCH)
 async def echo_get(request: Request) -> Response:
     """Parses and returns its query: the cost of HTTP and the framework alone (see bench/)."""
     return Response(json.dumps(dict(request.query_params)), media_type="application/json")
 
 
-@router.post("/v1/_echo", include_in_schema=False)
+@router.post("/v1/_echo", include_in_schema=False, dependencies=BENCH)
 async def echo_post(request: Request) -> Response:
-    return Response(json.dumps(await request.json()), media_type="application/json")
+    try:
+        return Response(json.dumps(json.loads(await request.body())), media_type="application/json")
+    except (ValueError, RecursionError) as e:  # malformed, or nested deeper than the parser goes
+        raise invalid("body", f"not a JSON document: {type(e).__name__}") from None

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -189,6 +190,9 @@ def figure(db: DB, job_id: Id, name: str) -> Response:
     return Response(_file(db, job_id, name).data, media_type="image/png")
 
 
+EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() takes '²', which int() refuses
+
+
 def _sse(event: JobEvent) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
@@ -202,7 +206,7 @@ async def events(request: Request, job_id: Id, last_event_id: Annotated[str | No
         get_job(db, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.isdigit() or int(last_event_id) > MAX_ID:
+        if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_ID:
             raise invalid("Last-Event-ID", "an event id from this stream")
         start = int(last_event_id)
 

@@ -155,7 +155,7 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
     out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
     if grad is not None:
         out["grad"] = _encode(grad, encoding)
-    return Response(json.dumps(out), media_type="application/json")
+    return Response(json.dumps(out, allow_nan=False), media_type="application/json")  # evaluate refused those
 
 
 def _query_array(text: str | None, loc: str, limit: int):
