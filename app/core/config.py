@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     max_hidden: int = Field(1024, ge=1)  # widest layer of L_phi or of the optimizee
     max_tasks: int = Field(1000, ge=1)  # tasks per batch, per curve, per meta-test
     max_steps: int = Field(20_000, ge=1)  # SGD steps of a curve or a meta-test (horizons too)
-    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of one unroll
+    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of a run's largest phase (an unroll, ...)
+    max_work: int = Field(10**15, ge=1)  # multiply-adds of a whole run: training, curves, meta-test
     max_active_jobs: int = Field(8, ge=1)  # queued + running jobs of one key
     eval_rate: float = Field(100.0, ge=0)  # evaluate requests per second per key (0: no limit)
     eval_burst: int = Field(200, ge=1)

@@ -284,8 +284,9 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
     limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
     if not (body.device == "cpu" or body.device.startswith("cuda")):
         raise invalid("device", "cpu or cuda[:N]")
-    _, _, cfg = parse_meta_test(registry.load_bundle(db, r.id), spec)  # ConfigError -> 422, nothing stored
-    limits.check_meta_test(cfg, settings)
+    bundle = registry.load_bundle(db, r.id)
+    family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
+    limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
     request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
     return create_job(request, response, db, META_TEST, request_body,
                       {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
