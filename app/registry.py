@@ -20,7 +20,7 @@ from sqlalchemy import Connection, bindparam, event, func, select
 from sqlalchemy.orm import Session
 
 from ml3core.artifact import Bundle
-from ml3core.portable import LossBundleError, parse_bundle
+from ml3core.portable import LossBundleError, bundle_sha256, parse_bundle
 
 from .errors import Problem, invalid, not_found
 from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
@@ -192,16 +192,20 @@ def get_loss(db: Session, name: str) -> Loss:
 
 
 def load_bundle(db: Session | Connection, version_id: int) -> Bundle:
-    """The stored bundle, checked before anyone loads or downloads it: its weights must hash to the
-    sha256 registered with the version and named in its spec, and parse as safetensors + JSON."""
+    """The stored bundle, checked before anyone loads or downloads it: the weights and the spec must
+    hash to the sha256 registered with the version (and named in the spec), and parse as safetensors +
+    JSON. A version registered before bundles carried a whole ``sha256`` is checked on its weights."""
     q = (select(LossVersion.weights, LossVersion.spec, LossVersion.sha256, Loss.name, LossVersion.version)
          .join(Loss, Loss.id == LossVersion.loss_id).where(LossVersion.id == version_id))
     weights, spec, sha256, name, version = db.execute(q).one()
     bundle = Bundle(weights, spec)
     try:
         actual = hashlib.sha256(weights).hexdigest()
-        if actual != sha256 or spec.get("weights_sha256") != sha256:
-            raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the registered {sha256[:12]}…")
+        if spec.get("weights_sha256") != actual:
+            raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the spec's")
+        whole = bundle_sha256(weights, spec) if "sha256" in spec else actual
+        if whole != sha256 or spec.get("sha256", whole) != sha256:
+            raise LossBundleError(f"bundle sha256 {whole[:12]}… differs from the registered {sha256[:12]}…")
         parse_bundle(bundle.files)
     except (LossBundleError, AttributeError) as e:
         logging.getLogger("ml3.registry").error("loss %s:%s refused: %s", name, version, e)
