@@ -47,9 +47,10 @@ def request_hash(route: str, body) -> str:
 
 def create_job(request: Request, response: Response, db, kind: str, spec: dict, plan: dict,
                idempotency_key: str | None, route: str, **fields) -> dict:
-    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key."""
+    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key, per API key."""
     digest = request_hash(route, spec)
     key_id = fields.get("api_key_id")
+    idempotency_key = scoped(key_id, idempotency_key)
     for _ in range(2):
         # The key's row stays locked until the commit below: concurrent submits with one key take turns,
         # so its count of active jobs holds, and a retry with the same Idempotency-Key finds this job.
@@ -81,6 +82,14 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
     except Exception:  # the row is the truth: a runner that polls or a later retry still finds it
         log.exception("enqueue of job %s failed", job.id)
     return _accepted(response, job)
+
+
+def scoped(key_id: int | None, idempotency_key: str | None) -> str | None:
+    """What the jobs table stores for an Idempotency-Key: a digest of the API key's id and the header,
+    so two keys that pick the same value never see each other's jobs (its unique index holds per key)."""
+    if idempotency_key is None:
+        return None
+    return hashlib.sha256(f"{key_id if key_id is not None else '-'}:{idempotency_key}".encode()).hexdigest()
 
 
 def _accepted(response: Response, job: Job) -> dict:
