@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -78,7 +79,11 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
         if isinstance(value, list) and len(value) > limit:
             raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
         try:
-            t = torch.tensor(value, dtype=torch.float32)
+            if isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
+                t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
+                               for s in range(0, len(value), CHUNK)])
+            else:
+                t = torch.tensor(value, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as e:
             raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
@@ -88,6 +93,19 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     if not (all(abs(v) <= F32_MAX for v in value) if small else bool(torch.isfinite(t).all())):
         raise invalid(loc, f"NaN, infinite or beyond float32 (|value| > {F32_MAX:.4g}) values")
     return t
+
+
+def _number(text: str) -> float:
+    return float(text)  # Python, not C: the parser calling it lets other threads (the event loop) run
+
+
+def parse_big_json(raw: bytes):
+    """A big JSON body, parsed so that the thread doing it yields the GIL every few milliseconds: a
+    C parser holds it for the whole body (seconds for millions of numbers), stalling every request."""
+    try:
+        return json.loads(raw, parse_float=_number, parse_int=_number)
+    except (ValueError, RecursionError) as e:  # malformed, not UTF-8, or nested past the parser
+        raise invalid("body", f"not a JSON document: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,

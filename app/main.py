@@ -3,7 +3,9 @@ the lifespan; every error leaves as RFC 9457 problem+json."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
@@ -134,6 +136,8 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.state.cache = LossCache(settings.loss_cache_size)
     app.state.auth_enabled = security.auth_enabled(settings)
     app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
+    app.state.streams, app.state.streams_lock = {}, threading.Lock()  # open event streams per caller
+    app.state.big_evaluates = asyncio.Semaphore(settings.max_big_evaluates)  # evaluate bodies over 256 KiB
     app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
                        "evaluate_values": 0}
     install_error_handlers(app)

@@ -20,7 +20,7 @@ from ml3core.api import landscape, landscape_png, parse_meta_test
 
 from ... import limits, registry
 from ...errors import invalid
-from ...evaluate import evaluate, to_tensor, torch_threads
+from ...evaluate import evaluate, parse_big_json, to_tensor, torch_threads
 from ...models import META_TEST, Loss, LossAlias, LossVersion
 from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagRequest, iso, version_json
 from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_query
@@ -148,14 +148,17 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
     r, module = _loaded(request, loss_id)
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
-    if pred.numel() > INLINE_VALUES:
-        loss, grad = await run_in_threadpool(evaluate, *args)
-    else:
+
+    def compute() -> str:
         loss, grad = evaluate(*args)
-    out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
-    if grad is not None:
-        out["grad"] = _encode(grad, encoding)
-    return Response(json.dumps(out, allow_nan=False), media_type="application/json")  # evaluate refused those
+        out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
+        if grad is not None:
+            out["grad"] = _encode(grad, encoding)
+        return json.dumps(out, allow_nan=False)  # evaluate refused NaN and infinity: this never raises
+
+    # a big batch is evaluated and encoded off the event loop (a JSON list of millions takes seconds)
+    content = await run_in_threadpool(compute) if pred.numel() > INLINE_VALUES else compute()
+    return Response(content, media_type="application/json")
 
 
 def _query_array(text: str | None, loc: str, limit: int):
@@ -211,22 +214,39 @@ EVAL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": EvaluateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
-@router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
-             openapi_extra=EVAL_BODY)
-async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Response:
-    state = request.app.state
-    limits.check_rate(state.eval_limiter, key.client, state.settings)
+BIG_BODY = 256 * 1024  # bytes: a body larger than this (or of unknown length) is parsed off the event loop
+
+
+def _parse_evaluate(raw: bytes, limit: int, big: bool = False):
+    """(body, pred, target, x) of an evaluate POST; a 4xx if the arrays are not what the route takes."""
     try:  # parsed by hand, like the GET: the body model is in the OpenAPI schema all the same
-        body = EvaluateRequest.model_validate_json(await request.body())
+        body = EvaluateRequest.model_validate(parse_big_json(raw)) if big else EvaluateRequest.model_validate_json(raw)
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-    limit = request.app.state.settings.max_eval_values
     shape = body.shape
     p, t = to_tensor(body.pred, "pred", limit, shape), to_tensor(body.target, "target", limit, shape)
     x = None if body.x is None else to_tensor(body.x, "x", limit)
     if x is not None and isinstance(body.x, str) and shape and shape[0] and x.numel() % shape[0] == 0:
         x = x.reshape(shape[0], -1)  # base64 x: one row of inputs per point
-    return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
+    body.pred = body.target = body.x = None  # the parsed lists (the bulk of the memory) can go now
+    return body, p, t, x
+
+
+@router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
+             openapi_extra=EVAL_BODY)
+async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Response:
+    state = request.app.state
+    limits.check_rate(state.eval_limiter, key.client, state.settings)
+    limit = state.settings.max_eval_values
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= BIG_BODY:
+        body, p, t, x = _parse_evaluate(await request.body(), limit)
+        return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
+    # a big body: read, parsed and evaluated off the event loop (health checks and small requests go on),
+    # at most max_big_evaluates at once, so their memory is bounded too; the others wait their turn
+    async with state.big_evaluates:
+        body, p, t, x = await run_in_threadpool(_parse_evaluate, await request.body(), limit, True)
+        return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
 
 
 @router.get("/{loss_id}/artifact", summary="The loss bundle (zip of loss.safetensors + loss.json)",
