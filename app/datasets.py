@@ -83,6 +83,8 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise bad("file", f"a CSV file must be UTF-8 text ({e.reason} at byte {e.start})") from None
+    if "\x00" in text:  # the csv module reads it, PostgreSQL's text cannot hold it (labels are stored)
+        raise bad("file", f"line {text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL character")
     # newline="": CR, LF and CRLF all end a row; a quoted field may hold any of them
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = _csv_rows(reader)
@@ -142,7 +144,7 @@ def _csv_rows(reader):
         except StopIteration:
             return
         except csv.Error as e:
-            raise bad("file", f"line {reader.line_num + 1}: not readable as CSV ({e})") from None
+            raise bad("file", f"line {reader.line_num}: not readable as CSV ({e})") from None
         yield row
 
 

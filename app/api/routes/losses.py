@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Annotated
 
 import torch
@@ -26,6 +27,7 @@ from ...schemas import AliasRequest, EvaluateRequest, MetaTestRequest, TagReques
 from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_query
 from .jobs import IdempotencyKey, create_job
 
+DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
 
@@ -302,7 +304,7 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
     limits.check_arrays(spec, settings)
     seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
     limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
-    if not (body.device == "cpu" or body.device.startswith("cuda")):
+    if not DEVICE.fullmatch(body.device):
         raise invalid("device", "cpu or cuda[:N]")
     bundle = registry.load_bundle(db, r.id)
     family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
