@@ -260,8 +260,8 @@ def delete_alias(db: Session, name: str, alias: str) -> None:
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:
     if not isinstance(key, str) or not TAG_RE.fullmatch(key):
         raise invalid("key", f"{key!r} is not a tag key")
-    if not isinstance(value, str) or len(value) > 256:
-        raise invalid("value", "a string of at most 256 characters")
+    if not isinstance(value, str) or len(value) > 256 or "\x00" in value:  # PostgreSQL's text holds no NUL
+        raise invalid("value", "a string of at most 256 characters, without NUL")
     row = db.get(LossTag, (version_id, key))
     if row is None:
         db.add(LossTag(version_id=version_id, key=key, value=value))

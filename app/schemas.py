@@ -58,7 +58,7 @@ class AliasRequest(BaseModel):
 
 class TagRequest(BaseModel):
     model_config = STRICT
-    value: str = Field(max_length=256, pattern=r"^[^\x00]*\z")  # no NUL: PostgreSQL's text holds none
+    value: str = Field(max_length=256)
 
 
 def iso(t) -> str | None:
