@@ -373,3 +373,27 @@ def test_a_stream_slot_is_freed_however_the_stream_ends(client, Session, submit)
         r = client.get(f"/v1/jobs/{job['id']}/events", headers=key)
         assert r.status_code == 200 and "canceled" in r.text
     assert client.app.state.streams == {}
+
+
+@pytest.mark.parametrize("body", [
+    {"pred": [0.5, -1e-7, 3, 2.5e38], "target": [1, 2, 3, 4], "reduction": "none"},
+    {"pred": [[1, 2], [3, 4]], "target": [[1, 2], [3, 4]], "x": [0.1, 0.2]},  # nested: the general parser
+    {"pred": [], "target": [], "return_grad": True},
+    {"pred": "AAAAAA==", "target": [1.5], "shape": [1]},
+    {"\"pred": [1], "target": [2], "note": "\"pred\": [9]"},  # only looks like pred
+    {"x": [float(i) for i in range(300_000)], "target": [0.0] * 5, "pred": [1.0] * 5},  # pieces of 1 MiB
+])
+def test_the_big_body_parser_reads_what_json_reads(body):
+    from app.evaluate import parse_big_json
+
+    raw = json.dumps(body).encode()
+    assert parse_big_json(raw) == json.loads(raw)
+
+
+def test_the_big_body_parser_refuses_what_json_refuses():
+    from app.errors import Problem
+    from app.evaluate import parse_big_json
+
+    for raw in (b'{"pred": [1,], "target": [2]}', b'{"pred": [1, 2', b'{"pred": [1] "target": [2]}', b"\xff"):
+        with pytest.raises(Problem):
+            parse_big_json(raw)
