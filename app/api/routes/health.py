@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select, text
 
 from ...errors import Problem, invalid, not_found
@@ -58,9 +58,10 @@ def metrics(request: Request) -> Response:
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
-async def _bench_on(request: Request) -> None:
+def _bench_on(request: Request) -> None:
     """The echo routes exist for bench/ only: off (404) unless ML3_BENCH_ROUTES=true; then a read like
-    any other (keyed when keys are on). No dependency machinery: the route measures the bare framework."""
+    any other (keyed when keys are on). Called inline, not as a dependency: the route measures the bare
+    framework."""
     state = request.app.state
     if not state.settings.bench_routes:
         raise not_found("route")
@@ -69,17 +70,16 @@ async def _bench_on(request: Request) -> None:
         authorize(request, "read", header[7:] if header[:7].lower() == "bearer " else None)
 
 
-BENCH = [Depends(_bench_on)]
-
-
-@router.get("/v1/_echo", include_in_schema=False, dependencies=BENCH)
+@router.get("/v1/_echo", include_in_schema=False)
 async def echo_get(request: Request) -> Response:
     """Parses and returns its query: the cost of HTTP and the framework alone (see bench/)."""
+    _bench_on(request)
     return Response(json.dumps(dict(request.query_params)), media_type="application/json")
 
 
-@router.post("/v1/_echo", include_in_schema=False, dependencies=BENCH)
+@router.post("/v1/_echo", include_in_schema=False)
 async def echo_post(request: Request) -> Response:
+    _bench_on(request)
     try:
         return Response(json.dumps(json.loads(await request.body())), media_type="application/json")
     except (ValueError, RecursionError) as e:  # malformed, or nested deeper than the parser goes
