@@ -261,7 +261,7 @@ async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Anno
         return status, rows
 
     async def stream():
-        last, pause, wrote = start, 0.25, time.monotonic()
+        last, wrote = start, time.monotonic()
         yield "retry: 1000\n\n"
         while True:
             # the keep-alive goes out on time even while the poll waits for a busy thread pool
@@ -274,7 +274,7 @@ async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Anno
                 last = ev.id
                 yield _sse(ev)
             if rows:
-                wrote, pause = time.monotonic(), 0.25
+                wrote = time.monotonic()
             if status in FINAL and len(rows) < 500:
                 return
             if not rows:
@@ -283,8 +283,7 @@ async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Anno
                     wrote = time.monotonic()
                 if await request.is_disconnected():
                     return
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 2.0, keepalive)  # an idle stream polls less and less often
+                await asyncio.sleep(0.25)
 
     release = _take_stream_slot(request, key.client)
     return _Stream(stream(), release, media_type="text/event-stream",
