@@ -36,13 +36,14 @@ from ml3core.tasks import dataset as family
 from .core.config import Settings
 from .db import get_sessionmaker, lock_row
 from .errors import Problem, invalid, not_found
-from .models import FINAL, META_TEST, Dataset, Job, Loss, LossVersion
+from .models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion
 from .schemas import iso
 
 FORMATS = ("csv", "npz", "parquet")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",
                "application/zip": "npz", "application/vnd.apache.parquet": "parquet"}
-OUTPUT_NAME = re.compile(r"^y(\d+|_.*)?$")
+DIGITS = re.compile(r"[0-9]{1,10}")
+OUTPUT_NAME = re.compile(r"y([0-9]+|_.*)?")  # full match
 
 
 def bad(loc: str, msg: str) -> Problem:
@@ -86,8 +87,12 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise bad("file", f"a CSV file must be UTF-8 text ({e.reason} at byte {e.start})") from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    if "\x00" in text:  # the csv module reads it, PostgreSQL's text cannot hold it (labels are stored)
+        raise bad("file", f"line {text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL character")
+    # newline="": CR, LF and CRLF all end a row; a quoted field may hold any of them
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = _csv_rows(reader)
+    header = next(rows, None)
     if not header or not any(h.strip() for h in header):
         raise bad("file", "empty: a CSV file starts with a header row of column names")
     header = [h.strip() for h in header]
@@ -103,7 +108,7 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
             raise bad("outputs", f"classification reads one label column (default label) of the header {header}; "
                       "name it with ?outputs=")
     if outputs is None:
-        outputs = [h for h in header if OUTPUT_NAME.match(h) and h != task_column]
+        outputs = [h for h in header if OUTPUT_NAME.fullmatch(h) and h != task_column]
         if not outputs:
             raise bad("outputs", "no output column: call them y, y1, y2, ... or name them with ?outputs=a,b")
     if inputs is None:
@@ -121,7 +126,7 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
     at = {h: i for i, h in enumerate(header)}
     xi, yi, ti = [at[c] for c in inputs], [at[c] for c in outputs], at[task_column]
     xs, ys, labels = [], [], []
-    for row in reader:
+    for row in rows:
         line = reader.line_num
         if not row or all(not v.strip() for v in row):
             continue
@@ -144,6 +149,19 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
     if classification:
         return _class_data(xs, ys, labels, inputs, outputs[0])
     return _task_data(xs, ys, labels, inputs, outputs)
+
+
+def _csv_rows(reader):
+    """The reader's rows; what the csv module refuses (a field over its size limit, a NUL, a stray
+    quote) is a 422 naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise bad("file", f"line {reader.line_num}: not readable as CSV ({e})") from None
+        yield row
 
 
 def _number(text: str, line: int, column: str) -> float:
@@ -308,9 +326,18 @@ def dataset_of(db, job: Job) -> int | None:
         task = {**spec.get("task", {}), **((job.plan.get("spec") or {}).get("task") or {})}
     else:
         task = job.plan.get("task")
-    if not task or task.get("family") != "dataset" or not str(task.get("dataset")).isdigit():
+    if not task or task.get("family") != "dataset":
         return None
-    return int(task["dataset"])
+    return dataset_id(task.get("dataset"))
+
+
+def dataset_id(name) -> int | None:
+    """The row id that ``task.dataset`` names, or None: digits only, within the id column's range (a
+    larger number would overflow the database's integer, a 500 instead of a 4xx)."""
+    text = str(name)
+    if not DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
+        return None
+    return int(text)
 
 
 def jobs_using(db, dataset_id: int) -> list[int]:
@@ -339,10 +366,11 @@ def lock_for_job(db, job: Job) -> None:
 
 def load(db_url: str, name: str) -> family.TaskData:
     """ml3core's loader: ``task.dataset`` is a data set id of this database."""
-    if not str(name).isdigit():
-        raise ConfigError("task.dataset", f"a data set id (from POST /v1/datasets), got {name!r}")
+    row_id = dataset_id(name)
+    if row_id is None:
+        raise ConfigError("task.dataset", f"a data set id (from POST /v1/datasets: 1 to {MAX_ID}), got {name!r}")
     with get_sessionmaker(db_url)() as db:
-        blob = db.scalar(select(Dataset.data).where(Dataset.id == int(name)))
+        blob = db.scalar(select(Dataset.data).where(Dataset.id == row_id))
     if blob is None:
         raise _no_dataset(name)
     return family.TaskData.from_bytes(blob)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
+import re
 import threading
 from collections import OrderedDict
 
 import torch
+from pydantic_core import from_json
 
 from ml3core.portable import LearnedLoss, mlp_loss
 
-from .errors import invalid
+from .errors import Problem, invalid
 from .limits import exceeded
 
 CHUNK = 65536
+F32_MAX = float(torch.finfo(torch.float32).max)
 _local = threading.local()
 
 
@@ -77,15 +81,72 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
         if isinstance(value, list) and len(value) > limit:
             raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
         try:
-            t = torch.tensor(value, dtype=torch.float32)
+            if isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
+                t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
+                               for s in range(0, len(value), CHUNK)])
+            else:
+                t = torch.tensor(value, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError) as e:
             raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
         raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
     small = isinstance(value, list) and t.dim() == 1 and len(value) <= 64
-    if not (all(map(math.isfinite, value)) if small else bool(torch.isfinite(t).all())):  # a few: in Python
-        raise invalid(loc, "NaN or infinite values")
+    # a few: in Python, where 1e39 is finite but not a float32 (NaN fails the comparison too)
+    if not (all(abs(v) <= F32_MAX for v in value) if small else bool(torch.isfinite(t).all())):
+        raise invalid(loc, f"NaN, infinite or beyond float32 (|value| > {F32_MAX:.4g}) values")
     return t
+
+
+def _number(text: str) -> float:
+    return float(text)  # Python, not C: the parser calling it lets other threads (the event loop) run
+
+
+PIECE = 1 << 20  # bytes of a number list parsed at once: milliseconds of holding the GIL
+_ARRAY = re.compile(rb'"(pred|target|x)"\s*:\s*\[')
+
+
+class _NotFlat(ValueError):
+    pass
+
+
+def parse_big_json(raw: bytes):
+    """A big JSON body, parsed so that the thread doing it lets go of the GIL every few milliseconds:
+    one C parse of the whole body holds it for seconds (millions of numbers), stalling every request.
+    Flat number lists of pred, target and x are parsed piece by piece (the fast, usual case); any
+    other body by the standard parser calling back into Python for each number (slower)."""
+    try:
+        return _parse_flat(raw)
+    except ValueError:
+        pass
+    try:
+        return json.loads(raw, parse_float=_number, parse_int=_number)
+    except (ValueError, RecursionError) as e:  # malformed, not UTF-8, or nested past the parser
+        raise invalid("body", f"not a JSON document: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _parse_flat(raw: bytes) -> dict:
+    """The document with each ``"pred": [numbers]`` (target, x) parsed in pieces; _NotFlat (or a
+    ValueError) when the body is not that simple, for the general parser to decide."""
+    arrays, rest, pos = {}, [], 0
+    while (m := _ARRAY.search(raw, pos)) is not None:
+        key, end = m.group(1).decode(), raw.find(b"]", m.end())
+        if key in arrays or end < 0 or raw.find(b"[", m.end(), end) >= 0:  # repeated or nested
+            raise _NotFlat(key)
+        values, i = [], m.end()
+        while i < end:
+            j = end if end - i <= PIECE else raw.find(b",", i + PIECE, end)
+            j = end if j < 0 else j
+            values += from_json(b"[" + raw[i:j] + b"]")
+            i = j + 1
+        arrays[key] = values
+        rest += [raw[pos:m.start()], b'"' + m.group(1) + b'": null']
+        pos = end + 1
+    if not arrays:
+        raise _NotFlat("no arrays")
+    doc = from_json(b"".join([*rest, raw[pos:]]))
+    if not isinstance(doc, dict) or any(doc.get(k, ...) is not None for k in arrays):
+        raise _NotFlat("keys")  # e.g. a key that only looked like "pred"
+    return {**doc, **arrays}
 
 
 def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,
@@ -137,9 +198,19 @@ def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: t
         loss = float(v.sum())
     else:
         loss = v
+    check_finite(loss, g, "pred and target (and x)")
     if g is not None and flat:
         g = g[:, 0]
     return loss, g
+
+
+def check_finite(loss, g, inputs: str) -> None:
+    """A loss or gradient that overflowed float32 is a 422, never NaN or Infinity in the JSON."""
+    finite = math.isfinite(loss) if isinstance(loss, float) else bool(torch.isfinite(loss).all())
+    if not finite or (g is not None and not bool(torch.isfinite(g).all())):
+        what = "its gradient" if finite else "the loss"
+        raise Problem(422, "not_finite", f"{what} overflows float32 on these values (NaN or infinity is not "
+                      f"JSON): scale {inputs} down")
 
 
 # -- classification losses (form ce_classwise): logits and labels ---------------------------------
@@ -189,7 +260,8 @@ def evaluate_classification(module: LearnedLoss, logits: torch.Tensor, targets: 
             v = mlp_loss(params, arch, logits, targets, None, "none")
         g = None
     if reduction == "mean":
-        return float(v.mean()), None if g is None else g / v.numel()
-    if reduction == "sum":
-        return float(v.sum()), g
-    return v, g
+        loss, g = float(v.mean()), None if g is None else g / v.numel()
+    else:
+        loss = float(v.sum()) if reduction == "sum" else v
+    check_finite(loss, g, "the logits")
+    return loss, g

@@ -9,11 +9,12 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
 from .core.config import Settings
-from .errors import Problem
+from .errors import Problem, invalid
 from .models import QUEUED, RUNNING, Job
 
 
@@ -29,28 +30,113 @@ def at_most(settings: Settings, name: str, loc: str, value: int) -> None:
         raise exceeded(name, 422, f"{loc}: {value}", allowed, loc=loc)
 
 
-def check_arrays(obj, settings: Settings, loc: str = "body") -> None:
-    """Every list in a JSON document, however deep, holds at most ``max_array_items`` items."""
+MAX_DEPTH = 16  # nesting of a spec: the deepest real one is 4
+
+
+def check_arrays(obj, settings: Settings, loc: str = "body", depth: int = 0) -> None:
+    """Every list in a JSON document holds at most ``max_array_items`` items; the document nests at
+    most ``MAX_DEPTH`` deep, and no string or key holds a NUL (PostgreSQL's text cannot)."""
+    if depth > MAX_DEPTH:
+        raise invalid(loc, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(obj, dict):
         for k, v in obj.items():
-            check_arrays(v, settings, f"{loc}.{k}" if loc != "body" else str(k))
+            if "\x00" in k:
+                raise invalid(loc, "a NUL character in a key")
+            check_arrays(v, settings, f"{loc}.{k}" if loc != "body" else str(k), depth + 1)
     elif isinstance(obj, list):
         if len(obj) > settings.max_array_items:
             allowed = settings.max_array_items
             raise exceeded("max_array_items", 413, f"{loc}: {len(obj)} items", allowed, loc=loc)
         for i, v in enumerate(obj):
-            check_arrays(v, settings, f"{loc}.{i}")
+            check_arrays(v, settings, f"{loc}.{i}", depth + 1)
+    elif isinstance(obj, str) and "\x00" in obj:
+        raise invalid(loc, "a NUL character in a string")
 
 
-def unroll_bytes(plan) -> int:
-    """A rough upper bound on the activations one meta-gradient keeps alive: seeds x tasks x points
-    x (widths of the optimizee and of L_phi) x unrolled steps x bytes per value."""
-    cfg, task = plan.train, plan.family.config
-    points = getattr(task, "points", 1) * getattr(task, "trajectories", 1)
-    width = sum(getattr(task, "model_hidden", [])) + sum(plan.loss.hidden)
-    steps = cfg.inner_steps if cfg.schedule == "unrolled" else 1
-    size = 8 if cfg.dtype == "float64" else 4
-    return cfg.seeds * cfg.tasks_per_batch * points * max(width, 1) * steps * size
+def _points(task) -> int:
+    """Points of one task, train and held-out: what every forward pass over a task touches."""
+    per = getattr(task, "points", 1)
+    if hasattr(task, "trajectories"):  # inverse dynamics: points per trajectory
+        return per * (task.trajectories + getattr(task, "heldout_trajectories", 0))
+    return per + getattr(task, "heldout_points", 0)
+
+
+def _mlp(sizes: list[int]) -> int:
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+@dataclass
+class RunSize:
+    """One estimate of a run's memory (the peak of its phases, in bytes) and work (multiply-adds).
+
+    Per point of a task: the optimizee's and L_phi's activations (``width``) and the cost of a
+    forward pass (``flops``, the weights it multiplies by); per model: its ``params``. A phase keeps
+    alive seeds x tasks x (points x width + params x 3: theta, its gradient, the update); an unroll of
+    M steps keeps M of them. Work: forward + backward = 3 x the forward cost per point and step (6
+    through an unroll)."""
+
+    params: int
+    width: int
+    flops: int
+    points: int
+    value_bytes: int
+    phases: dict = field(default_factory=dict)  # phase -> bytes
+    work: int = 0
+
+    @classmethod
+    def of(cls, task, loss, dtype: str = "float32") -> RunSize:
+        hidden = list(getattr(task, "model_hidden", []))
+        outs = loss.pred_dim
+        params = _mlp([loss.x_dim, *hidden, outs]) if hidden else outs * (loss.x_dim + 1)
+        copies = outs if loss.per_output else 1  # one shared L_phi per output dimension
+        width = loss.x_dim + sum(hidden) + outs + copies * (sum(loss.hidden) + 1)
+        loss_params = sum((a + 1) * b for a, b in loss.layer_sizes())
+        return cls(params, width, params + copies * loss_params, _points(task), 8 if dtype == "float64" else 4)
+
+    def model_bytes(self, models: int, steps: int = 1) -> int:
+        return models * steps * (self.points * self.width + 3 * self.params) * self.value_bytes
+
+    def step_work(self, models: int, steps: int) -> int:
+        return models * steps * self.points * 3 * self.flops
+
+    def add(self, phase: str, models: int, steps: int, kept_steps: int = 1, factor: int = 1) -> None:
+        self.phases[phase] = max(self.phases.get(phase, 0), self.model_bytes(models, kept_steps))
+        self.work += factor * self.step_work(models, steps)
+
+    @property
+    def peak(self) -> tuple[str, int]:
+        return max(self.phases.items(), key=lambda kv: kv[1])
+
+
+def job_size(plan) -> RunSize:
+    """Meta-training (unrolls), its curves (evaluation and meta-validation trainings) and the meta-test."""
+    cfg, mt = plan.train, plan.meta_test
+    size = RunSize.of(plan.family.config, plan.loss, cfg.dtype)
+    kept = cfg.inner_steps if cfg.schedule == "unrolled" else 1
+    size.add("meta-training unroll", cfg.seeds * cfg.tasks_per_batch, cfg.outer_iterations * cfg.inner_steps,
+             kept, factor=2)
+    curves = cfg.outer_iterations // cfg.eval_every + 1
+    size.add("evaluation", cfg.seeds * cfg.eval_tasks, curves * cfg.eval_steps)
+    size.add("meta-validation", cfg.seeds * cfg.validation_tasks, curves * cfg.eval_steps)
+    add_meta_test(size, mt, cfg.seeds)
+    return size
+
+
+def add_meta_test(size: RunSize, mt, seeds: int) -> None:
+    """Each seed trains ``tasks`` fresh models with L_phi and again with MSE."""
+    size.add("meta-test", seeds * mt.tasks, max([mt.steps, *mt.horizons]), factor=2)
+
+
+def check_size(size: RunSize, settings: Settings) -> None:
+    phase, need = size.peak
+    if need > settings.max_unroll_bytes:
+        raise exceeded("max_unroll_bytes", 422, f"the {phase} needs about {need} bytes (seeds x tasks x (points "
+                       "x activations + 3 x optimizee parameters) x kept steps x bytes per value)",
+                       settings.max_unroll_bytes)
+    if size.work > settings.max_work:
+        raise exceeded("max_work", 422, f"the run needs about {size.work:.3g} multiply-adds (seeds x tasks x "
+                       "steps x points x 3 x the weights of the optimizee and L_phi, over training, curves and "
+                       "meta-test)", settings.max_work)
 
 
 def check_job(plan, settings: Settings) -> None:
@@ -69,17 +155,22 @@ def check_job(plan, settings: Settings) -> None:
     ):
         at_most(settings, name, loc, value)
     check_meta_test(mt, settings, "meta_test.")
-    need = unroll_bytes(plan)
-    if need > settings.max_unroll_bytes:
-        raise exceeded("max_unroll_bytes", 422, f"one unroll needs about {need} bytes (seeds x "
-                       "tasks_per_batch x points x hidden widths x inner_steps x bytes per value)",
-                       settings.max_unroll_bytes)
+    check_size(job_size(plan), settings)
 
 
 def check_meta_test(cfg, settings: Settings, prefix: str = "") -> None:
     """A meta-test (``MetaTestConfig``): its tasks and its longest fit."""
     at_most(settings, "max_tasks", f"{prefix}tasks", cfg.tasks)
     at_most(settings, "max_steps", f"{prefix}steps", max([cfg.steps, *cfg.horizons]))
+
+
+def check_meta_test_job(family, loss, seeds: int, cfg, settings: Settings) -> None:
+    """A meta-test job of a stored loss: its optimizee (``task.model_hidden`` overrides) and its size."""
+    at_most(settings, "max_hidden", "task.model_hidden", max(getattr(family.config, "model_hidden", []), default=0))
+    check_meta_test(cfg, settings)
+    size = RunSize.of(family.config, loss)
+    add_meta_test(size, cfg, seeds)
+    check_size(size, settings)
 
 
 def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:

@@ -3,7 +3,9 @@ the lifespan; every error leaves as RFC 9457 problem+json."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
@@ -22,7 +24,7 @@ from .api.routes import datasets as dataset_routes
 from .api.routes import health, jobs, losses
 from .core.config import Settings, get_settings
 from .db import get_engine, get_sessionmaker, upgrade
-from .errors import Problem, problem_body
+from .errors import Problem, invalid, problem_body
 from .evaluate import LossCache
 from .registry import FastResolver
 from .runner import make_runner
@@ -89,6 +91,10 @@ class Guard:
         if too_large:
             e = limits.exceeded("max_body_bytes", 413, "the request body is too large", limit)
             return await problem_response(e.status, e.code, e.detail, **e.extra)(scope, receive, send)
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
+            # no name, id or parameter holds one, and PostgreSQL refuses it in text: a 422 here, not a 500 there
+            e = invalid("url", "a NUL character (%00) is not allowed in a path or query")
+            return await problem_response(e.status, e.code, e.detail, **e.extra)(scope, receive, send)
         status = [500]
 
         async def send_and_note(message):
@@ -134,6 +140,8 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.state.cache = LossCache(settings.loss_cache_size)
     app.state.auth_enabled = security.auth_enabled(settings)
     app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
+    app.state.streams, app.state.streams_lock = {}, threading.Lock()  # open event streams per caller
+    app.state.big_evaluates = asyncio.Semaphore(settings.max_big_evaluates)  # evaluate bodies over 256 KiB
     app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
                        "evaluate_values": 0}
     install_error_handlers(app)

@@ -20,24 +20,25 @@ from sqlalchemy import Connection, bindparam, event, func, select
 from sqlalchemy.orm import Session
 
 from ml3core.artifact import Bundle
-from ml3core.portable import LossBundleError, parse_bundle
+from ml3core.portable import LossBundleError, bundle_sha256, parse_bundle
 
 from .errors import Problem, invalid, not_found
 from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+# matched with fullmatch: "$" would also match before a final newline, letting "name\n" through
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
 def check_name(name: str, loc: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise invalid(loc, f"{name!r} is not a loss name (letters, digits, '.', '_', '-'; at most 64)")
     return name
 
 
 def check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias) or alias == "latest":
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias == "latest":
         raise invalid("alias", f"{alias!r} is not an alias (a letter, then letters, digits, '_', '-'; "
                       "'latest' is reserved)")
     return alias
@@ -56,7 +57,7 @@ def parse_ref(text: str) -> Ref:
         check_name(name, "loss")
         if alias == "latest":
             return Ref(name)
-        if not ALIAS_RE.match(alias):
+        if not ALIAS_RE.fullmatch(alias):
             raise invalid("loss", f"bad alias in {text!r}")
         return Ref(name, alias=alias)
     if ":" in text:
@@ -191,16 +192,20 @@ def get_loss(db: Session, name: str) -> Loss:
 
 
 def load_bundle(db: Session | Connection, version_id: int) -> Bundle:
-    """The stored bundle, checked before anyone loads or downloads it: its weights must hash to the
-    sha256 registered with the version and named in its spec, and parse as safetensors + JSON."""
+    """The stored bundle, checked before anyone loads or downloads it: the weights and the spec must
+    hash to the sha256 registered with the version (and named in the spec), and parse as safetensors +
+    JSON. A version registered before bundles carried a whole ``sha256`` is checked on its weights."""
     q = (select(LossVersion.weights, LossVersion.spec, LossVersion.sha256, Loss.name, LossVersion.version)
          .join(Loss, Loss.id == LossVersion.loss_id).where(LossVersion.id == version_id))
     weights, spec, sha256, name, version = db.execute(q).one()
     bundle = Bundle(weights, spec)
     try:
         actual = hashlib.sha256(weights).hexdigest()
-        if actual != sha256 or spec.get("weights_sha256") != sha256:
-            raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the registered {sha256[:12]}…")
+        if spec.get("weights_sha256") != actual:
+            raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the spec's")
+        whole = bundle_sha256(weights, spec) if "sha256" in spec else actual
+        if whole != sha256 or spec.get("sha256", whole) != sha256:
+            raise LossBundleError(f"bundle sha256 {whole[:12]}… differs from the registered {sha256[:12]}…")
         parse_bundle(bundle.files)
     except (LossBundleError, AttributeError) as e:
         logging.getLogger("ml3.registry").error("loss %s:%s refused: %s", name, version, e)
@@ -253,10 +258,10 @@ def delete_alias(db: Session, name: str, alias: str) -> None:
 
 
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:
-    if not TAG_RE.match(key):
+    if not isinstance(key, str) or not TAG_RE.fullmatch(key):
         raise invalid("key", f"{key!r} is not a tag key")
-    if not isinstance(value, str) or len(value) > 256:
-        raise invalid("value", "a string of at most 256 characters")
+    if not isinstance(value, str) or len(value) > 256 or "\x00" in value:  # PostgreSQL's text holds no NUL
+        raise invalid("value", "a string of at most 256 characters, without NUL")
     row = db.get(LossTag, (version_id, key))
     if row is None:
         db.add(LossTag(version_id=version_id, key=key, value=value))

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -94,32 +95,92 @@ def main() -> None:
     serve(settings, stop)
 
 
+def release_jobs_of(settings: Settings, pid: int) -> int:
+    """Hand back the running jobs of a dead runner process of this host (its owner names host and pid):
+    the next runner resumes them from their checkpoints now, not when their lease expires."""
+    prefix = f"{socket.gethostname()}:{pid}:"
+    with get_sessionmaker(settings.db_url).begin() as db:
+        res = db.execute(update(Job).where(Job.status == RUNNING, Job.owner.startswith(prefix, autoescape=True))
+                         .values(owner=None, heartbeat_at=None))
+    return res.rowcount
+
+
 class LocalRunner:
+    """The runner process, supervised: a thread restarts it when it dies (after 1, 2, 4, ... up to
+    ``MAX_BACKOFF`` seconds; back to 1 once it has run ``HEALTHY`` seconds), and the jobs it held are
+    handed back so the new process resumes them from their checkpoints, with no new submit."""
+
+    MAX_BACKOFF, HEALTHY = 60.0, 60.0
+
     def __init__(self, settings: Settings):
         self.settings, self.proc = settings, None
+        self.restarts = 0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
 
     def start(self) -> None:
+        self._stop.clear()
+        with self._lock:
+            self._spawn()
+        self._thread = threading.Thread(target=self._supervise, daemon=True, name="ml3-runner-supervisor")
+        self._thread.start()
+
+    def _spawn(self) -> None:
         env = {**os.environ, **self.settings.env(), "ML3_RUNNER_PARENT": str(os.getpid())}
         self.proc = subprocess.Popen([sys.executable, "-m", "app.runner"], env=env)
+        self._started = time.monotonic()
+
+    def _restart(self, dead: subprocess.Popen) -> None:
+        """Under the lock: replace ``dead`` (unless someone already did) and free its jobs."""
+        if self.proc is not dead or self._stop.is_set():
+            return
+        try:
+            freed = release_jobs_of(self.settings, dead.pid)
+            if freed:
+                log.warning("handed back %d job(s) of the dead runner %s", freed, dead.pid)
+        except Exception as e:  # the database is down: the jobs' leases expire instead
+            log.warning("could not hand back the jobs of runner %s: %s", dead.pid, e)
+        self._spawn()
+        self.restarts += 1
+
+    def _supervise(self) -> None:
+        delay = 1.0
+        while not self._stop.wait(0.5):
+            dead = self.proc
+            if dead is None or dead.poll() is None:
+                continue
+            if time.monotonic() - self._started > self.HEALTHY:
+                delay = 1.0
+            log.warning("runner exited with %s; restarting in %.0f s", dead.returncode, delay)
+            if self._stop.wait(delay):
+                return
+            with self._lock:
+                self._restart(dead)
+            delay = min(2 * delay, self.MAX_BACKOFF)
 
     def enqueue(self, job_id: int) -> None:
-        """The runner polls the table; only restart it if it died."""
+        """The runner polls the table; a submit restarts a dead runner at once (no backoff wait)."""
         with self._lock:
             if self.proc is not None and self.proc.poll() is not None:
                 log.warning("runner exited with %s; restarting", self.proc.returncode)
-                self.start()
+                self._restart(self.proc)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM: the running job checkpoints and is queued again for the next start."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def problem(self) -> str | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -102,7 +102,8 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="ml3-bench-"))
     seed_database(data_dir)
-    proc, url = start_server(data_dir, ML3_EVAL_RATE="0")  # one client at full speed: the rate limit would 429 it
+    # one client at full speed (the rate limit would 429 it); the echo route is off unless turned on
+    proc, url = start_server(data_dir, ML3_EVAL_RATE="0", ML3_BENCH_ROUTES="true")
     try:
         g = torch.Generator().manual_seed(0)
         small = {"pred": torch.randn(args.points, generator=g).tolist(),

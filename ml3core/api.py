@@ -54,6 +54,7 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     family = make_family(spec.pop("task"))
     family.resolve()
     loss_in = spec.pop("loss", None)
+    check(loss_in is None or isinstance(loss_in, dict), "loss", "an object of loss settings, e.g. {\"hidden\": [50]}")
     form = loss_in.get("form") if isinstance(loss_in, dict) else None  # None: the family's own choice
     loss = LossSpec.from_dict(loss_in, **family.loss_defaults_for(form))
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))

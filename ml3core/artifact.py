@@ -18,6 +18,7 @@ from .portable import (
     SPEC_FILE,
     WEIGHTS_FILE,
     LearnedLoss,
+    bundle_sha256,
     parse_bundle,
     read_bundle_files,
 )
@@ -47,11 +48,12 @@ class Bundle:
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
             **(extra or {}),
         }
+        spec["sha256"] = bundle_sha256(weights, spec)  # the weights and this spec: an edit to either shows
         return cls(weights, spec)
 
     @classmethod
     def from_files(cls, files: dict) -> Bundle:
-        parse_bundle(files)  # verifies format and checksum
+        parse_bundle(files, files.get("sha256"))  # verifies format and checksums
         return cls(files[WEIGHTS_FILE], json.loads(files[SPEC_FILE]))
 
     @classmethod
@@ -60,7 +62,8 @@ class Bundle:
 
     @property
     def sha256(self) -> str:
-        return self.spec["weights_sha256"]
+        """The whole bundle's checksum (the weights' alone for a bundle written before it existed)."""
+        return self.spec.get("sha256") or self.spec["weights_sha256"]
 
     @property
     def files(self) -> dict:

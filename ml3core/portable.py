@@ -8,7 +8,9 @@ Copy this file into any project; it needs only ``torch`` and ``safetensors``.
     loss = loss_fn(pred, target, x=inputs)     # for losses that also read the inputs
 
 A bundle is ``loss.safetensors`` (weights) + ``loss.json`` (architecture, provenance,
-sha256 of the weights). Nothing is ever unpickled. ``ml3core`` uses the same math
+``weights_sha256`` of the weights and ``sha256`` of the whole bundle: the weights and the
+canonical JSON of the spec, so an edited ``loss.json`` is refused too; bundles written before
+``sha256`` existed are checked on their weights alone). Nothing is ever unpickled. ``ml3core`` uses the same math
 (``mlp_loss``) for meta-training, so a served loss is exactly the trained one.
 """
 
@@ -248,7 +250,8 @@ def _read_zip(data: bytes) -> dict:
 
 
 def read_bundle_files(source) -> dict:
-    """Return {'loss.safetensors': bytes, 'loss.json': bytes} from a dir, zip path, zip bytes or URL."""
+    """Return {'loss.safetensors': bytes, 'loss.json': bytes} from a dir, zip path, zip bytes or URL
+    (from a URL also 'sha256': the server's ETag, the checksum registered with the version)."""
     if isinstance(source, (bytes, bytearray)):
         return _read_zip(bytes(source))
     source = os.fspath(source)
@@ -256,7 +259,11 @@ def read_bundle_files(source) -> dict:
         url = source.rstrip("/")
         if not url.endswith("/artifact"):
             url += "/artifact"
-        return _read_zip(_fetch(url))
+        body, etag = _fetch(url)
+        files = _read_zip(body)
+        if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
+            files["sha256"] = etag  # what the registry holds for this version: the bundle must match it
+        return files
     if os.path.isdir(source):
         files = {}
         for name in (WEIGHTS_FILE, SPEC_FILE):
@@ -272,12 +279,12 @@ def read_bundle_files(source) -> dict:
         return _read_zip(f.read())
 
 
-def _fetch(url: str) -> bytes:
-    """GET a bundle zip; a failure names the URL and passes on the server's problem detail."""
+def _fetch(url: str) -> tuple[bytes, str]:
+    """GET a bundle zip: (body, ETag); a failure names the URL and passes on the server's problem detail."""
     req = urllib.request.Request(url, headers=_auth_headers())
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.read()
+            return resp.read(), (resp.headers.get("ETag") or "").strip('"')
     except urllib.error.HTTPError as e:
         body = e.read()
         try:
@@ -298,8 +305,19 @@ def _auth_headers() -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def parse_bundle(files: dict) -> tuple[dict, dict]:
-    """Check a bundle and return (params, spec). Raises LossBundleError with the reason."""
+def bundle_sha256(weights: bytes, spec: dict) -> str:
+    """The checksum of a whole bundle: its weights, then its spec (less this ``sha256`` field) as
+    canonical JSON (sorted keys, no spaces, ASCII), so reformatting loss.json keeps it."""
+    body = {k: v for k, v in spec.items() if k != "sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(weights + b"\n" + canonical.encode()).hexdigest()
+
+
+def parse_bundle(files: dict, sha256: str | None = None) -> tuple[dict, dict]:
+    """Check a bundle and return (params, spec). Raises LossBundleError with the reason.
+
+    sha256: what the bundle must hash to (a registry's ETag, a pinned value); without it a bundle
+    that carries a whole-bundle ``sha256`` is held to it, an older one to its weights' checksum."""
     try:
         spec = json.loads(files[SPEC_FILE])
     except (ValueError, UnicodeDecodeError) as e:
@@ -316,6 +334,12 @@ def parse_bundle(files: dict) -> tuple[dict, dict]:
             f"{WEIGHTS_FILE} sha256 {digest[:12]}… does not match the spec's "
             f"{str(spec.get('weights_sha256'))[:12]}…: corrupted or truncated"
         )
+    if "sha256" in spec or sha256 is not None:
+        whole = bundle_sha256(files[WEIGHTS_FILE], spec) if "sha256" in spec else digest
+        for want, where in ((spec.get("sha256", whole), "its own"), (sha256, "the expected")):
+            if want is not None and whole != want:
+                raise LossBundleError(f"bundle sha256 {whole[:12]}… does not match {where} {str(want)[:12]}…: "
+                                      f"{SPEC_FILE} or {WEIGHTS_FILE} was changed after it was written")
     try:
         params = load_safetensors(files[WEIGHTS_FILE])
     except Exception as e:  # safetensors raises its own error types
@@ -333,6 +357,7 @@ def load_loss(source, device=None, raw_units: bool = False) -> LearnedLoss:
     """Load a learned loss bundle (directory, .zip path, zip bytes, or server URL).
 
     raw_units: take values in the task's own units (see ``LearnedLoss``)."""
-    params, spec = parse_bundle(read_bundle_files(source))
+    files = read_bundle_files(source)
+    params, spec = parse_bundle(files, files.get("sha256"))
     module = LearnedLoss(params, spec, raw_units)
     return module.to(device) if device is not None else module

@@ -15,6 +15,7 @@ import ml3core
 from ml3core import LossBundleError, LossSpec, init_loss_params, load_loss
 from ml3core.artifact import Bundle
 from ml3core.losses import apply_loss
+from ml3core.portable import bundle_sha256
 
 PORTABLE = os.path.join(os.path.dirname(ml3core.__file__), "portable.py")
 
@@ -125,6 +126,7 @@ def test_truncated_and_malformed_bundles_are_refused(tmp_path):
         Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(newer).encode()})
     truncated_weights = bundle.weights[:40]
     spec = dict(bundle.spec, weights_sha256=__import__("hashlib").sha256(truncated_weights).hexdigest())
+    spec["sha256"] = bundle_sha256(truncated_weights, spec)
     with pytest.raises(LossBundleError, match="unreadable"):
         Bundle.from_files({"loss.safetensors": truncated_weights, "loss.json": json.dumps(spec).encode()})
 
@@ -146,6 +148,7 @@ def test_weighted_se_form_is_a_learned_weight_on_the_squared_error(tmp_path):
     assert per_output(pred, target, reduction="none").shape == (11, 2)
     # an older loader cannot silently read a weight as a loss: unknown forms are refused
     other = dict(bundle.spec, architecture={**bundle.spec["architecture"], "form": "quadratic"})
+    other["sha256"] = bundle_sha256(bundle.weights, other)  # a consistent bundle of a form this loader lacks
     with pytest.raises(LossBundleError, match="unknown loss form"):
         Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(other).encode()})
 
@@ -158,3 +161,29 @@ def test_weighted_se_settings_are_checked(arch, loc):
     with pytest.raises(ml3core.ConfigError) as e:
         LossSpec.from_dict(arch)
     assert e.value.loc == loc
+
+
+def test_an_edited_spec_is_refused_and_an_older_bundle_still_loads(tmp_path):
+    """The bundle's sha256 covers loss.json too: output softplus -> linear changes every value."""
+    bundle, _, _ = make_bundle()
+    assert bundle.sha256 == bundle.spec["sha256"] == bundle_sha256(bundle.weights, bundle.spec)
+    assert bundle.sha256 != bundle.spec["weights_sha256"]
+    bundle.write_dir(tmp_path / "b")
+    reformatted = json.dumps(json.loads((tmp_path / "b" / "loss.json").read_text()))  # other spacing: same hash
+    (tmp_path / "b" / "loss.json").write_text(reformatted)
+    assert load_loss(tmp_path / "b") is not None
+    edited = json.loads(reformatted)
+    assert edited["architecture"]["output"] == "softplus"
+    edited["architecture"]["output"] = "linear"
+    (tmp_path / "b" / "loss.json").write_text(json.dumps(edited))
+    with pytest.raises(LossBundleError, match="loss.json or loss.safetensors was changed"):
+        load_loss(tmp_path / "b")
+    with pytest.raises(LossBundleError, match="changed"):
+        Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(edited).encode()})
+    # a bundle written before the whole-bundle sha256: its weights are checked, and it loads
+    old = {k: v for k, v in bundle.spec.items() if k != "sha256"}
+    files = {"loss.safetensors": bundle.weights, "loss.json": json.dumps(old).encode()}
+    assert Bundle.from_files(files).sha256 == bundle.spec["weights_sha256"]
+    # ... unless the checksum it must have is known (a registry's ETag): then stripping sha256 does not help
+    with pytest.raises(LossBundleError, match="expected"):
+        Bundle.from_files({**files, "sha256": bundle.sha256})

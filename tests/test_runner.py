@@ -87,14 +87,59 @@ def test_local_runner_reports_and_restarts_a_dead_process(tmp_path):
     runner.start()
     try:
         assert runner.problem() is None
+        first = runner.proc
+        first.kill()
+        first.wait()
+        assert "not running" in runner.problem()  # the supervisor waits a second before restarting
+        wait_for(lambda: runner.problem() is None, 30, "the supervisor to restart the runner")  # no submit
+        assert runner.proc is not first and runner.restarts == 1
         runner.proc.kill()
         runner.proc.wait()
-        assert "not running" in runner.problem()
-        runner.enqueue(1)
-        assert runner.problem() is None
+        runner.enqueue(1)  # a submit restarts it at once
+        assert runner.problem() is None and runner.restarts == 2
     finally:
         runner.stop()
     assert runner.proc.poll() is not None
+    assert not any(t.name == "ml3-runner-supervisor" and t.is_alive() for t in threading.enumerate())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().split(")")[-1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def test_a_killed_runner_is_restarted_and_its_job_resumes_without_a_new_submit(tmp_path):
+    """kill -9 of the embedded runner mid-job: the server restarts it, the job resumes from its
+    checkpoint and succeeds; nothing is submitted after the kill."""
+    import httpx
+    from conftest import Server
+
+    server = Server(tmp_path).start()
+    try:
+        spec = {**SMALL, "outer_iterations": 2000, "eval_every": 2000, "register_as": "survivor"}
+        job = httpx.post(f"{server.url}/v1/jobs", json=spec).json()
+        url = f"{server.url}/v1/jobs/{job['id']}"
+        wait_for(lambda: httpx.get(url).json()["checkpoint"], 120, "a checkpoint")
+        (runner,) = _children(server.proc.pid)
+        os.kill(runner, signal.SIGKILL)
+        wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, 10, "readyz to see the dead runner")
+        done = wait_for(lambda: (j := httpx.get(url).json())["status"] in ("succeeded", "failed") and j, 240,
+                        "the job to finish", lambda: (tmp_path / "server.log").read_text())
+        assert done["status"] == "succeeded", done["error"]
+        assert done["attempts"] == 2 and done["result"]["loss"] == "survivor:1"
+        assert runner not in _children(server.proc.pid) and len(_children(server.proc.pid)) == 1
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert server.rows("jobs") == 1
+    finally:
+        server.stop()
 
 
 def test_celery_runner_is_not_ready_without_a_broker():

@@ -250,13 +250,18 @@ def test_job_size_limits(client, Session, settings, name, status, body):
     assert table_counts(Session) == before
 
 
-def test_unroll_estimate_is_what_the_docs_say():
-    from app.limits import unroll_bytes
+def test_the_unroll_estimate_grows_with_every_factor_it_names():
+    from app.limits import job_size
     from ml3core.api import parse_spec
 
-    plan = parse_spec(spec(seeds=3, tasks_per_batch=2, inner_steps=5, task_points=7, loss={"hidden": [4, 6]},
-                           task_model_hidden=[8]))
-    assert unroll_bytes(plan) == 3 * 2 * 7 * (8 + 4 + 6) * 5 * 4
+    def unroll(**changes) -> int:
+        return job_size(parse_spec(spec(**changes))).phases["meta-training unroll"]
+
+    base = unroll(seeds=1, tasks_per_batch=1, inner_steps=1)
+    assert unroll(seeds=3, tasks_per_batch=1, inner_steps=1) == 3 * base
+    assert unroll(seeds=1, tasks_per_batch=2, inner_steps=5) == 10 * base
+    assert unroll(seeds=1, tasks_per_batch=1, inner_steps=1, dtype="float64") == 2 * base
+    assert unroll(seeds=1, tasks_per_batch=1, inner_steps=1, task_model_hidden=[1000]) > base
 
 
 @pytest.mark.parametrize("name,body", [("max_seeds", {"seeds": 5}), ("max_seeds", {"seeds": 10**12}),

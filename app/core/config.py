@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_eval_values: int = Field(4_000_000, ge=1)  # elements of pred in one evaluate request
     max_query_values: int = Field(1000, ge=1)  # values in a GET evaluate query
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
+    max_big_evaluates: int = Field(2, ge=1)  # evaluate bodies over 256 KiB parsed at once (the others wait)
     loss_cache_size: int = Field(32, ge=1)
     # how long evaluate may reuse what a loss id resolved to (0: ask the database every time); this
     # process's own alias/version changes drop the cache at once, other processes' after at most this
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     auth: Literal["auto", "on", "off"] = "auto"
     auth_reads: bool = False  # reads need a key (scope read) too
     host: str = "127.0.0.1"  # the address served on (ml3 serve --host); what auth=auto decides on
+    bench_routes: bool = False  # /v1/_echo, the bare route bench/ compares against: off unless asked for
 
     # job sizes and per-key quotas (app/limits.py); each violation is a 4xx naming the setting
     max_array_items: int = Field(1000, ge=1)  # items in any list of a job or meta-test spec
@@ -55,8 +57,11 @@ class Settings(BaseSettings):
     max_hidden: int = Field(1024, ge=1)  # widest layer of L_phi or of the optimizee
     max_tasks: int = Field(1000, ge=1)  # tasks per batch, per curve, per meta-test
     max_steps: int = Field(20_000, ge=1)  # SGD steps of a curve or a meta-test (horizons too)
-    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of one unroll
+    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of a run's largest phase (an unroll, ...)
+    max_work: int = Field(10**15, ge=1)  # multiply-adds of a whole run: training, curves, meta-test
     max_active_jobs: int = Field(8, ge=1)  # queued + running jobs of one key
+    max_streams: int = Field(20, ge=1)  # open event streams (SSE) of one key (of one address when open)
+    sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)  # an idle event stream sends a comment this often
     eval_rate: float = Field(100.0, ge=0)  # evaluate requests per second per key (0: no limit)
     eval_burst: int = Field(200, ge=1)
 

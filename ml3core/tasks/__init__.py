@@ -26,7 +26,7 @@ def make_family(task: dict) -> TaskFamily:
         raise ConfigError("task.family", f"required; one of {sorted(FAMILIES)}")
     params = dict(task)
     name = params.pop("family")
-    if name not in FAMILIES:
+    if not isinstance(name, str) or name not in FAMILIES:
         raise ConfigError("task.family", f"unknown family {name!r}; one of {sorted(FAMILIES)}")
     cls = FAMILIES[name]
     return cls(from_dict(cls.config_cls, params, "task"))

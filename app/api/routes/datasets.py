@@ -79,6 +79,8 @@ async def upload(request: Request, response: Response, key: SubmitKey) -> dict:
     name = options.get("name") or filename or "dataset"
     if len(name) > 128 or (filename is not None and len(filename) > 256):
         raise datasets.bad("name", "at most 128 characters (a file name at most 256)")
+    if "\x00" in name or "\x00" in (filename or ""):
+        raise datasets.bad("name", "a NUL character is not allowed in a name or file name")
     fmt, data = await run_in_threadpool(datasets.read_upload, body, options, filename, media_type, settings)
     out = await run_in_threadpool(_save, request.app.state.Session, data, name, filename, fmt)
     response.headers["Location"] = out["links"]["self"]

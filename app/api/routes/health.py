@@ -7,8 +7,9 @@ import json
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select, text
 
-from ...errors import Problem
+from ...errors import Problem, invalid, not_found
 from ...models import STATUSES, Job
+from ...security import authorize
 
 router = APIRouter(tags=["health"])
 
@@ -57,12 +58,29 @@ def metrics(request: Request) -> Response:
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
+def _bench_on(request: Request) -> None:
+    """The echo routes exist for bench/ only: off (404) unless ML3_BENCH_ROUTES=true; then a read like
+    any other (keyed when keys are on). Called inline, not as a dependency: the route measures the bare
+    framework."""
+    state = request.app.state
+    if not state.settings.bench_routes:
+        raise not_found("route")
+    if state.auth_enabled:
+        header = request.headers.get("authorization", "")
+        authorize(request, "read", header[7:] if header[:7].lower() == "bearer " else None)
+
+
 @router.get("/v1/_echo", include_in_schema=False)
 async def echo_get(request: Request) -> Response:
     """Parses and returns its query: the cost of HTTP and the framework alone (see bench/)."""
+    _bench_on(request)
     return Response(json.dumps(dict(request.query_params)), media_type="application/json")
 
 
 @router.post("/v1/_echo", include_in_schema=False)
 async def echo_post(request: Request) -> Response:
-    return Response(json.dumps(await request.json()), media_type="application/json")
+    _bench_on(request)
+    try:
+        return Response(json.dumps(json.loads(await request.body())), media_type="application/json")
+    except (ValueError, RecursionError) as e:  # malformed, or nested deeper than the parser goes
+        raise invalid("body", f"not a JSON document: {type(e).__name__}") from None

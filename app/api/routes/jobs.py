@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -34,7 +36,7 @@ from ...models import (
     utcnow,
 )
 from ...schemas import JobSpec, job_json
-from ..deps import DB, READ, Id, PageDep, SubmitKey
+from ..deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
 from ..head import head_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
@@ -47,9 +49,10 @@ def request_hash(route: str, body) -> str:
 
 def create_job(request: Request, response: Response, db, kind: str, spec: dict, plan: dict,
                idempotency_key: str | None, route: str, **fields) -> dict:
-    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key."""
+    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key, per API key."""
     digest = request_hash(route, spec)
     key_id = fields.get("api_key_id")
+    idempotency_key = scoped(key_id, idempotency_key)
     for _ in range(2):
         # The key's row stays locked until the commit below: concurrent submits with one key take turns,
         # so its count of active jobs holds, and a retry with the same Idempotency-Key finds this job.
@@ -81,6 +84,14 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
     except Exception:  # the row is the truth: a runner that polls or a later retry still finds it
         log.exception("enqueue of job %s failed", job.id)
     return _accepted(response, job)
+
+
+def scoped(key_id: int | None, idempotency_key: str | None) -> str | None:
+    """What the jobs table stores for an Idempotency-Key: a digest of the API key's id and the header,
+    so two keys that pick the same value never see each other's jobs (its unique index holds per key)."""
+    if idempotency_key is None:
+        return None
+    return hashlib.sha256(f"{key_id if key_id is not None else '-'}:{idempotency_key}".encode()).hexdigest()
 
 
 def _accepted(response: Response, job: Job) -> dict:
@@ -200,22 +211,58 @@ def figure_head(db: DB, job_id: Id, name: str) -> Response:
     return head_of(figure(db, job_id, name))
 
 
+EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() takes '²', which int() refuses
+
+
 def _sse(event: JobEvent) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
 
+class _Stream(StreamingResponse):
+    """An event stream that holds one of its caller's ``max_streams`` slots until it ends, however it ends."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+def _take_stream_slot(request: Request, caller: str):
+    state, settings = request.app.state, request.app.state.settings
+    with state.streams_lock:
+        n = state.streams.get(caller, 0)
+        if n >= settings.max_streams:
+            raise limits.exceeded("max_streams", 429, f"{caller} has {n} event streams open", settings.max_streams,
+                                  headers={"Retry-After": "5"})
+        state.streams[caller] = n + 1
+
+    def release():
+        with state.streams_lock:
+            state.streams[caller] -= 1
+            if not state.streams[caller]:
+                del state.streams[caller]
+
+    return release
+
+
 @router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
             response_class=StreamingResponse)
-async def events(request: Request, job_id: Id, last_event_id: Annotated[str | None, Header()] = None,
+async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Annotated[str | None, Header()] = None,
                  after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     Session = request.app.state.Session
     with Session() as db:
         get_job(db, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.isdigit() or int(last_event_id) > MAX_ID:
+        if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_ID:
             raise invalid("Last-Event-ID", "an event id from this stream")
         start = int(last_event_id)
+    keepalive = request.app.state.settings.sse_keepalive_seconds
 
     def poll(last: int):
         with Session() as db:
@@ -225,23 +272,30 @@ async def events(request: Request, job_id: Id, last_event_id: Annotated[str | No
         return status, rows
 
     async def stream():
-        last, idle = start, 0.0
+        last, wrote = start, time.monotonic()
         yield "retry: 1000\n\n"
         while True:
-            status, rows = await run_in_threadpool(poll, last)
+            # the keep-alive goes out on time even while the poll waits for a busy thread pool
+            polled = asyncio.ensure_future(run_in_threadpool(poll, last))
+            while not (await asyncio.wait({polled}, timeout=max(0.0, wrote + keepalive - time.monotonic())))[0]:
+                yield ": keep-alive\n\n"
+                wrote = time.monotonic()
+            status, rows = polled.result()
             for ev in rows:
                 last = ev.id
                 yield _sse(ev)
+            if rows:
+                wrote = time.monotonic()
             if status in FINAL and len(rows) < 500:
                 return
             if not rows:
-                idle += 0.25
-                if idle >= 15:
-                    idle = 0.0
+                if time.monotonic() - wrote >= keepalive:
                     yield ": keep-alive\n\n"
+                    wrote = time.monotonic()
                 if await request.is_disconnected():
                     return
                 await asyncio.sleep(0.25)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    release = _take_stream_slot(request, key.client)
+    return _Stream(stream(), release, media_type="text/event-stream",
+                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

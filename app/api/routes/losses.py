@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Annotated
 
 import torch
@@ -26,6 +27,7 @@ from ...evaluate import (
     evaluate_classification,
     is_classification,
     labels_tensor,
+    parse_big_json,
     to_tensor,
     torch_threads,
 )
@@ -36,6 +38,7 @@ from ..deps import ADMIN, DB, READ, PageDep, ReadKey, SubmitKey, reject_unknown_
 from ..head import head_of
 from .jobs import IdempotencyKey, create_job
 
+DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
 
@@ -160,14 +163,17 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
         raise invalid("logits", "required: a classification loss takes logits and labels, not pred and target")
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
-    if pred.numel() > INLINE_VALUES:
-        loss, grad = await run_in_threadpool(evaluate, *args)
-    else:
+
+    def compute() -> str:
         loss, grad = evaluate(*args)
-    out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
-    if grad is not None:
-        out["grad"] = _encode(grad, encoding)
-    return Response(json.dumps(out), media_type="application/json")
+        out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(pred.shape[0])}
+        if grad is not None:
+            out["grad"] = _encode(grad, encoding)
+        return json.dumps(out, allow_nan=False)  # evaluate refused NaN and infinity: this never raises
+
+    # a big batch is evaluated and encoded off the event loop (a JSON list of millions takes seconds)
+    content = await run_in_threadpool(compute) if pred.numel() > INLINE_VALUES else compute()
+    return Response(content, media_type="application/json")
 
 
 async def _evaluate_classification(request: Request, loss_id: str, logits, labels, reduction, return_grad,
@@ -189,7 +195,7 @@ async def _evaluate_classification(request: Request, loss_id: str, logits, label
     out = {"loss": _encode(loss, encoding), "id": r.ref, "sha256": r.sha256, "n": int(logits.shape[0])}
     if grad is not None:
         out["grad"] = _encode(grad, encoding)
-    return Response(json.dumps(out), media_type="application/json")
+    return Response(json.dumps(out, allow_nan=False), media_type="application/json")
 
 
 def _query_rows(text: str, loc: str, limit: int):
@@ -276,23 +282,23 @@ EVAL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": EvaluateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
-@router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
-             openapi_extra=EVAL_BODY)
-async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Response:
-    state = request.app.state
-    limits.check_rate(state.eval_limiter, key.client, state.settings)
+BIG_BODY = 256 * 1024  # bytes: a body larger than this (or of unknown length) is parsed off the event loop
+
+
+def _parse_evaluate(raw: bytes, limit: int, big: bool = False):
+    """(body, pred, target, x) of an evaluate POST, or (body, logits, None, None) of a classification
+    one; a 4xx if the arrays are not what the route takes."""
     try:  # parsed by hand, like the GET: the body model is in the OpenAPI schema all the same
-        body = EvaluateRequest.model_validate_json(await request.body())
+        body = EvaluateRequest.model_validate(parse_big_json(raw)) if big else EvaluateRequest.model_validate_json(raw)
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-    limit = request.app.state.settings.max_eval_values
     shape = body.shape
     if body.logits is not None or body.labels is not None:
         if body.logits is None:
             raise invalid("logits", "required with labels")
         logits = to_tensor(body.logits, "logits", limit, shape)
-        return await _evaluate_classification(request, loss_id, logits, body.labels, body.reduction,
-                                              body.return_grad, body.encoding)
+        body.logits = None
+        return body, logits, None, None  # no target: a classification body, labels stay in body
     for name in ("pred", "target"):
         if getattr(body, name) is None:
             raise invalid(name, "required")
@@ -300,6 +306,30 @@ async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Respons
     x = None if body.x is None else to_tensor(body.x, "x", limit)
     if x is not None and isinstance(body.x, str) and shape and shape[0] and x.numel() % shape[0] == 0:
         x = x.reshape(shape[0], -1)  # base64 x: one row of inputs per point
+    body.pred = body.target = body.x = None  # the parsed lists (the bulk of the memory) can go now
+    return body, p, t, x
+
+
+@router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
+             openapi_extra=EVAL_BODY)
+async def evaluate_post(request: Request, loss_id: str, key: ReadKey) -> Response:
+    state = request.app.state
+    limits.check_rate(state.eval_limiter, key.client, state.settings)
+    limit = state.settings.max_eval_values
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= BIG_BODY:
+        return await _answer(request, loss_id, *_parse_evaluate(await request.body(), limit))
+    # a big body: read, parsed and evaluated off the event loop (health checks and small requests go on),
+    # at most max_big_evaluates at once, so their memory is bounded too; the others wait their turn
+    async with state.big_evaluates:
+        parsed = await run_in_threadpool(_parse_evaluate, await request.body(), limit, True)
+        return await _answer(request, loss_id, *parsed)
+
+
+async def _answer(request: Request, loss_id: str, body, p, t, x) -> Response:
+    if t is None:  # classification: p holds the logits
+        return await _evaluate_classification(request, loss_id, p, body.labels, body.reduction, body.return_grad,
+                                              body.encoding)
     return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
 
 
@@ -363,10 +393,11 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
     limits.check_arrays(spec, settings)
     seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
     limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
-    if not (body.device == "cpu" or body.device.startswith("cuda")):
+    if not DEVICE.fullmatch(body.device):
         raise invalid("device", "cpu or cuda[:N]")
-    _, _, cfg = parse_meta_test(registry.load_bundle(db, r.id), spec)  # ConfigError -> 422, nothing stored
-    limits.check_meta_test(cfg, settings)
+    bundle = registry.load_bundle(db, r.id)
+    family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
+    limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
     request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
     return create_job(request, response, db, META_TEST, request_body,
                       {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
