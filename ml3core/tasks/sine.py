@@ -71,10 +71,10 @@ class SineFamily(TaskFamily):
         tasks from the meta-test distribution judged on held-out points, and a persistent population
         of models of every age up to the horizon."""
         default = {"task": {"train_task": "sampled", "train_x_range": [-5.0, 5.0], "meta_objective": "heldout"},
-                   "loss": {"form": "weighted_se", "inputs": ["target"], "output": "exp", "bias": True,
+                   "loss": {"form": "weighted_se", "inputs": ["target"], "hidden": [], "output": "exp", "bias": True,
                             "init": "baseline"},
                    "schedule": "persistent", "tasks_per_batch": 16, "inner_steps": 10, "train_horizon": 5000,
-                   "outer_iterations": 300, "outer_lr": 0.01}
+                   "outer_iterations": 300, "outer_lr": 0.03}
         return {"default": default, "paper": {}}
 
     def init_theta(self, generators, n):
