@@ -46,7 +46,7 @@ def test_the_paper_preset_is_the_official_sine_settings():
 
 def test_the_default_sine_preset_covers_the_horizon_and_yields_to_the_spec():
     plan = parse_spec({"task": {"family": "sine"}})
-    assert plan.train.schedule == "persistent" and plan.train.train_horizon == 5000
+    assert plan.train.inner_steps == 500 and plan.train.unroll_checkpoint == 25 and plan.train.train_horizon == 5000
     assert plan.loss.form == "weighted_se" and plan.loss.init == "baseline"
     assert plan.family.config.train_task == "sampled" and plan.family.config.meta_objective == "heldout"
     mine = parse_spec({"task": {"family": "sine", "points": 30}, "schedule": "online", "loss": {"hidden": [4]}})
