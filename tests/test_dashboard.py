@@ -176,7 +176,7 @@ def test_submit_watch_inspect_evaluate_download(page, server):
 
     # a bad value: the API's message appears next to its field, and no job is made
     for loc, value in {"seeds": "0", "outer_iterations": "60", "eval_every": "10", "eval_steps": "10",
-                       "tasks_per_batch": "4", "train_horizon": "100", "validation_tasks": "4",
+                       "inner_steps": "5", "train_horizon": "100", "validation_tasks": "4",
                        "meta_test.steps": "10", "meta_test.horizons": "10"}.items():
         field(page, loc).locator("input").fill(value)
     page.locator("form.job-form:not([hidden]) [name=register_as]").fill("browser-sine")
@@ -205,7 +205,7 @@ def test_submit_watch_inspect_evaluate_download(page, server):
     assert "60 / 60 iterations · 100%" in page.inner_text(".progress-head")
     spec = httpx.get(f"{server.url}/v1/jobs/1").json()["spec"]  # only the changed fields were sent
     assert spec == {"kind": "meta-train", "task": {"family": "sine"}, "seeds": 2, "outer_iterations": 60,
-                    "eval_steps": 10, "tasks_per_batch": 4, "train_horizon": 100, "validation_tasks": 4,
+                    "eval_steps": 10, "inner_steps": 5, "train_horizon": 100, "validation_tasks": 4,
                     "meta_test": {"steps": 10, "horizons": [10]}, "register_as": "browser-sine"}
 
     # curves with a band over the two seeds, the horizon report; the PNGs of those curves only as links
