@@ -150,7 +150,7 @@ def losing_horizons(test: dict, chosen: int, metric: str) -> list[str]:
     for row in test["horizon"]:
         ratio = (row.get("heldout_ratio_per_seed") or [None] * (chosen + 1))[chosen]
         if ratio is None or ratio > 1:
-            shown = "not finite" if ratio is None else f"{ratio:.3g}x the baseline's"
+            shown = "not finite" if ratio is None else f"{ratio:.3f}x the baseline's"
             out.append(f"after {row['steps']} steps the published loss's {metric} is {shown}")
     return out
 
