@@ -67,8 +67,10 @@ def with_preset(spec: dict) -> dict:
     spec, and what the spec states wins, field by field."""
     task = spec.get("task")
     name = task.get("family") if isinstance(task, dict) else None
-    presets = FAMILIES[name].presets() if isinstance(name, str) and name in FAMILIES else {"default": {}}
     preset = spec.pop("preset", "default")
+    if not (isinstance(name, str) and name in FAMILIES):
+        return spec  # no family to take a preset from: make_family says what is wrong with it
+    presets = FAMILIES[name].presets()
     check(isinstance(preset, str) and preset in presets, "preset", f"one of {sorted(presets)}")
     return _merge(presets[preset], spec)
 

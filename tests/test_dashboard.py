@@ -175,7 +175,7 @@ def test_submit_watch_inspect_evaluate_download(page, server):
     assert field(page, "seeds").locator("input").input_value() == "5"  # the defaults are filled in
 
     # a bad value: the API's message appears next to its field, and no job is made
-    for loc, value in {"seeds": "0", "outer_iterations": "60", "eval_every": "10", "eval_steps": "10",
+    for loc, value in {"seeds": "0", "outer_iterations": "40", "eval_every": "10", "eval_steps": "10",
                        "inner_steps": "5", "train_horizon": "100", "validation_tasks": "4",
                        "meta_test.steps": "10", "meta_test.horizons": "10"}.items():
         field(page, loc).locator("input").fill(value)
@@ -202,9 +202,9 @@ def test_submit_watch_inspect_evaluate_download(page, server):
     assert page.evaluate("window.__sameDocument") is True  # no reload: the stream moved the bar
     seen = page.evaluate("window.__seen")
     assert any(0 < v < 100 for v in seen) and seen[-1] == 100, seen
-    assert "60 / 60 iterations · 100%" in page.inner_text(".progress-head")
+    assert "40 / 40 iterations · 100%" in page.inner_text(".progress-head")
     spec = httpx.get(f"{server.url}/v1/jobs/1").json()["spec"]  # only the changed fields were sent
-    assert spec == {"kind": "meta-train", "task": {"family": "sine"}, "seeds": 2, "outer_iterations": 60,
+    assert spec == {"kind": "meta-train", "task": {"family": "sine"}, "seeds": 2, "outer_iterations": 40,
                     "eval_steps": 10, "inner_steps": 5, "train_horizon": 100, "validation_tasks": 4,
                     "meta_test": {"steps": 10, "horizons": [10]}, "register_as": "browser-sine"}
 

@@ -251,7 +251,8 @@ def test_the_estimate_counts_parameters_held_out_points_and_every_phase():
     from ml3core.api import parse_spec
 
     plan = parse_spec({"task": {"family": "sine", "points": 7, "heldout_points": 3, "model_hidden": [8]},
-                       "loss": {"hidden": [4, 6]}, "seeds": 3, "tasks_per_batch": 2, "inner_steps": 5,
+                       "preset": "paper", "loss": {"hidden": [4, 6]}, "seeds": 3, "tasks_per_batch": 2,
+                       "inner_steps": 5,
                        "outer_iterations": 10, "eval_every": 5, "eval_steps": 4, "eval_tasks": 1,
                        "validation_tasks": 2, "meta_test": {"tasks": 3, "steps": 6, "horizons": [9]}})
     size = job_size(plan)
