@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import ConfigError, check, check_range, from_dict
-from .inner import OPTIMIZERS, InnerOptimizer, restart
+from .inner import InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
 from .models import stack_params
 from .tasks import TaskFamily
@@ -73,9 +73,8 @@ class TrainConfig:
         check_range(self.unroll_checkpoint, "unroll_checkpoint", 0, 10_000)
         check(self.schedule != "persistent" or self.train_horizon >= self.inner_steps, "train_horizon",
               "at least inner_steps for the persistent schedule")
-        check(self.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {OPTIMIZERS}")
         check(len(self.inner_betas) == 2, "inner_betas", "two numbers [beta1, beta2]")
-        InnerOptimizer(self.inner_optimizer, self.inner_lr, self.inner_momentum, *self.inner_betas)  # checks
+        self.inner  # noqa: B018  (the optimizer checks its own name and settings)
         check_range(self.eval_every, "eval_every", 1, 10_000_000)
         check_range(self.eval_steps, "eval_steps", 0, 100_000)
         check_range(self.eval_tasks, "eval_tasks", 1, 10_000)
@@ -303,12 +302,12 @@ class MetaTrainer:
         state = self.inner.init(theta)
         age = torch.tensor([(p * H // T) // self.cfg.inner_steps * self.cfg.inner_steps for p in range(T)])
         phi_b = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
+        objective = learned_objective(self.family, self.spec, phi_b)
         theta = {k: v.requires_grad_() for k, v in theta.items()}
         for k in range(int(age.max())):
             active = (k < age).to(self.device).expand(len(self.gens), T)  # (S, T)
             with torch.enable_grad():
-                pred, target, x = self.family.loss_inputs(theta, data)
-                grads = torch.autograd.grad(apply_loss(self.spec, phi_b, pred, target, x).sum(), list(theta.values()))
+                grads = torch.autograd.grad(objective(theta, data).sum(), list(theta.values()))
             with torch.no_grad():
                 new, new_state = self.inner.step(theta, dict(zip(theta, grads, strict=True)), state)
                 theta = restart(new, theta, ~active)  # models past their age keep their parameters
