@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from .allocator import keep_freed_memory
 from .progress import Progress
 from .spec_flags import TRAIN_FLAGS, apply_sets
 
@@ -241,6 +242,7 @@ def _or_inf(value):
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    keep_freed_memory()
     return args.func(args) or 0
 
 

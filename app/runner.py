@@ -26,6 +26,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 
+from .allocator import keep_freed_memory
 from .core.config import Settings, get_settings
 from .db import get_sessionmaker
 from .models import QUEUED, RUNNING, Job, utcnow
@@ -86,6 +87,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
     settings = get_settings()
     torch.set_num_threads(settings.runner_threads)
+    keep_freed_memory()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -11,7 +11,11 @@ M = 1, alpha = eta = 1e-3, 100 points) on one thread, side by side in this one p
   iterations (all seeds and tasks in one batch) and the MSE baseline once, since it does not
   depend on phi; it also reports held-out points and picks the published seed.
 
-Usage: python bench/meta_train.py [--quick] [--device cuda --seeds-gpu 1000]
+* the whole `ml3 train sine --seeds 5 --preset paper` command in a fresh process (meta-training,
+  the horizon report, bundles, figures) against the same reference protocol.
+
+Usage: python bench/meta_train.py [--quick] [--parts seed,protocol,command]
+       python bench/meta_train.py --device cuda --parts gpu,device-protocol --gpu-seeds 1000,10000
 The last line is `RESULT {json}`. Needs the bench extra: pip install -e '.[bench]'.
 """
 
@@ -19,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 
-import higher
 import torch
 import torch.nn as nn
 
@@ -68,6 +76,8 @@ class Reference:
         self.meta_opt = torch.optim.Adam(self.loss.parameters(), lr=1e-3)
 
     def meta_iteration(self):
+        import higher  # the reference alone needs it (the GPU parts run without the bench extra)
+
         model = SineModel()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
@@ -132,55 +142,110 @@ def per_iteration(step, n, device="cpu", warmup=3):
     return (time.perf_counter() - t) / n
 
 
+def whole_command(iterations: int) -> float:
+    """Wall time of `ml3 train sine --seeds 5 --preset paper` (the official protocol's settings) in a
+    fresh process on one thread: meta-training, the horizon report (5000 SGD steps with L_phi and
+    with MSE on 10 held-out tasks per seed), the bundles and the figures."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "app.cli", "train", "sine", "--seeds", "5", "--preset", "paper",
+               "--threads", "1", "--outer-iterations", str(iterations), "--out", out]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        return time.perf_counter() - t
+
+
+def gpu_seeds(device: str, counts: list[int]) -> list[dict]:
+    """One meta-iteration of S seeds in one pass on ``device``: time per seed-iteration, peak memory."""
+    cuda = device.startswith("cuda")
+    rows = []
+    for s in counts:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        big = ours(s, device=device)
+        t = per_iteration(big.step, 20, device=device)
+        if cuda:
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:  # the process's high-water mark (KiB on Linux)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rows.append({"seeds": s, "iteration_ms": round(t * 1e3, 3), "us_per_seed_iteration": round(t / s * 1e6, 3),
+                     "peak_mb": round(peak, 1)})
+        print(f"{device}: {s} seeds in one pass: {t * 1e3:.2f} ms per meta-iteration, {t / s * 1e6:.2f} us per "
+              f"seed-iteration, peak {rows[-1]['peak_mb']} MB", flush=True)
+        del big
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and a 100-iteration protocol")
+    ap.add_argument("--parts", default="seed,protocol,command",
+                    help="comma list of: seed (per-seed iteration), protocol (5 x 500 iterations, reference "
+                         "and ours), command (the whole `ml3 train sine --seeds 5`), gpu (--gpu-seeds on --device), "
+                         "device-protocol (ours on --device against ours on the CPU)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seeds-gpu", type=int, default=1000)
+    ap.add_argument("--gpu-seeds", default="1000,10000")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     torch.set_num_threads(1)
     iters = 100 if args.quick else 500
     n = 10 if args.quick else 30
+    result = {"machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+              "protocol_iterations": iters}
 
-    ref1 = Reference(0)
-    ref_s1 = per_iteration(ref1.meta_iteration, n)
-    refs = [Reference(s) for s in range(100)]
-    ref_s100 = per_iteration(lambda: [r.meta_iteration() for r in refs], 2 if args.quick else 3, warmup=1) / 100
-    ours1, ours100 = ours(1), ours(100)
-    our_s1 = per_iteration(ours1.step, n)
-    our_s100 = per_iteration(ours100.step, max(3, n // 3)) / 100
-    print(f"per-seed meta-iteration, S=1:   reference {ref_s1 * 1e3:8.3f} ms   ours {our_s1 * 1e3:8.3f} ms   "
-          f"speedup {ref_s1 / our_s1:6.1f}x")
-    print(f"per-seed meta-iteration, S=100: reference {ref_s100 * 1e3:8.3f} ms   ours {our_s100 * 1e3:8.3f} ms   "
-          f"speedup {ref_s100 / our_s100:6.1f}x")
+    if "seed" in parts:
+        ref1 = Reference(0)
+        ref_s1 = per_iteration(ref1.meta_iteration, n)
+        refs = [Reference(s) for s in range(100)]
+        ref_s100 = per_iteration(lambda: [r.meta_iteration() for r in refs], 2 if args.quick else 3, warmup=1) / 100
+        ours1, ours100 = ours(1), ours(100)
+        our_s1 = per_iteration(ours1.step, n)
+        our_s100 = per_iteration(ours100.step, max(3, n // 3)) / 100
+        print(f"per-seed meta-iteration, S=1:   reference {ref_s1 * 1e3:8.3f} ms   ours {our_s1 * 1e3:8.3f} ms   "
+              f"speedup {ref_s1 / our_s1:6.1f}x", flush=True)
+        print(f"per-seed meta-iteration, S=100: reference {ref_s100 * 1e3:8.3f} ms   ours {our_s100 * 1e3:8.3f} ms   "
+              f"speedup {ref_s100 / our_s100:6.1f}x", flush=True)
+        result.update({
+            "per_seed_ms_s1": {"reference": round(ref_s1 * 1e3, 4), "ours": round(our_s1 * 1e3, 4)},
+            "per_seed_ms_s100": {"reference": round(ref_s100 * 1e3, 4), "ours": round(our_s100 * 1e3, 4)},
+            "per_seed_speedup_s1": round(ref_s1 / our_s1, 2),
+            "per_seed_speedup_s100": round(ref_s100 / our_s100, 2)})
 
-    t = time.perf_counter()
-    reference_protocol(5, iters)
-    ref_protocol = time.perf_counter() - t
-    t = time.perf_counter()
-    ours(5, iters).run()
-    our_protocol = time.perf_counter() - t
-    print(f"protocol (5 seeds x {iters} iterations, eval every 10): reference {ref_protocol:7.2f} s   "
-          f"ours {our_protocol:6.2f} s   speedup {ref_protocol / our_protocol:6.1f}x")
+    if parts & {"protocol", "command"}:
+        t = time.perf_counter()
+        reference_protocol(5, iters)
+        ref_protocol = time.perf_counter() - t
+        result["reference_protocol_s"] = round(ref_protocol, 3)
+    if "protocol" in parts:
+        t = time.perf_counter()
+        ours(5, iters).run()
+        our_protocol = time.perf_counter() - t
+        print(f"protocol (5 seeds x {iters} iterations, eval every 10): reference {ref_protocol:7.2f} s   "
+              f"ours {our_protocol:6.2f} s   speedup {ref_protocol / our_protocol:6.1f}x", flush=True)
+        result.update({"ours_protocol_s": round(our_protocol, 3),
+                       "protocol_speedup": round(ref_protocol / our_protocol, 2)})
+    if "command" in parts:
+        cmd_s = whole_command(iters)
+        print(f"whole `ml3 train sine --seeds 5 --preset paper` ({iters} iterations, horizon report to 5000 steps): "
+              f"{cmd_s:7.2f} s   speedup over the reference protocol {ref_protocol / cmd_s:6.1f}x", flush=True)
+        result.update({"command_s": round(cmd_s, 3), "command_speedup": round(ref_protocol / cmd_s, 2)})
 
-    result = {
-        "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-        "protocol_iterations": iters,
-        "reference_protocol_s": round(ref_protocol, 3), "ours_protocol_s": round(our_protocol, 3),
-        "protocol_speedup": round(ref_protocol / our_protocol, 2),
-        "per_seed_ms_s1": {"reference": round(ref_s1 * 1e3, 4), "ours": round(our_s1 * 1e3, 4)},
-        "per_seed_ms_s100": {"reference": round(ref_s100 * 1e3, 4), "ours": round(our_s100 * 1e3, 4)},
-        "per_seed_speedup_s1": round(ref_s1 / our_s1, 2),
-        "per_seed_speedup_s100": round(ref_s100 / our_s100, 2),
-    }
-    if args.device.startswith("cuda"):
-        big = ours(args.seeds_gpu, device=args.device)
-        t_big = per_iteration(big.step, 20, device=args.device)
-        result["gpu"] = {"seeds": args.seeds_gpu, "iteration_ms": round(t_big * 1e3, 3),
-                         "us_per_seed_iteration": round(t_big / args.seeds_gpu * 1e6, 3),
-                         "device": torch.cuda.get_device_name()}
-        print(f"GPU: {args.seeds_gpu} seeds in one pass: {t_big * 1e3:.2f} ms per meta-iteration, "
-              f"{t_big / args.seeds_gpu * 1e6:.2f} us per seed-iteration")
+    if "gpu" in parts:
+        name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
+        result["gpu"] = {"device": name,
+                         "rows": gpu_seeds(args.device, [int(c) for c in args.gpu_seeds.split(",")])}
+    if "device-protocol" in parts:
+        times = {}
+        for dev in ("cpu", args.device):
+            t = time.perf_counter()
+            out = ours(5, iters, device=dev).run()
+            times[dev] = time.perf_counter() - t
+            times[dev + "_published_seed"] = out.validation["chosen_seed"]
+        print(f"protocol on {args.device}: {times[args.device]:.2f} s against {times['cpu']:.2f} s on the CPU "
+              f"(one thread)", flush=True)
+        result["device_protocol"] = {"device": args.device, **{k: round(v, 3) if isinstance(v, float) else v
+                                                                for k, v in times.items()}}
     print("RESULT " + json.dumps(result))
 
 

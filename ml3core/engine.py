@@ -190,6 +190,25 @@ def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: 
     return {name: torch.stack(vals) for name, vals in curves.items()}
 
 
+def _cat_tasks(sets: list[tuple[dict, dict]]):
+    """(theta, data) pairs joined along the tasks dim (1), or None where any tensor differs in more."""
+    joined = tuple(_cat_trees([pair[i] for pair in sets]) for i in (0, 1))
+    return None if None in joined else joined
+
+
+def _cat_trees(trees: list[dict]) -> dict | None:
+    if any(t.keys() != trees[0].keys() for t in trees):
+        return None
+    out = {}
+    for k, v in trees[0].items():
+        vs = [t[k] for t in trees]
+        if any(x.dim() < 2 or x.dtype != v.dtype or x.shape[:1] + x.shape[2:] != v.shape[:1] + v.shape[2:]
+               for x in vs):
+            return None
+        out[k] = torch.cat(vs, dim=1)
+    return out
+
+
 def learned_objective(family: TaskFamily, spec: LossSpec, phi: dict):
     """theta -> L_phi on the train points. phi may be stacked per seed (S, ...) against data (S, n, ...)."""
 
@@ -369,13 +388,19 @@ class MetaTrainer:
 
     # -- evaluation --------------------------------------------------------------------------
     def _final_metrics(self, objective) -> dict:
-        """Train each eval set's models ``eval_steps`` steps on ``objective``: {set: {metric: per seed}}."""
-        out = {}
-        for name, (theta, data) in self.eval_sets.items():
-            curves = fit(self.family, objective, theta, data, self.cfg.eval_steps, self.cfg.inner_lr,
-                         record_at=[self.cfg.eval_steps])
-            out[name] = {k: json_clean(v[-1].mean(1).tolist()) for k, v in curves.items()}
-        return out
+        """Train each eval set's models ``eval_steps`` steps on ``objective``: {set: {metric: per seed}}.
+        Sets whose tensors differ only in their task count train as one batch (half the calls)."""
+        sets = list(self.eval_sets.items())
+        joint = _cat_tasks([t for _, t in sets]) if len(sets) > 1 else None
+        runs = [joint] if joint is not None else [t for _, t in sets]
+        curves = [fit(self.family, objective, theta, data, self.cfg.eval_steps, self.cfg.inner_lr,
+                      record_at=[self.cfg.eval_steps]) for theta, data in runs]
+        if joint is not None:  # split the tasks dim back into the sets
+            sizes = [next(iter(theta.values())).shape[1] for _, (theta, _) in sets]
+            curves = [{k: v for k, v in zip(curves[0], parts, strict=True)}
+                      for parts in zip(*(v.split(sizes, dim=2) for v in curves[0].values()), strict=True)]
+        return {name: {k: json_clean(v[-1].mean(1).tolist()) for k, v in c.items()}
+                for (name, _), c in zip(sets, curves, strict=True)}
 
     def evaluate(self) -> dict:
         """Metrics after ``eval_steps`` with each seed's current L_phi."""
