@@ -4,11 +4,11 @@
 ``{loss_id}`` is ``name``, ``name:3`` or ``name@alias``, resolved on every request through the
 resolver's short cache, which this process's own alias and version changes clear at once.
 
-These routes sit on their own router, matched before the others, and take only the ``Request``:
-the read-key check, the query and the body are done by hand (FastAPI's dependency solving and
-parameter validation would cost as much as the loss itself here). Their OpenAPI entries (path and
-query parameters, body schema, security) are written out in ``openapi_extra``; errors are the same
-problem+json answers as everywhere else."""
+These routes sit on their own router, matched right after the health probes (before the other /v1
+routes), and take only the ``Request``: the read-key check, the query and the body are done by hand
+(FastAPI's dependency solving and parameter validation would cost as much as the loss itself here).
+Their OpenAPI entries (path and query parameters, body schema, security) are written out in
+``openapi_extra``; errors are the same problem+json answers as everywhere else."""
 
 from __future__ import annotations
 
