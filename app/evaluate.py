@@ -7,6 +7,7 @@ in chunks so a large batch never holds one huge activation tensor.
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import json
@@ -91,13 +92,16 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     else:
         if isinstance(value, list) and len(value) > limit:
             raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
+        t = _flat(value) if isinstance(value, list) and value else None
         try:
-            if isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
+            if t is not None:
+                pass
+            elif isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
                 t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
                                for s in range(0, len(value), CHUNK)])
             else:
                 t = torch.tensor(value, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as e:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # overflow: an int beyond a double
             raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
         raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
@@ -106,6 +110,20 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     if not (all(abs(v) <= F32_MAX for v in value) if small else bool(torch.isfinite(t).all())):
         raise invalid(loc, f"NaN, infinite or beyond float32 (|value| > {F32_MAX:.4g}) values")
     return t
+
+
+def _flat(values: list) -> torch.Tensor | None:
+    """A flat list of numbers as float32 through ``array("f")``: the same rounding as ``torch.tensor``
+    (a C cast of each double) at 2-4x the speed, since nothing inspects each item's type and nesting.
+    None for anything else (nested lists, strings, None), which ``torch.tensor`` parses or refuses
+    with its own message. Converted a piece at a time, so the GIL is let go between pieces."""
+    try:
+        a = array.array("f")
+        for s in range(0, len(values), CHUNK):
+            a.fromlist(values[s:s + CHUNK])
+    except (TypeError, OverflowError):  # an item that is no number, or an int beyond a double
+        return None
+    return torch.frombuffer(a, dtype=torch.float32)
 
 
 def _number(text: str) -> float:

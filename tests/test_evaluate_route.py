@@ -97,3 +97,44 @@ def test_evaluate_still_follows_a_new_version_and_gives_the_module_s_numbers(cli
         assert got["loss"] == pytest.approx(want, rel=1e-6)
     assert before["loss"] != after["loss"]
 
+
+
+def test_json_numbers_become_the_float32_values_torch_would_make():
+    """Flat lists go through array("f"), not torch.tensor: the same float32 for every double (ties and
+    values between two float32 included), ints and bools; anything else is torch.tensor's to refuse."""
+    from app.evaluate import to_tensor
+
+    g = torch.Generator().manual_seed(0)
+    doubles = (torch.randn(5000, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-30, 30, (5000,),
+                                                                                           generator=g)).tolist()
+    f32 = torch.randn(1000, generator=g).double()
+    ulp = torch.nextafter(f32.float(), torch.tensor(float("inf"))).double() - f32
+    doubles += (f32 + ulp / 2).tolist() + (f32 - ulp / 3).tolist()  # exact ties and near-ties between float32
+    doubles += [0, 1, -7, 2**24 + 1, 2**60 + 3, True, False, -0.0, 5e-324, 1.5e-45]
+    for values in (doubles, doubles[:64], doubles[:3], doubles * 14):  # small, tiny and over one chunk
+        got = to_tensor(values, "pred", 10**6)
+        assert got.dtype == torch.float32 and got.shape == (len(values),)
+        assert torch.equal(got, torch.tensor(values, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("body", [b'{"pred": [1' + b"0" * 400 + b'], "target": [1]}',  # beyond a double
+                                  b'{"pred": [1, [2]], "target": [1, 2]}', b'{"pred": [1, null], "target": [1, 2]}',
+                                  b'{"pred": [1, "2"], "target": [1, 2]}'])
+def test_lists_that_are_not_numbers_are_a_422(client, Session, loss, body):
+    r = client.post(f"/v1/losses/{loss}/evaluate", content=body,
+                    headers={**new_key(Session, "read"), "content-type": "application/json"})
+    assert_problem(r, 422, "invalid")
+
+
+def test_served_values_are_bitwise_those_of_the_downloaded_loss(client, Session, loss):
+    reader = new_key(Session, "read")
+    local = load_loss(client.get(f"/v1/losses/{loss}/artifact", headers=reader).content)
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 2, 64, 300):
+        pred, target = (torch.randn(n, generator=g) * 3).tolist(), torch.randn(n, generator=g).tolist()
+        body = {"pred": pred, "target": target, "x": [0.0] * n}
+        got = client.post(f"/v1/losses/{loss}/evaluate", json={**body, "reduction": "none"}, headers=reader).json()
+        mean = client.post(f"/v1/losses/{loss}/evaluate", json=body, headers=reader).json()
+        want = local(torch.tensor(pred), torch.tensor(target), x=torch.zeros(n), reduction="none")
+        assert got["loss"] == want.tolist()  # exactly: the same float32 inputs and the same ops
+        assert mean["loss"] == float(want.mean())
