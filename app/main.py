@@ -148,7 +148,9 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     install_error_handlers(app)
     openapi.install(app)
     app.add_middleware(Guard, state=app.state)
-    for module in (health, evaluate_routes, jobs, losses):  # evaluate before the other /v1 routes: matched soonest
+    app.include_router(health.router)
+    evaluate_routes.add_plain_route(app)  # the hot path, matched next, without FastAPI's per-request work
+    for module in (evaluate_routes, jobs, losses):
         app.include_router(module.router)
     app.include_router(dataset_routes.router)
     app.include_router(dashboard.router)  # the web pages at /

@@ -79,8 +79,20 @@ def test_the_evaluate_routes_are_documented_as_before(client):
 def test_other_methods_on_the_evaluate_path_are_a_405_problem(client, Session, loss):
     admin = new_key(Session, "admin")
     for method in ("PUT", "DELETE", "PATCH"):
-        assert_problem(client.request(method, f"/v1/losses/{loss}/evaluate", headers=admin), 405,
-                       "method_not_allowed")
+        r = client.request(method, f"/v1/losses/{loss}/evaluate", headers=admin)
+        assert_problem(r, 405, "method_not_allowed")
+        assert set(r.headers["allow"].split(", ")) == {"GET", "POST"}
+    head = client.head(f"/v1/losses/{loss}/evaluate?pred=1&target=1", headers=admin)
+    assert head.status_code == 405 and head.content == b""
+
+
+def test_evaluate_requests_are_counted_under_their_route(client, Session, loss):
+    reader = new_key(Session, "read")
+    stats = client.app.state.stats["requests"]
+    key = ("GET", "/v1/losses/{loss_id}/evaluate", 200)
+    before = stats[key]
+    client.get(f"/v1/losses/{loss}/evaluate", params={"pred": "1", "target": "0"}, headers=reader)
+    assert stats[key] == before + 1
 
 
 def test_evaluate_still_follows_a_new_version_and_gives_the_module_s_numbers(client, Session, loss):

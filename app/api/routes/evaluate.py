@@ -4,11 +4,12 @@
 ``{loss_id}`` is ``name``, ``name:3`` or ``name@alias``, resolved on every request through the
 resolver's short cache, which this process's own alias and version changes clear at once.
 
-These routes sit on their own router, matched right after the health probes (before the other /v1
-routes), and take only the ``Request``: the read-key check, the query and the body are done by hand
-(FastAPI's dependency solving and parameter validation would cost as much as the loss itself here).
-Their OpenAPI entries (path and query parameters, body schema, security) are written out in
-``openapi_extra``; errors are the same problem+json answers as everywhere else."""
+The handlers take only the ``Request``: the read-key check, the query and the body are done by
+hand (FastAPI's dependency solving and parameter validation would cost as much as the loss itself
+here). They are served by a plain Starlette route (``add_plain_route``) matched right after the
+health probes; the FastAPI routes of ``router`` document them: path and query parameters, body
+schema and security written out in ``openapi_extra``. Errors are the same problem+json answers as
+everywhere else."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.routing import Match, Route
 
 from ... import limits, registry
 from ...errors import invalid
@@ -245,3 +247,31 @@ async def _answer(request: Request, loss_id: str, body, p, t, x) -> Response:
     return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
 
 
+
+
+# -- serving: plain Starlette routes in front of the documented FastAPI ones ---------------------------
+class _PlainRoute(Route):
+    """A Starlette route that names itself in the scope, as FastAPI's routes do (the request metrics
+    label requests by ``scope["route"].path``)."""
+
+    def matches(self, scope):
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+async def _serve(request: Request) -> Response:
+    return await (evaluate_get if request.method == "GET" else evaluate_post)(request)
+
+
+def add_plain_route(app) -> None:
+    """Serve GET and POST evaluate through a plain Starlette route; the caller adds it right after
+    the health probes and before ``router``, whose FastAPI routes document the same endpoints (and
+    would serve them the same way without it). On this, the smallest request, FastAPI's per-request
+    machinery (dependency solving, matching the nested router twice, its hooks) cost about as much
+    as the loss's forward pass. Errors still go through the app's handlers."""
+    route = _PlainRoute(f"{router.prefix}/{{loss_id}}/evaluate", _serve, methods=["GET", "POST"],
+                        name="evaluate", include_in_schema=False)
+    route.methods.discard("HEAD")  # Starlette adds HEAD to a GET route; FastAPI's route answers it 405
+    app.router.routes.append(route)
