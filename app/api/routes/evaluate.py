@@ -169,7 +169,7 @@ async def evaluate_get(request: Request) -> Response:
     limits.check_rate(state.eval_limiter, key.client, state.settings)
     q = request.query_params
     reject_unknown_query(request, EVAL_QUERY_NAMES)
-    limit = request.app.state.settings.max_query_values
+    limit = state.settings.max_query_values
     reduction, return_grad = q.get("reduction", "mean"), BOOLS.get(q.get("return_grad", "false").lower())
     if reduction not in ("mean", "sum", "none"):
         raise invalid("reduction", "mean, sum or none")
@@ -247,9 +247,7 @@ async def _answer(request: Request, loss_id: str, body, p, t, x) -> Response:
     return await _evaluate(request, loss_id, p, t, x, body.reduction, body.return_grad, body.encoding)
 
 
-
-
-# -- serving: plain Starlette routes in front of the documented FastAPI ones ---------------------------
+# -- serving: a plain Starlette route in front of the documented FastAPI ones ---------------------------
 class _PlainRoute(Route):
     """A Starlette route that names itself in the scope, as FastAPI's routes do (the request metrics
     label requests by ``scope["route"].path``)."""
