@@ -7,12 +7,14 @@ in chunks so a large batch never holds one huge activation tensor.
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import json
 import math
 import re
 import threading
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -26,6 +28,16 @@ from .limits import exceeded
 CHUNK = 65536
 F32_MAX = float(torch.finfo(torch.float32).max)
 _local = threading.local()
+_params: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its weights dict
+
+
+def params_of(module: LearnedLoss) -> dict:
+    """``module.params``, built once per loaded module: the property builds a new dict on every
+    call, a few microseconds of a small request's forward pass."""
+    p = _params.get(module)
+    if p is None:
+        p = _params[module] = module.params
+    return p
 
 
 def torch_threads(n: int) -> None:
@@ -80,13 +92,16 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     else:
         if isinstance(value, list) and len(value) > limit:
             raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
+        t = _flat(value) if isinstance(value, list) and value else None
         try:
-            if isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
+            if t is not None:
+                pass
+            elif isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
                 t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
                                for s in range(0, len(value), CHUNK)])
             else:
                 t = torch.tensor(value, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as e:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # overflow: an int beyond a double
             raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
         raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
@@ -95,6 +110,20 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
     if not (all(abs(v) <= F32_MAX for v in value) if small else bool(torch.isfinite(t).all())):
         raise invalid(loc, f"NaN, infinite or beyond float32 (|value| > {F32_MAX:.4g}) values")
     return t
+
+
+def _flat(values: list) -> torch.Tensor | None:
+    """A flat list of numbers as float32 through ``array("f")``: the same rounding as ``torch.tensor``
+    (a C cast of each double) at 2-4x the speed, since nothing inspects each item's type and nesting.
+    None for anything else (nested lists, strings, None), which ``torch.tensor`` parses or refuses
+    with its own message. Converted a piece at a time, so the GIL is let go between pieces."""
+    try:
+        a = array.array("f")
+        for s in range(0, len(values), CHUNK):
+            a.fromlist(values[s:s + CHUNK])
+    except (TypeError, OverflowError):  # an item that is no number, or an int beyond a double
+        return None
+    return torch.frombuffer(a, dtype=torch.float32)
 
 
 def _number(text: str) -> float:
@@ -163,7 +192,7 @@ def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: t
         raise invalid("pred", f"shape {list(pred.shape)}; this loss takes {want}")
     if pred.shape[0] == 0:
         raise invalid("pred", "no points")
-    p2, t2 = (pred[:, None], target[:, None]) if flat else (pred, target)
+    p2, t2 = (pred.unsqueeze(1), target.unsqueeze(1)) if flat else (pred, target)
     n = p2.shape[0]
     if "x" in arch["inputs"]:
         xd = arch.get("x_dim", 1)
@@ -176,7 +205,7 @@ def evaluate(module: LearnedLoss, pred: torch.Tensor, target: torch.Tensor, x: t
     else:
         x = None
     values, grads = [], []
-    params = module.params
+    params = params_of(module)
     chunks = [(p2, t2, x)] if n <= CHUNK else [
         (p2[s:s + CHUNK], t2[s:s + CHUNK], None if x is None else x[s:s + CHUNK]) for s in range(0, n, CHUNK)]
     for p, t, xc in chunks:
@@ -248,7 +277,7 @@ def evaluate_classification(module: LearnedLoss, logits: torch.Tensor, targets: 
                             reduction: str = "mean", return_grad: bool = False, threads: int = 1):
     """(loss, grad) of a classification loss: loss per example (none) or reduced; grad = d loss / d logits."""
     torch_threads(threads)
-    params, arch = module.params, module.arch
+    params, arch = params_of(module), module.arch
     if return_grad:
         p = logits.detach().clone().requires_grad_()
         with torch.enable_grad():
