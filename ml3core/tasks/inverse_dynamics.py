@@ -52,6 +52,7 @@ class InverseDynamicsConfig:
     beta: float = 1.0  # "mixed": beta * torque MSE + gamma * prior
     gamma: float = 1.0
     train_task: str = "sampled"  # "sampled": new meta-train tasks each iteration; "fixed": one set per run
+    meta_objective: str = "train"  # "heldout": the task loss is measured on the held-out trajectories
     trajectories: int = 2  # per task, for the train points
     heldout_trajectories: int = 2
     points: int = 32  # samples per trajectory, evenly spaced over ``duration``
@@ -73,6 +74,7 @@ class InverseDynamicsConfig:
         check(self.task_loss in TASK_LOSSES, "task.task_loss", f"one of {TASK_LOSSES}")
         check_task_loss_weights(self.beta, self.gamma)
         check(self.train_task in ("fixed", "sampled"), "task.train_task", "fixed or sampled")
+        check(self.meta_objective in ("train", "heldout"), "task.meta_objective", "train or heldout")
         check_range(self.trajectories, "task.trajectories", 1, 1000)
         check_range(self.heldout_trajectories, "task.heldout_trajectories", 1, 1000)
         check_range(self.points, "task.points", 1, 10_000)
@@ -191,9 +193,10 @@ class InverseDynamicsFamily(TaskFamily):
     def task_loss(self, theta, data):
         c = self.config
         beta, gamma = {"mse": (1.0, 0.0), "prior": (0.0, 1.0), "mixed": (c.beta, c.gamma)}[c.task_loss]
-        pred, inertia = self.forward(theta, data["x"])
-        out = beta * mse(pred, data["y"]) if beta else 0.0
-        return out + gamma * self.prior(inertia, data["M"]) if gamma else out
+        part = "_heldout" if c.meta_objective == "heldout" else ""
+        pred, inertia = self.forward(theta, data["x" + part])
+        out = beta * mse(pred, data["y" + part]) if beta else 0.0
+        return out + gamma * self.prior(inertia, data["M" + part]) if gamma else out
 
     def metrics(self, theta, data):
         out = {}
