@@ -124,7 +124,7 @@ def test_torques_are_normalised_per_joint():
 @pytest.mark.parametrize("task_loss", ["mse", "prior", "mixed"])
 def test_every_variant_meta_trains_with_finite_second_order_gradients(model, task_loss):
     plan = parse_spec({"task": {"family": "inverse-dynamics", "model": model, "task_loss": task_loss, **SMALL},
-                       "seeds": 2, "outer_iterations": 1, "tasks_per_batch": 2, "eval_steps": 2})
+                       "preset": "paper", "seeds": 2, "outer_iterations": 1, "tasks_per_batch": 2, "eval_steps": 2})
     trainer = MetaTrainer(plan.family, plan.loss, plan.train)
     before = {k: v.detach().clone() for k, v in trainer.phi.items()}
     loss = trainer.step()
@@ -156,6 +156,32 @@ def test_task_losses_weigh_mse_and_prior():
     torch.testing.assert_close(values["mixed"], 2 * mse + 3 * prior)
 
 
+def test_heldout_meta_objective_judges_the_heldout_trajectories():
+    gens = [torch.Generator().manual_seed(1)]
+    fam = family(task_loss="mixed", beta=2.0, gamma=3.0, meta_objective="heldout")
+    theta = fresh_theta(fam, gens, 2, "cpu", torch.float64)
+    data = sample_data(fam, gens, 2, "train", "cpu", torch.float64)
+    held = {"x": data["x_heldout"], "y": data["y_heldout"], "M": data["M_heldout"]}
+    expected = 2 * fam.plain_loss(theta, held) + 3 * fam.extra_loss(theta, held)
+    torch.testing.assert_close(fam.task_loss(theta, data), expected)
+    assert not torch.allclose(expected, family(task_loss="mixed", beta=2.0, gamma=3.0).task_loss(theta, data))
+
+
+def test_presets_default_and_paper():
+    """"default": the per-joint weighted loss, unrolled through whole trainings; "paper": the old net form."""
+    task = {"family": "inverse-dynamics", **SMALL}
+    plan = parse_spec({"task": task})
+    assert (plan.loss.form, plan.loss.weights, plan.loss.inputs, plan.loss.init) == \
+        ("weighted_se", "per_output", ["target", "x"], "baseline")
+    assert plan.loss.layer_sizes()[-1] == (32, 2)  # one weight per joint
+    assert (plan.train.schedule, plan.train.inner_steps, plan.train.unroll_checkpoint) == ("unrolled", 100, 10)
+    assert plan.family.config.meta_objective == "heldout"
+    paper = parse_spec({"task": task, "preset": "paper"})
+    assert (paper.loss.form, paper.loss.inputs, paper.train.schedule, paper.train.outer_iterations) == \
+        ("net", ["pred", "target", "x"], "online", 20)
+    assert paper.family.config.meta_objective == "train"
+
+
 @pytest.mark.parametrize("task, loc", [
     ({"robot": "3link"}, "task.robot"),
     ({"task_loss": "shaping"}, "task.task_loss"),
@@ -163,6 +189,7 @@ def test_task_losses_weigh_mse_and_prior():
     ({"eps": 0.01}, "task.eps"),  # larger than the iiwa's M77: the prior could never be met
     ({"frequency": [0.5, 0.1]}, "task.frequency"),
     ({"payload": [-1, 0]}, "task.payload"),
+    ({"meta_objective": "test"}, "task.meta_objective"),
 ])
 def test_bad_task_settings_name_the_field(task, loc):
     with pytest.raises(ConfigError) as e:
