@@ -248,6 +248,7 @@ def test_prior_shaped_loss_on_the_two_link_arm():
     assert out["summary"]["mse_at_equal_torque_error"][VARIANT_LABELS["prior"]] is None  # faster, not slower
     assert shaped["mse_heldout"] < 1.05 * learned_mse["mse_heldout"]
     assert learned_mse["mse_heldout"] < 0.95 * plain["mse_heldout"]
+    assert out["summary"]["diverged_seeds"] == {name: 0 for name in final}
     assert out["figure"].startswith(b"\x89PNG")
 
 

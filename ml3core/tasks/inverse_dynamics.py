@@ -123,7 +123,7 @@ class InverseDynamicsFamily(TaskFamily):
         (checkpointed every 10 steps) and judged on held-out trajectories (bench/RESULTS.md has the
         search). "paper": the paper's form, a net over (τ̂, τ, x) updated after every inner step."""
         default = {"loss": DEFAULT_LOSS, "task": {"meta_objective": "heldout"}, "schedule": "unrolled",
-                   "inner_steps": 100, "unroll_checkpoint": 10, "outer_iterations": 40, "outer_lr": 0.006,
+                   "inner_steps": 100, "unroll_checkpoint": 10, "outer_iterations": 40, "outer_lr": 0.003,
                    "seeds": 3, "meta_test": {"horizons": [10, 100]}}
         return {"default": default, "paper": {}}
 
