@@ -12,7 +12,9 @@ The optimizee (``model="delan"``) is a Deep Lagrangian Network with its own iner
 ``"mlp"`` is a black box whose implied inertia is ∂û/∂q̈. Task losses at meta-train:
 ``"mse"`` torque MSE (the review's blue curve), ``"prior"`` the inertia error alone (green, as
 the review reads the paper) and ``"mixed"`` β·MSE + γ·prior (the review's eq. 5 reading).
-Meta-test trains on torques only; the inertia error is measured, never trained on.
+Meta-test trains on torques only; the inertia error is measured, never trained on. The default
+preset's loss weighs each joint's squared torque error by a learned w_φ,j(τ, x) > 0 (Morse et al.
+2020), judged on the held-out trajectories (``meta_objective="heldout"``); "paper" keeps the net.
 
 Scales, all from a fixed reference set of the family's train distribution: torques are divided
 per joint by their standard deviation, and the inertia error is measured in
