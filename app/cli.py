@@ -141,8 +141,9 @@ def cmd_experiment(args) -> int:
         json.dump({"summary": out["summary"], "reports": out["reports"]}, f, indent=1)
     fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
     for name, final in out["summary"]["final"].items():
+        diverged = out["summary"]["diverged_seeds"][name]
         print(f"{name:34s} held-out torque MSE {fmt(final['mse_heldout'])}, "
-              f"inertia error {fmt(final['prior_heldout'])}")
+              f"inertia error {fmt(final['prior_heldout'])}" + (f" ({diverged} seeds diverged)" if diverged else ""))
     print(f"figure: {os.path.join(args.out, 'figure7.png')}")
     return 0
 

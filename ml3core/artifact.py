@@ -24,6 +24,13 @@ from .portable import (
 )
 
 
+def bundle_format_version(spec: LossSpec) -> int:
+    """The oldest format that reads this loss right: older loaders refuse what they would misread."""
+    if spec.weights != "shared":
+        return FORMAT_VERSION
+    return 1 if spec.form == "net" else 2
+
+
 @dataclass
 class Bundle:
     weights: bytes
@@ -38,7 +45,7 @@ class Bundle:
         spec = {
             "format": FORMAT,
             # an older loader reads form "net" bundles; it must refuse the forms it does not know
-            "format_version": 1 if loss_spec.form == "net" else FORMAT_VERSION,
+            "format_version": bundle_format_version(loss_spec),
             "architecture": loss_spec.architecture(),
             "input_order": list(loss_spec.inputs),
             "task_family": task.get("family"),

@@ -100,6 +100,8 @@ SCHEDULES = ("unrolled", "online", "persistent")
 # identity as it was, so a job checkpointed before them resumes.
 LATER_DEFAULTS = {"inner_optimizer": "sgd", "inner_momentum": 0.9, "inner_betas": [0.9, 0.999], "train_horizon": 100,
                   "unroll_checkpoint": 0}
+LATER_LOSS_DEFAULTS = {"weights": "shared"}
+LATER_TASK_DEFAULTS = {"inverse-dynamics": {"meta_objective": "train"}}
 
 
 @dataclass
@@ -498,8 +500,10 @@ class MetaTrainer:
     def _identity(self) -> dict:
         train = {k: v for k, v in asdict(self.cfg).items()
                  if k not in ("outer_iterations", "device") and LATER_DEFAULTS.get(k, ...) != v}
-        return {"family": self.family.name, "task": asdict(self.family.config), "loss": self.spec.to_dict(),
-                "train": train}
+        later = LATER_TASK_DEFAULTS.get(self.family.name, {})
+        task = {k: v for k, v in asdict(self.family.config).items() if later.get(k, ...) != v}
+        loss = {k: v for k, v in self.spec.to_dict().items() if LATER_LOSS_DEFAULTS.get(k, ...) != v}
+        return {"family": self.family.name, "task": task, "loss": loss, "train": train}
 
     def state_bytes(self) -> bytes:
         """Everything needed to continue bit-for-bit: phi, Adam state, RNG states, data, history."""

@@ -11,6 +11,7 @@ from .config import ConfigError, check, check_layers, from_dict
 from .portable import ACTIVATIONS, CLASS_INPUTS, FORMS, OUTPUTS, mlp_loss
 
 INPUT_NAMES = ("pred", "target", "x")
+WEIGHTS = ("shared", "per_output")
 # "baseline": hidden layers Xavier-uniform, the last layer zero, so the output is a constant; the
 # output bias makes that constant 1 (exp(0) = 1 needs none), and weighted_se at weight 1 is MSE.
 # For ce_classwise the constant is 0 (linear output, zero bias): the correction vanishes, CE remains.
@@ -32,6 +33,9 @@ class LossSpec:
     reduction: str = "mean"
     init: str = "xavier_uniform"
     per_output: bool = False  # one shared net applied to each output dimension
+    # weighted_se only: "shared", one weight per point on the summed squared error; "per_output", one
+    # weight per output dimension (the net's last layer has pred_dim outputs), e.g. per joint torque
+    weights: str = "shared"
     pred_dim: int = 1  # set by the task family
     x_dim: int = 0  # set by the task family when "x" is an input
 
@@ -52,6 +56,10 @@ class LossSpec:
             check("pred" not in self.inputs, "loss.inputs", "without pred: a weighted_se loss weighs (pred − target)²")
             check(self.output in ("softplus", "square", "exp"), "loss.output",
                   "softplus, square or exp for weighted_se")
+        check(self.weights in WEIGHTS, "loss.weights", f"one of {WEIGHTS}")
+        if self.weights == "per_output":  # one net, pred_dim weights: not with one net per dimension
+            check(self.form == "weighted_se", "loss.weights", "per_output needs loss.form weighted_se")
+            check(not self.per_output, "loss.weights", "per_output weights need loss.per_output false")
         check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
         check(self.init in INITS, "loss.init", f"one of {INITS}")
         if self.form == "ce_classwise":
@@ -83,11 +91,12 @@ class LossSpec:
     def architecture(self) -> dict:
         """The JSON architecture block of a bundle (what portable.mlp_loss reads)."""
         if self._arch is None:  # cached: mlp_loss reads it on every call of the hot loop
-            self._arch = {"type": "mlp", **{k: v for k, v in self.to_dict().items() if k != "init"}}
+            skip = ("init", "weights") if self.weights == "shared" else ("init",)  # shared: as before "weights"
+            self._arch = {"type": "mlp", **{k: v for k, v in self.to_dict().items() if k not in skip}}
         return self._arch
 
     def layer_sizes(self) -> list[tuple[int, int]]:
-        sizes = [self.in_features, *self.hidden, 1]
+        sizes = [self.in_features, *self.hidden, self.pred_dim if self.weights == "per_output" else 1]
         return list(zip(sizes[:-1], sizes[1:], strict=True))
 
 

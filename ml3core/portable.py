@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 
 FORMAT = "ml3-loss"
-FORMAT_VERSION = 2  # 2 added architecture "form"; a form-"net" bundle is still written as 1
+# 2 added architecture "form" (a form-"net" bundle is still written as 1); 3 added "weights" (a bundle with
+# shared weights is still written as 2), so an older loader refuses a weight per output it would misread
+FORMAT_VERSION = 3
 WEIGHTS_FILE = "loss.safetensors"
 SPEC_FILE = "loss.json"
 
@@ -47,6 +49,8 @@ OUTPUTS = {"softplus": F.softplus, "linear": lambda h: h, "square": torch.square
 # "net": the network's output is the per-point loss (the paper's L_phi). "weighted_se": it is a
 # weight on the squared error, w_phi(target[, x])·(pred − target)²: never below zero and zero
 # exactly at pred = target, so meta-training can shape the landscape but not move its minimum.
+# With ``weights: "per_output"`` the net gives one weight per output dimension, mean_j w_j·(pred_j − target_j)²
+# (a learned, state-dependent weighting of each joint's torque error, as in Morse et al. 2020).
 # "ce_classwise" (classification): cross-entropy plus a learned correction summed over classes,
 #   L = CE(logits, y) + sum_c g_phi(p_c, y_c, log p_c)   (per example; inputs chosen by name)
 # one small network g shared by every class, so a loss meta-trained on 2-way tasks applies to
@@ -156,7 +160,10 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
     values = _network(params, arch, h)  # (..., P)
     if arch.get("form", "net") == "weighted_se":
         se = (pred - target).square()
-        values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
+        if arch.get("weights", "shared") == "per_output":  # (..., N, D) weights, one per output
+            values = (values.reshape(se.shape) * se).mean(-1)
+        else:
+            values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
     reduction = reduction or arch.get("reduction", "mean")
     if reduction == "none" and per_output:
         return values.reshape(pred.shape)

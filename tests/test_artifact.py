@@ -153,10 +153,45 @@ def test_weighted_se_form_is_a_learned_weight_on_the_squared_error(tmp_path):
         Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(other).encode()})
 
 
+def test_weighted_se_with_a_weight_per_output(tmp_path):
+    """weights "per_output": L = mean_i mean_j w_φ,j(target_i, x_i)·(pred_ij − target_ij)², one weight per
+    output from one net; at baseline init every weight is 1, so values and gradients are plain MSE."""
+    bundle, spec, params = make_bundle(inputs=("target", "x"), form="weighted_se", weights="per_output",
+                                       output="exp", init="baseline", hidden=[8], bias=True, pred_dim=3)
+    # format 3: a format-2 loader refuses it rather than misread three weights as one
+    assert params["layers.1.weight"].shape == (3, 8) and bundle.spec["format_version"] == 3
+    assert bundle.spec["architecture"]["weights"] == "per_output"
+    assert "weights" not in make_bundle(form="weighted_se", inputs=("target",), output="exp")[0].spec["architecture"]
+    g = torch.Generator().manual_seed(5)
+    x, target = torch.randn(13, 1, generator=g), torch.randn(13, 3, generator=g)
+    pred = (target + torch.randn(13, 3, generator=g)).requires_grad_()
+    apply_loss(spec, params, pred, target, x).backward()
+    mse_pred = pred.detach().clone().requires_grad_()
+    torch.nn.functional.mse_loss(mse_pred, target).backward()
+    torch.testing.assert_close(apply_loss(spec, params, pred, target, x), torch.nn.functional.mse_loss(pred, target))
+    torch.testing.assert_close(pred.grad, mse_pred.grad)
+    # a trained weight net: joint j's error counts w_j(target, x) times, each point its own weights
+    trained = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in params.items()}
+    h = torch.relu(torch.cat([target, x], -1) @ trained["layers.0.weight"].T + trained["layers.0.bias"])
+    w = torch.exp(h @ trained["layers.1.weight"].T + trained["layers.1.bias"])  # (13, 3)
+    assert w.std(0).min() > 0.01 and (w.mean(0).max() - w.mean(0).min()) > 0.01  # varies by point and joint
+    expected = (w * (pred.detach() - target).square()).mean(-1)
+    torch.testing.assert_close(apply_loss(spec, trained, pred.detach(), target, x, "none"), expected)
+    # the bundle round trip, and the minimum stays on the data
+    trained_bundle = Bundle.build(trained, spec, {"family": "sine"}, {"inner_lr": 1e-3}, {"score": 1.0})
+    trained_bundle.write_dir(tmp_path / "pj")
+    loss = load_loss(tmp_path / "pj")
+    torch.testing.assert_close(loss(pred.detach(), target, x=x), expected.mean())
+    assert loss(target, target, x=x).item() == 0.0
+
+
 @pytest.mark.parametrize("arch, loc", [
     ({"form": "cubic"}, "loss.form"),
     ({"form": "weighted_se", "inputs": ["pred", "target"]}, "loss.inputs"),
-    ({"form": "weighted_se", "inputs": ["target"], "output": "linear"}, "loss.output")])
+    ({"form": "weighted_se", "inputs": ["target"], "output": "linear"}, "loss.output"),
+    ({"form": "weighted_se", "inputs": ["target"], "weights": "per_joint"}, "loss.weights"),
+    ({"form": "net", "weights": "per_output"}, "loss.weights"),
+    ({"form": "weighted_se", "inputs": ["target"], "weights": "per_output", "per_output": True}, "loss.weights")])
 def test_weighted_se_settings_are_checked(arch, loc):
     with pytest.raises(ml3core.ConfigError) as e:
         LossSpec.from_dict(arch)

@@ -44,6 +44,7 @@ HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
     "loss.output": "softplus, linear, square or exp",
     "loss.reduction": "mean or sum over the batch",
     "loss.per_output": "one shared net per output dimension",
+    "loss.weights": "weighted_se: shared (one weight per point) or per_output (one per output, e.g. per joint)",
 }
 FAMILY_SET = {"pred_dim", "x_dim"}  # loss fields the task family fills in
 

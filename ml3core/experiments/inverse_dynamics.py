@@ -42,6 +42,8 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
     curves.update({VARIANT_LABELS[v]: r["curves"]["learned"] for v, r in reports.items()})
     summary = {"robot": robot, "steps": first["steps"], "tasks": first["tasks"], "seed_ids": first["seed_ids"],
                "final": {name: {m: _mean(rows, -1) for m, rows in c.items()} for name, c in curves.items()},
+               # a seed whose training diverged has no final value: ``final`` is the mean of the others
+               "diverged_seeds": {name: sum(r[-1] is None for r in c["mse_heldout"]) for name, c in curves.items()},
                "horizon": [{"steps": row["steps"], "MSE": row["mse"],
                             **{VARIANT_LABELS[v]: r["horizon"][i]["learned"] for v, r in reports.items()}}
                            for i, row in enumerate(first["horizon"])],
