@@ -98,7 +98,7 @@ def _network(params: dict, arch: dict, h):
         if arch["bias"]:
             h = h + params[f"layers.{i}.bias"].unsqueeze(-2)
         h = act(h) if i < n - 1 else OUTPUTS[arch["output"]](h)
-    return h.reshape(shape)
+    return h.reshape(*shape, h.shape[-1]).squeeze(-1)  # (..., P), or (..., P, D) with D weights per point
 
 
 def _fold(h, w):
