@@ -92,29 +92,12 @@ def _network(params: dict, arch: dict, h):
     dims (one loss per seed) that broadcast against the data's leading dims (before P)."""
     act = ACTIVATIONS[arch["activation"]]
     n = len(arch["hidden"]) + 1
-    shape, h = h.shape[:-1], _fold(h, params["layers.0.weight"])
     for i in range(n):
         h = h @ params[f"layers.{i}.weight"].mT
         if arch["bias"]:
             h = h + params[f"layers.{i}.bias"].unsqueeze(-2)
         h = act(h) if i < n - 1 else OUTPUTS[arch["output"]](h)
-    return h.reshape(*shape, h.shape[-1]).squeeze(-1)  # (..., P), or (..., P, D) with D weights per point
-
-
-def _fold(h, w):
-    """(..., P, F) with the trailing leading dims that w (..., out, in) broadcasts over (size 1 or
-    absent: one loss per seed, shared by its T tasks) folded into P: T matmuls of P rows become one
-    of T·P rows, the same numbers at fewer, larger calls."""
-    lead, wlead = h.shape[:-2], w.shape[:-2]
-    if len(wlead) > len(lead):
-        return h
-    wlead = (1,) * (len(lead) - len(wlead)) + tuple(wlead)
-    j = len(lead)
-    while j > 0 and wlead[j - 1] == 1:
-        j -= 1
-    if j == len(lead):
-        return h
-    return h.reshape(*lead[:j], *wlead[j:], -1, h.shape[-1])
+    return h.squeeze(-1)  # (..., P), or (..., P, D) with D weights per point
 
 
 def _reduce(values, reduction: str):
