@@ -93,16 +93,15 @@ def to_tensor(value, loc: str, limit: int, shape: list[int] | None = None,
         if isinstance(value, list) and len(value) > limit:
             raise exceeded(limit_name, 413, f"{loc}: {len(value)} values", limit, loc=loc)
         t = _flat(value) if isinstance(value, list) and value else None
-        try:
-            if t is not None:
-                pass
-            elif isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
-                t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
-                               for s in range(0, len(value), CHUNK)])
-            else:
-                t = torch.tensor(value, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # overflow: an int beyond a double
-            raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
+        if t is None:  # a scalar, nested rows, or items _flat would not take
+            try:
+                if isinstance(value, list) and len(value) > CHUNK:  # in pieces: the GIL is let go between them
+                    t = torch.cat([torch.tensor(value[s:s + CHUNK], dtype=torch.float32)
+                                   for s in range(0, len(value), CHUNK)])
+                else:
+                    t = torch.tensor(value, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # overflow: an int beyond a double
+                raise invalid(loc, f"a number or a rectangular array of numbers ({e})") from None
     if t.numel() > limit:
         raise exceeded(limit_name, 413, f"{loc}: {t.numel()} values", limit, loc=loc)
     small = isinstance(value, list) and t.dim() == 1 and len(value) <= 64

@@ -265,6 +265,8 @@ class MetaTrainer:
             "validation": (self._fresh_theta(vgens, self.cfg.validation_tasks),
                            self._sample_data(vgens, self.cfg.validation_tasks, self.family.validation_split)),
         }
+        # the sets joined along the tasks dim, once: they then train as one batch (None if they can't)
+        self._eval_joint = _cat_tasks(list(self.eval_sets.values()))
 
     # -- one meta-iteration ------------------------------------------------------------------
     def unroll(self, theta0: dict, state: dict, data: dict, steps: int) -> tuple[dict, dict]:
@@ -392,8 +394,7 @@ class MetaTrainer:
     def _final_metrics(self, objective) -> dict:
         """Train each eval set's models ``eval_steps`` steps on ``objective``: {set: {metric: per seed}}.
         Sets whose tensors differ only in their task count train as one batch (half the calls)."""
-        sets = list(self.eval_sets.items())
-        joint = _cat_tasks([t for _, t in sets]) if len(sets) > 1 else None
+        sets, joint = list(self.eval_sets.items()), self._eval_joint
         runs = [joint] if joint is not None else [t for _, t in sets]
         curves = [fit(self.family, objective, theta, data, self.cfg.eval_steps, self.cfg.inner_lr,
                       record_at=[self.cfg.eval_steps]) for theta, data in runs]
