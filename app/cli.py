@@ -85,16 +85,21 @@ def cmd_train(args) -> int:
 
 def summary(report: dict, metric: str = "mse_heldout") -> None:
     mt = report["meta_test"]
-    plain_name = "MSE" if metric.startswith("mse") else "plain"
-    print(f"meta-test: {mt['tasks']} held-out tasks per seed, {metric} after k steps "
-          f"(learned loss vs {plain_name}; mean over seeds):")
-    best = mt.get("plain_best_lr", {}).get("steps", {})
+    plain = "MSE" if metric.startswith("mse") else "plain"
+    print(f"meta-test: {mt['tasks']} held-out tasks per seed, {metric} after k steps, mean over seeds; ratios "
+          f"learned/{plain} for the published seed: vs {plain} at its best lr of {len(mt.get('lr_grid', []))} "
+          "(the standard), vs the same lr, both at their best lr:")
+    chosen = mt["seed_ids"].index(report["published_seed"]) if report.get("published_seed") in mt["seed_ids"] else 0
+    fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
     for row in mt["horizon"]:
-        learned, plain = row["learned"].get(metric), row["mse"].get(metric)
-        fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
-        grid = best.get(str(row["steps"]))
-        tuned = f"  {plain_name} at its best lr ({grid['lr']:g}) {fmt(grid.get(metric))}" if grid else ""
-        print(f"  k={row['steps']:>6}: learned {fmt(learned)}  {plain_name} {fmt(plain)}{tuned}")
+        seed = {k: (row.get(f"ratio_{k}_per_seed") or [None] * (chosen + 1))[chosen]
+                for k in ("vs_tuned", "same_lr", "both_tuned")}
+        lost = seed["vs_tuned"] is None or seed["vs_tuned"] > 1
+        print(f"  k={row['steps']:>6}: learned {fmt(row['learned'].get(metric))}  {plain} {fmt(row['mse'].get(metric))}"
+              f"  {plain} tuned {fmt(row.get('tuned', {}).get(metric))}   ratios: vs tuned {fmt(seed['vs_tuned'])}"
+              f"{'  (LOSES)' if lost else ''}  same lr {fmt(seed['same_lr'])}  both tuned {fmt(seed['both_tuned'])}")
+    if report.get("verdict"):
+        print(f"verdict (meta-validation tasks): {report['verdict']}")
 
 
 def add_train_arguments(p, name: str, cls) -> None:

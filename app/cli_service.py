@@ -185,7 +185,9 @@ def cmd_jobs_watch(args) -> int:
 
 
 def _warn(job: dict) -> None:
-    """Where a finished job's loss loses to the baseline, or why nothing was published: on stderr."""
+    """The published loss's verdict, where it loses to the tuned baseline, or why nothing was published: on stderr."""
+    if (job.get("result") or {}).get("verdict"):
+        print(f"verdict: {job['result']['verdict']} (meta-validation tasks)", file=sys.stderr)
     for warning in (job.get("result") or {}).get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -199,9 +201,9 @@ def cmd_jobs_cancel(args) -> int:
 
 def cmd_losses_list(args) -> int:
     with _client(args) as c:
-        rows = [(loss["name"], loss["latest_version"], " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()))
-                for loss in c.losses()]
-        _table(("NAME", "LATEST", "ALIASES"), rows)
+        rows = [(loss["name"], loss["latest_version"], " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()),
+                 loss.get("latest_verdict") or "-") for loss in c.losses()]
+        _table(("NAME", "LATEST", "ALIASES", "VERDICT (LATEST)"), rows)
     return 0
 
 

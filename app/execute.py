@@ -235,7 +235,8 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
             raise LeaseLost(job.id)  # registered already: someone else finished this job
         v = registry.register(db, name, out.bundle, job.id, clean(out.bundle.spec.get("metrics")))
         return {"loss": f"{name}:{v.version}", "name": name, "version": v.version, "sha256": v.sha256,
-                "published_seed": out.report.get("published_seed"), "warnings": out.report.get("warnings", [])}
+                "published_seed": out.report.get("published_seed"), "verdict": out.report.get("verdict"),
+                "warnings": out.report.get("warnings", [])}
 
     files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
     files.update({name: ("image/png", png) for name, png in out.figures.items()})

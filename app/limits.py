@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from ml3core.compare import LR_FACTORS
+
 from .core.config import Settings
 from .errors import Problem, invalid
 from .models import QUEUED, RUNNING, Job
@@ -101,7 +103,7 @@ class RunSize:
 
     def add(self, phase: str, models: int, steps: int, kept_steps: int = 1, factor: int = 1) -> None:
         self.phases[phase] = max(self.phases.get(phase, 0), self.model_bytes(models, kept_steps))
-        self.work += factor * self.step_work(models, steps)
+        self.work += int(factor * self.step_work(models, steps))
 
     @property
     def peak(self) -> tuple[str, int]:
@@ -118,13 +120,20 @@ def job_size(plan) -> RunSize:
     curves = cfg.outer_iterations // cfg.eval_every + 1
     size.add("evaluation", cfg.seeds * cfg.eval_tasks, curves * cfg.eval_steps)
     size.add("meta-validation", cfg.seeds * cfg.validation_tasks, curves * cfg.eval_steps)
+    # the publishing choice: L_phi at its lr and the plain loss at every lr factor, up to the horizon H
+    size.add("publishing choice", cfg.seeds * cfg.validation_tasks * len(LR_FACTORS),
+             max([cfg.train_horizon, *cfg.validation_horizons]),
+             factor=(len(LR_FACTORS) + 1) / len(LR_FACTORS))
     add_meta_test(size, mt, cfg.seeds)
     return size
 
 
 def add_meta_test(size: RunSize, mt, seeds: int) -> None:
-    """Each seed trains ``tasks`` fresh models with L_phi and again with MSE."""
-    size.add("meta-test", seeds * mt.tasks, max([mt.steps, *mt.horizons]), factor=2)
+    """Each seed trains ``tasks`` fresh models with L_phi and again with the plain loss, each at every lr
+    factor of the grid (one batch of seeds x tasks x factors models; L_phi at one lr unless tune_learned)."""
+    grid = len(mt.lr_factors)
+    size.add("meta-test", seeds * mt.tasks * grid, max([mt.steps, *mt.horizons]),
+             factor=2 if mt.tune_learned else (grid + 1) / grid)
 
 
 def check_size(size: RunSize, settings: Settings) -> None:
@@ -152,6 +161,7 @@ def check_job(plan, settings: Settings) -> None:
         ("max_tasks", "validation_tasks", cfg.validation_tasks),
         ("max_tasks", "eval_tasks", cfg.eval_tasks),
         ("max_steps", "eval_steps", cfg.eval_steps),
+        ("max_steps", "train_horizon", max([cfg.train_horizon, *cfg.validation_horizons])),
     ):
         at_most(settings, name, loc, value)
     check_meta_test(mt, settings, "meta_test.")

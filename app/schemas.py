@@ -34,6 +34,9 @@ class MetaTestRequest(BaseModel):
     steps: int | None = None
     lr: float | None = None
     horizons: list[int] | None = None
+    lr_factors: list[float] | None = Field(None, description="multiples of the lr the plain loss also trains at; "
+                                           "the best per horizon is the tuned baseline (default: 0.1 ... 46)")
+    tune_learned: bool | None = Field(None, description="the learned loss at its best lr factor too (default true)")
     device: str = "cpu"
 
 
@@ -93,6 +96,8 @@ def version_json(name: str, v: LossVersion, aliases: list[str] = ()) -> dict:
         "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": v.status,
         "job_id": v.job_id, "created_at": iso(v.created_at), "aliases": sorted(aliases),
         "tags": {t.key: t.value for t in v.tags}, "metrics": v.metrics,
+        # where the loss beats the plain loss at its best lr on meta-validation tasks (None: an older version)
+        "verdict": (v.metrics or {}).get("verdict"),
         "architecture": spec.get("architecture"), "task": spec.get("task"), "training": spec.get("training"),
         "links": {"self": base, "artifact": f"{base}/artifact", "evaluate": f"{base}/evaluate",
                   "landscape": f"{base}/landscape", "meta_test": f"{base}/meta-test"},

@@ -34,12 +34,12 @@ def run(spec: dict, tasks: int = 10) -> dict:
     m = "error_heldout"
     out = {"spec": {k: v for k, v in spec.items() if k != "task"} | {"task": spec["task"]},
            "train_s": round(train_s, 1), "lr": test["lr"], "per_seed": {}}
-    best = test["plain_best_lr"]["steps"]
+    rows = {row["steps"]: row for row in test["horizon"]}
     for k in (100, 1000):
         learned = [row[k] for row in test["curves"]["learned"][m]]
         ce = [row[k] for row in test["curves"]["mse"][m]]
-        grid = best[str(k)]["per_seed"][m]
-        out["per_seed"][k] = {"learned": learned, "ce": ce, "ce_best_grid": grid, "best_lr": best[str(k)]["lr"]}
+        grid = rows[k]["tuned_per_seed"]
+        out["per_seed"][k] = {"learned": learned, "ce": ce, "ce_best_grid": grid, "best_lr": rows[k]["tuned_lr"]}
     p100, p1000 = out["per_seed"][100], out["per_seed"][1000]
     out["pass"] = {
         "100_vs_ce_0.9": sum(a <= 0.9 * b for a, b in zip(p100["learned"], p100["ce"], strict=True)),

@@ -23,10 +23,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .compare import compare, verdict
 from .config import ConfigError, check, check_range, from_dict
 from .inner import InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
 from .models import stack_params
+from .rollout import fit
 from .tasks import TaskFamily
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -49,6 +51,8 @@ class TrainConfig:
     # train_horizon, so phi is meta-trained on models of every age from 0 to the horizon
     schedule: str = "unrolled"
     train_horizon: int = 100  # H: the steps users train for; the published seed must not lose up to it
+    # where the published seed is judged on meta-validation tasks: [] (default) is 10, 100, ... up to H
+    validation_horizons: list[int] = field(default_factory=list)
     first_order: bool = False  # drop d theta_m / d theta_{m-1} terms (keeps the mixed d grad / d phi)
     # k > 0: keep only every k-th step's state of the unroll and recompute the steps between them
     # during the backward pass: the exact meta-gradient in about O(M/k + k) steps of memory, not O(M)
@@ -71,6 +75,10 @@ class TrainConfig:
         check(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         check_range(self.train_horizon, "train_horizon", 1, 100_000)
         check_range(self.unroll_checkpoint, "unroll_checkpoint", 0, 10_000)
+        check(isinstance(self.validation_horizons, list) and len(self.validation_horizons) <= 8
+              and all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 100_000
+                      for h in self.validation_horizons), "validation_horizons",
+              "a list of at most 8 step counts in [1, 100000] ([]: 10, 100, ... up to train_horizon)")
         check(self.schedule != "persistent" or self.train_horizon >= self.inner_steps, "train_horizon",
               "at least inner_steps for the persistent schedule")
         check(len(self.inner_betas) == 2, "inner_betas", "two numbers [beta1, beta2]")
@@ -99,7 +107,7 @@ SCHEDULES = ("unrolled", "online", "persistent")
 # Fields added after checkpoints were first written: at these values they leave a checkpoint's
 # identity as it was, so a job checkpointed before them resumes.
 LATER_DEFAULTS = {"inner_optimizer": "sgd", "inner_momentum": 0.9, "inner_betas": [0.9, 0.999], "train_horizon": 100,
-                  "unroll_checkpoint": 0}
+                  "unroll_checkpoint": 0, "validation_horizons": []}
 LATER_LOSS_DEFAULTS = {"weights": "shared"}
 LATER_TASK_DEFAULTS = {"inverse-dynamics": {"meta_objective": "train"}}
 
@@ -151,45 +159,6 @@ def fresh_theta(family: TaskFamily, gens: list, n: int, device, dtype) -> dict:
 
 def to(tree: dict, device, dtype) -> dict:
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in tree.items()}
-
-
-def fit(family: TaskFamily, objective, theta: dict, data: dict, steps: int, lr: float | InnerOptimizer,
-        record_at=None) -> dict:
-    """Train the models in ``theta`` on ``objective(theta, data)`` (one value per model) with an inner
-    optimizer (SGD at ``lr`` when given a number), without a graph between steps.
-
-    Returns {metric: (R, *batch)} with the family's metrics after k steps for each recorded
-    k (k = 0 is the initial model; every step unless ``record_at`` names some).
-    """
-    record_at = set(range(steps + 1)) if record_at is None else set(record_at)
-    curves: dict[str, list] = {}
-
-    def record():
-        with torch.no_grad():
-            for name, value in family.metrics(theta, data).items():
-                curves.setdefault(name, []).append(value.detach())
-
-    opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
-    theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
-    leaves = list(theta.values())
-    state = opt.init(theta)
-    if 0 in record_at:
-        record()
-    for k in range(1, steps + 1):
-        with torch.enable_grad():
-            loss = objective(theta, data)
-            grads = torch.autograd.grad(loss.sum(), leaves)
-        with torch.no_grad():  # in place: no graph is needed between steps
-            if opt.name == "sgd":
-                for v, g in zip(leaves, grads, strict=True):
-                    v.sub_(g, alpha=opt.lr)
-            else:
-                new, state = opt.step(theta, dict(zip(theta, grads, strict=True)), state)
-                for v, n in zip(leaves, new.values(), strict=True):
-                    v.copy_(n)
-        if k in record_at:
-            record()
-    return {name: torch.stack(vals) for name, vals in curves.items()}
 
 
 def _cat_tasks(sets: list[tuple[dict, dict]]):
@@ -466,35 +435,43 @@ class MetaTrainer:
         return result
 
     def validation_horizons(self) -> list[int]:
-        """Where a loss is judged before it is published: 10, 100, ... up to the training horizon H."""
+        """Where a loss is judged before it is published: ``validation_horizons``, or 10, 100, ... up to the
+        training horizon H."""
+        if self.cfg.validation_horizons:
+            return sorted(set(self.cfg.validation_horizons))
         H = self.cfg.train_horizon
         return sorted({h for h in (10, 100, 1000, 10_000) if h < H} | {H})
 
     def validate(self) -> dict:
-        """Pick the seed to publish by its worst learned/baseline ratio of the held-out metric on the
-        meta-validation tasks over the horizons up to H (the inner optimizer of meta-training for
-        both): a loss that wins early and loses late is not the one to publish."""
+        """Pick the seed to publish by its worst ratio of the held-out metric against the *tuned*
+        baseline (the plain loss at its best lr factor for each horizon, ml3core.compare) on the
+        meta-validation tasks, over the horizons up to H, with the inner optimizer of meta-training:
+        a loss that wins early and loses late, or that is only a learned step size, is not the one
+        to publish. Meta-test tasks never enter this choice; the verdict says where the chosen seed
+        beats the tuned baseline."""
         assert self.history["iteration"][-1] == self.iteration, "the final phi has not been evaluated"
         metric, hs = self.family.heldout_metric, self.validation_horizons()
         theta, data = self.eval_sets["validation"]
         phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
-        learned = fit(self.family, learned_objective(self.family, self.spec, phi), theta, data, hs[-1], self.inner,
-                      record_at=hs)[metric].mean(-1)  # (R, S)
-        plain = fit(self.family, self.family.plain_loss, theta, data, hs[-1], self.inner,
-                    record_at=hs)[metric].mean(-1)
-        ratios = torch.where(torch.isfinite(learned), learned / plain, torch.full_like(learned, math.inf))
-        worst = ratios.max(0).values.nan_to_num(nan=math.inf)  # (S,)
+        cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs,
+                      tune_learned=False)
+        r = cmp.ratios(metric)
+        ratios = r["vs_tuned"]  # (R, S)
+        worst = ratios.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S,)
         chosen = int(torch.argmin(worst))
         return {
-            "metric": f"worst ratio of {metric} (learned / baseline) over {hs} {self.inner.name} steps on "
-                      f"{self.cfg.validation_tasks} meta-validation tasks",
+            "metric": f"worst ratio of {metric} (learned / plain at its best lr for that horizon) over {hs} "
+                      f"{self.inner.name} steps on {self.cfg.validation_tasks} meta-validation tasks",
             "horizons": hs,
             "ratios": {str(h): json_clean(ratios[i].tolist()) for i, h in enumerate(hs)},
+            "ratios_same_lr": {str(h): json_clean(r["same_lr"][i].tolist()) for i, h in enumerate(hs)},
+            "tuned_lr": {str(h): r["tuned_lr"][i].tolist() for i, h in enumerate(hs)},
             "worst_ratio": json_clean(worst.tolist()),
             "scores": self.history["eval"]["validation"][metric][-1],
             "mse_baseline": self.history["baseline"]["validation"][metric],
             "chosen_index": chosen,
             "chosen_seed": self.cfg.seed_ids[chosen],
+            "verdict": verdict({h: json_clean(float(ratios[i, chosen])) for i, h in enumerate(hs)}),
         }
 
     # -- checkpoints -------------------------------------------------------------------------

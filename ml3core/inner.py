@@ -54,13 +54,16 @@ class InnerOptimizer:
             state["t"] = torch.zeros(leaf.shape[:2], dtype=leaf.dtype, device=leaf.device)  # per model
         return state
 
-    def step(self, theta: dict, grads: dict, state: dict) -> tuple[dict, dict]:
-        """One update of every model; returns (theta, state), new tensors, differentiable."""
+    def step(self, theta: dict, grads: dict, state: dict, lr=None) -> tuple[dict, dict]:
+        """One update of every model; returns (theta, state), new tensors, differentiable.
+        ``lr``: this optimizer's lr (None), or one lr per model, a tensor of the models' leading
+        dims (S, T): an lr grid then trains as one batch."""
+        lr = self.lr if lr is None else lr
         if self.name == "sgd":
-            return {k: v - self.lr * grads[k] for k, v in theta.items()}, state
+            return {k: v - per_model(lr, v) * grads[k] for k, v in theta.items()}, state
         if self.name == "momentum":
             m = {k: self.momentum * state[f"m.{k}"] + grads[k] for k in theta}
-            return {k: v - self.lr * m[k] for k, v in theta.items()}, {f"m.{k}": m[k] for k in theta}
+            return {k: v - per_model(lr, v) * m[k] for k, v in theta.items()}, {f"m.{k}": m[k] for k in theta}
         t = state["t"] + 1  # (S, T): models restart at different times
         new = {"t": t}
         out = {}
@@ -71,9 +74,14 @@ class InnerOptimizer:
             tt = t.view(*t.shape, *[1] * (v.dim() - t.dim()))
             m_hat, s_hat = m / (1 - self.beta1**tt), s / (1 - self.beta2**tt)
             # eps inside the root: sqrt has an infinite derivative at 0, where a gradient is exactly 0
-            out[k] = v - self.lr * m_hat / (s_hat + self.eps**2).sqrt()
+            out[k] = v - per_model(lr, v) * m_hat / (s_hat + self.eps**2).sqrt()
             new[f"m.{k}"], new[f"v.{k}"] = m, s
         return out, {k: new[k] for k in state}  # the state's own key order
+
+
+def per_model(lr, v):
+    """A number as it is; a tensor of the models' leading dims (S, T) shaped to broadcast over ``v``."""
+    return lr.view(*lr.shape, *[1] * (v.dim() - lr.dim())) if torch.is_tensor(lr) else lr
 
 
 def from_training(training: dict) -> InnerOptimizer:

@@ -10,7 +10,7 @@ import torch
 from .config import ConfigError, check, check_layers, from_dict
 from .portable import ACTIVATIONS, CLASS_INPUTS, FORMS, OUTPUTS, mlp_loss
 
-INPUT_NAMES = ("pred", "target", "x")
+INPUT_NAMES = ("pred", "target", "x", "level")  # level: log of the batch's MSE (weighted_se only)
 WEIGHTS = ("shared", "per_output")
 # "baseline": hidden layers Xavier-uniform, the last layer zero, so the output is a constant; the
 # output bias makes that constant 1 (exp(0) = 1 needs none), and weighted_se at weight 1 is MSE.
@@ -56,6 +56,8 @@ class LossSpec:
             check("pred" not in self.inputs, "loss.inputs", "without pred: a weighted_se loss weighs (pred − target)²")
             check(self.output in ("softplus", "square", "exp"), "loss.output",
                   "softplus, square or exp for weighted_se")
+        else:
+            check("level" not in self.inputs, "loss.inputs", "level (the batch's log MSE) needs form weighted_se")
         check(self.weights in WEIGHTS, "loss.weights", f"one of {WEIGHTS}")
         if self.weights == "per_output":  # one net, pred_dim weights: not with one net per dimension
             check(self.form == "weighted_se", "loss.weights", "per_output needs loss.form weighted_se")

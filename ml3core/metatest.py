@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
+from .compare import LR_FACTORS, RATIOS, check_factors, compare
 from .config import check, check_range, from_dict
-from .engine import DTYPES, fit, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
+from .engine import DTYPES, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
 from .inner import InnerOptimizer
 from .losses import LossSpec
 from .tasks import TaskFamily
@@ -23,6 +26,10 @@ class MetaTestConfig:
     steps: int = 100
     lr: float = 0.0  # 0: the inner learning rate of meta-training (with its inner optimizer)
     horizons: list[int] = field(default_factory=lambda: [10, 100, 1000, 5000])
+    # the plain loss (and the learned one) also train at these multiples of the lr, as one batch: the
+    # "tuned" baseline is the best of them per horizon; [1] compares at the same lr only
+    lr_factors: list[float] = field(default_factory=lambda: list(LR_FACTORS))
+    tune_learned: bool = True  # the learned loss at its own best lr factor too ("both tuned")
 
     def __post_init__(self):
         check_range(self.tasks, "meta_test.tasks", 1, 10_000)
@@ -30,6 +37,8 @@ class MetaTestConfig:
         check_range(self.lr, "meta_test.lr", 0, 1e3)
         check(all(isinstance(h, int) and 0 <= h <= 100_000 for h in self.horizons), "meta_test.horizons",
               "a list of step counts in [0, 100000]")
+        self.lr_factors = check_factors(self.lr_factors, "meta_test.lr_factors")
+        check(isinstance(self.tune_learned, bool), "meta_test.tune_learned", "true or false")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> MetaTestConfig:
@@ -39,12 +48,14 @@ class MetaTestConfig:
 def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int], cfg: MetaTestConfig,
               lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True,
               progress=None) -> dict:
-    """Curves of every family metric for L_phi and for MSE, one row per seed.
+    """Curves and the horizon report of every family metric for L_phi and for the plain loss, per seed.
 
     ``phi`` is stacked (S, ...) with one loss per seed id when ``per_seed_phi``; otherwise a
     single loss evaluated on each seed's tasks. Seed s draws its test tasks and initial models
-    from its own 'test' stream, so learned and plain training start from identical models.
-    ``progress(done, total)``, if given, hears of the SGD steps of both runs (about 100 calls).
+    from its own 'test' stream, so learned and plain training start from identical models. Both
+    train at every lr factor of ``cfg.lr_factors`` (ml3core.compare): each horizon row carries the
+    three ratios (same lr, vs the tuned baseline, both tuned). ``progress(done, total)``, if given,
+    hears of the steps of both runs (about 100 calls).
     """
     dt = DTYPES[dtype]
     opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
@@ -55,35 +66,45 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     phi = {k: v.to(device, dt) for k, v in phi.items()}
     phi = {k: v.unsqueeze(1) for k, v in phi.items()} if per_seed_phi else phi
     horizon = max([cfg.steps, *cfg.horizons])
-    record = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
     count = _StepCounter(progress, 2 * horizon)
-    runs = {
-        "learned": fit(family, count(learned_objective(family, spec, phi)), theta, data, horizon, opt, record),
-        "mse": fit(family, count(family.plain_loss), theta, data, horizon, opt, record),
-    }
-    idx = {k: i for i, k in enumerate(record)}
-    curve_rows = [idx[k] for k in range(cfg.steps + 1)]
+    cmp = compare(family, count(learned_objective(family, spec, phi)), theta, data, opt,
+                  sorted(set(range(cfg.steps + 1)) | set(cfg.horizons)), cfg.lr_factors, cfg.tune_learned,
+                  count(family.plain_loss))
+    metric = family.heldout_metric
+    runs = {"learned": cmp.at_lr(cmp.learned), "mse": cmp.at_lr(cmp.plain)}
+    tuned, _ = cmp.tuned(cmp.plain, metric)
+    ratios = cmp.ratios(metric)
+    curve_rows = [cmp.row(k) for k in range(cfg.steps + 1)]
     report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
-              "seed_ids": list(seed_ids), "curves": {},
+              "seed_ids": list(seed_ids), "lr_grid": [float(f"{f * opt.lr:.4g}") for f in cmp.factors], "curves": {},
               "final": {}, "horizon": []}
     for name, curves in runs.items():
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks
         report["curves"][name] = {m: json_clean(v[curve_rows].T.tolist()) for m, v in per_seed.items()}
-        report["final"][name] = {m: json_clean(v[idx[cfg.steps]].tolist()) for m, v in per_seed.items()}
+        report["final"][name] = {m: json_clean(v[cmp.row(cfg.steps)].tolist()) for m, v in per_seed.items()}
     for h in sorted(set(cfg.horizons)):
+        i = cmp.row(h)
         row = {"steps": h}
-        for name, curves in runs.items():
-            row[name] = {m: json_clean(float(c[idx[h]].mean())) for m, c in curves.items()}
-        metric = family.heldout_metric
-        row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))
-        if metric in runs["learned"]:  # per seed: a published loss is one seed's
-            per_seed = runs["learned"][metric][idx[h]].mean(-1) / runs["mse"][metric][idx[h]].mean(-1)
-            row["heldout_ratio_per_seed"] = json_clean(per_seed.tolist())
+        for name, curves in (*runs.items(), ("tuned", tuned)):
+            row[name] = {m: json_clean(float(c[i].mean())) for m, c in curves.items()}
+        row["tuned_lr"] = ratios["tuned_lr"][i].tolist()  # per seed: the plain loss's best lr at h steps
+        row["tuned_per_seed"] = json_clean(tuned[metric][i].mean(-1).tolist())  # its metric there
+        if cfg.tune_learned:
+            row["learned_tuned_lr"] = ratios["learned_tuned_lr"][i].tolist()
+        for name in RATIOS:  # per seed (a published loss is one seed's), and over all seeds' tasks
+            if name == "both_tuned" and not cfg.tune_learned:
+                continue
+            row[f"ratio_{name}_per_seed"] = json_clean(ratios[name][i].tolist())
+            row[f"ratio_{name}"] = _overall(ratios[name][i])
+        row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))  # same lr, as before
+        row["heldout_ratio_per_seed"] = row["ratio_same_lr_per_seed"]
         report["horizon"].append(row)
-    if family.baseline_lrs:
-        at = sorted({cfg.steps, *cfg.horizons})
-        report["plain_best_lr"] = best_of_grid(family, theta, data, family.baseline_lrs, at, opt)
     return report
+
+
+def _overall(per_seed) -> float | None:
+    """A ratio over all seeds: the geometric mean of the per-seed ratios (None if any is not finite)."""
+    return json_clean(float(per_seed.log().mean().exp())) if bool(torch.isfinite(per_seed).all()) else None
 
 
 class _StepCounter:
@@ -104,26 +125,6 @@ class _StepCounter:
             return objective(theta, data)
 
         return counted
-
-
-def best_of_grid(family: TaskFamily, theta: dict, data: dict, lrs, record: list[int],
-                 opt: InnerOptimizer | None = None) -> dict:
-    """The plain loss at each lr of a grid (with the inner optimizer ``opt``, SGD if none), and at each
-    recorded step the best lr's metrics (the lowest ``heldout_metric`` over seeds and tasks): a
-    baseline whose lr was tuned on the test tasks."""
-    metric = family.heldout_metric
-    opt = opt or InnerOptimizer("sgd")
-    runs = {lr: fit(family, family.plain_loss, theta, data, max(record), replace(opt, lr=lr), record) for lr in lrs}
-    out = {"lrs": list(lrs), "metric": metric, "steps": {}}
-    for i, k in enumerate(record):
-        best = min(lrs, key=lambda lr: _nan_last(float(runs[lr][metric][i].mean())))
-        out["steps"][str(k)] = {"lr": best, **{m: json_clean(float(c[i].mean())) for m, c in runs[best].items()},
-                                "per_seed": {m: json_clean(c[i].mean(-1).tolist()) for m, c in runs[best].items()}}
-    return out
-
-
-def _nan_last(v: float) -> float:
-    return v if v == v else float("inf")
 
 
 def _ratio(a, b):

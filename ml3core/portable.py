@@ -68,7 +68,9 @@ def loss_features(arch: dict, pred, target, x=None):
     """Stack the network's per-point inputs in the bundle's ``inputs`` order.
 
     pred/target: (..., N, D). x: (..., N, X). Returns (..., N, F), or (..., N, D, F)
-    when ``per_output`` (one shared network applied to each output dimension).
+    when ``per_output`` (one shared network applied to each output dimension). "level" is the log
+    of the batch's mean squared error per output, the same for every point and held constant for
+    the gradient: a signal of how far training has come, so a weight can act as a schedule.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
@@ -83,6 +85,9 @@ def loss_features(arch: dict, pred, target, x=None):
             parts.append(x.to(pred.dtype))
         else:
             t = pred if name == "pred" else target
+            if name == "level":
+                level = (pred - target).detach().square().mean(-2, keepdim=True).add(1e-12).log()
+                t = level.expand(pred.shape)
             parts.append(t.unsqueeze(-1) if per_output else t)
     return torch.cat(parts, dim=-1)
 

@@ -36,7 +36,11 @@ def test_digits_job_runs_and_reports_classification_metrics(client, trained):
     final = report["meta_test"]["final"]
     assert set(final["learned"]) == {"error_train", "error_heldout", "ce_train", "ce_heldout"}
     assert all(0 <= e <= 1 for e in final["mse"]["error_heldout"])
-    assert report["meta_test"]["plain_best_lr"]["steps"]["10"]["lr"] in (0.01, 0.03, 0.1, 0.3, 1.0)
+    row = report["meta_test"]["horizon"][-1]
+    assert set(row["tuned_lr"]) <= set(report["meta_test"]["lr_grid"])
+    assert row["tuned"]["error_heldout"] <= row["mse"]["error_heldout"]  # the best lr is at least the same lr
+    version = client.get("/v1/losses/digits-loss:1").json()
+    assert version["verdict"] == report["verdict"] and version["verdict"].startswith(("beats", "no gain"))
     png = client.get(f"/v1/jobs/{trained['id']}/figures/meta_train.png")
     assert png.content[:4] == b"\x89PNG"
 

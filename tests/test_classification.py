@@ -163,7 +163,9 @@ def test_two_way_loss_applies_to_four_way_tasks():
     for run in ("learned", "mse"):
         err = report["final"][run]["error_heldout"][0]
         assert 0 <= err < 0.75  # 5 steps at lr 0.1 already beat 4-way chance
-    assert report["plain_best_lr"]["steps"]["5"]["lr"] in (0.01, 0.03, 0.1, 0.3, 1.0)
+    row = report["horizon"][0]  # cross-entropy at its best lr of the grid around the loss's lr
+    assert set(row["tuned_lr"]) <= set(report["lr_grid"]) and 0.1 in report["lr_grid"]
+    assert row["tuned"]["error_heldout"] <= row["mse"]["error_heldout"]
     assert figures["meta_test.png"][:4] == b"\x89PNG"
     module = load_loss(out.bundle.to_zip())
     assert torch.isfinite(module(torch.randn(4, 10), torch.tensor([0, 9, 3, 5])))

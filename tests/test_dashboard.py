@@ -215,6 +215,9 @@ def test_submit_watch_inspect_evaluate_download(page, server):
     assert chart.locator("path[fill-opacity]").count() >= 1  # the seed band
     page.locator("#horizon tbody tr").first.wait_for()
     assert page.locator("#horizon tbody tr").count() == 1
+    heads = page.locator("#horizon thead th").all_inner_texts()  # the tuned baseline and the three ratios
+    assert {"ratio vs tuned", "ratio vs same lr", "ratio both tuned"} <= set(heads)
+    assert any("best lr" in h for h in heads)
     page.locator("#figure-links a").first.wait_for()
     links = page.locator("#figure-links a[data-figure-link]")
     assert sorted(links.nth(i).get_attribute("data-figure-link") for i in range(links.count())) == [
@@ -229,6 +232,8 @@ def test_submit_watch_inspect_evaluate_download(page, server):
                            "return i.complete && i.naturalWidth > 0; }")
     line = page.inner_text("#python-line")
     url = f"{server.url}/v1/losses/browser-sine:1"
+    verdict = page.inner_text("#verdict")  # the registry's verdict against the tuned baseline
+    assert verdict == httpx.get(url).json()["verdict"] and verdict.startswith(("beats a tuned", "no gain"))
     assert line == f'from ml3core import load_loss; loss_fn = load_loss("{url}")'
 
     # evaluate: the number shown is what the loss loaded by that line computes

@@ -37,7 +37,11 @@ HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
     "meta_test.steps": "SGD steps of each meta-test curve",
     "meta_test.lr": "0: the inner learning rate of meta-training",
     "meta_test.horizons": "step counts of the horizon report",
-    "loss.inputs": "what L_φ reads: pred, target, x (ce_classwise: prob, target, logprob of each class)",
+    "meta_test.lr_factors": "the plain loss also trains at these multiples of the lr; the best per horizon is the "
+                            "tuned baseline every ratio is judged against ([1]: the same lr only)",
+    "meta_test.tune_learned": "the learned loss at its own best lr factor too (the 'both tuned' ratio)",
+    "loss.inputs": "what L_φ reads: pred, target, x, level (weighted_se: the batch's log MSE, a schedule signal); "
+                   "ce_classwise: prob, target, logprob of each class",
     "loss.hidden": "hidden layer widths",
     "loss.form": "net (the network is the loss), weighted_se (a learned weight on the squared error) or "
                  "ce_classwise (classification: cross-entropy plus a learned per-class correction)",

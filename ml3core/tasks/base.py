@@ -23,7 +23,6 @@ class TaskFamily:
     extra_metrics: tuple[str, ...] = ()  # family metrics beyond mse_train / mse_heldout
     validation_split: str = "test"  # the split meta-validation tasks are drawn from (own stream)
     heldout_metric: str = "mse_heldout"  # the metric that judges a loss (validation, horizon ratios)
-    baseline_lrs: tuple[float, ...] = ()  # meta-test also reports the plain loss at the best lr of these
 
     def __init__(self, config):
         self.config = config
@@ -155,7 +154,6 @@ class TaskFamily:
 # the loss a classification family starts from: exactly cross-entropy, with a per-class correction g
 CLASSIFICATION_LOSS = {"form": "ce_classwise", "inputs": ["prob", "target", "logprob"], "hidden": [32, 32],
                        "activation": "tanh", "bias": True, "output": "linear", "init": "baseline"}
-CLASSIFICATION_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # meta-test: cross-entropy at the best of these too
 
 
 def classification_loss_defaults(form: str) -> dict:

@@ -31,7 +31,6 @@ from ..models import mlp_forward, mlp_init
 from ..portable import ACTIVATIONS
 from .base import (
     CLASSIFICATION_LOSS,
-    CLASSIFICATION_LRS,
     TaskFamily,
     classification_loss_defaults,
     classification_metrics,
@@ -311,10 +310,6 @@ class DatasetFamily(TaskFamily):
     @property
     def heldout_metric(self) -> str:
         return "error_heldout" if self.classification else "mse_heldout"
-
-    @property
-    def baseline_lrs(self) -> tuple:
-        return CLASSIFICATION_LRS if self.classification else ()
 
     def rows_of(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(train rows, held-out rows) of task ``task``: indices into the data set."""

@@ -29,7 +29,6 @@ from ..models import mlp_forward
 from ..portable import ACTIVATIONS
 from .base import (
     CLASSIFICATION_LOSS,
-    CLASSIFICATION_LRS,
     TaskFamily,
     classification_loss_defaults,
     classification_metrics,
@@ -96,7 +95,6 @@ class DigitsFamily(TaskFamily):
     validation_split = "validation"
     # the measure is test error, and a 10-task validation set resolves it finely enough
     heldout_metric = "error_heldout"
-    baseline_lrs = CLASSIFICATION_LRS  # meta-test also reports CE at the best of these
     cli_flags = {"--classes-per-task": ("classes_per_task", int, "k: classes per task (default 4)"),
                  "--shots": ("shots", int, "train images per class (default 5)"),
                  "--model": ("model", str, "optimizee: mlp or cnn")}

@@ -48,7 +48,9 @@ def list_losses(db: DB, page: PageDep) -> dict:
 
     def render(loss: Loss) -> dict:
         versions = {v.id: v.version for v in loss.versions}
+        newest = loss.versions[-1] if loss.versions else None
         return {"name": loss.name, "latest_version": latest.get(loss.id), "created_at": iso(loss.created_at),
+                "latest_verdict": (newest.metrics or {}).get("verdict") if newest else None,
                 "aliases": {a.alias: versions.get(a.version_id) for a in loss.aliases},
                 "links": {"self": f"/v1/losses/{loss.name}", "versions": f"/v1/losses/{loss.name}/versions"}}
 

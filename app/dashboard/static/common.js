@@ -375,18 +375,27 @@ const ml3 = (() => {
     container.append(el("p", { class: "sub" }, `${report.tasks} new tasks per seed, ${seeds} seed${seeds === 1 ? "" : "s"}, `
       + `learning rate ${num(report.lr)}; line: mean, band: range over seeds. ${note || ""}`), grid);
     if (report.horizon && report.horizon.length) {
-      const cols = Object.keys(report.horizon[0].learned || {});
+      const cols = Object.keys(report.horizon[0].learned || {}).filter((c) => HEADLINE.includes(c));
+      const ratioCell = (r) => el("td", { class: `num ${r === null || r > 1 ? "bad" : r < 1 ? "good" : ""}`,
+        text: r === null ? "diverged" : num(r) });
+      const ratios = [["ratio_vs_tuned", "vs tuned"], ["ratio_same_lr", "vs same lr"], ["ratio_both_tuned", "both tuned"]]
+        .filter(([k]) => k in report.horizon[0]);
       const table = el("table", { class: "table", id: "horizon" },
         el("thead", {}, el("tr", {}, el("th", { text: "steps" }),
-          cols.map((c) => [el("th", { text: `${metricName(c)}, learned` }), el("th", { text: `${metricName(c)}, ${plainName(c).replace("plain ", "")}` })]),
-          el("th", { text: "held-out ratio" }))),
+          cols.map((c) => [el("th", { text: `${metricName(c)}, learned` }),
+            el("th", { text: `${plainName(c).replace("plain ", "")}, same lr` }),
+            el("th", { text: `${plainName(c).replace("plain ", "")}, best lr` })]),
+          ratios.map(([, label]) => el("th", { text: `ratio ${label}` })))),
         el("tbody", {}, report.horizon.map((h) => el("tr", {}, el("td", { text: h.steps }),
-          cols.map((c) => [el("td", { class: "num", text: num(h.learned[c]) }), el("td", { class: "num", text: num(h.mse[c]) })]),
-          el("td", { class: `num ${h.heldout_ratio < 1 ? "good" : h.heldout_ratio > 1 ? "bad" : ""}`,
-            text: num(h.heldout_ratio) })))));
+          cols.map((c) => [el("td", { class: "num", text: num(h.learned[c]) }), el("td", { class: "num", text: num(h.mse[c]) }),
+            el("td", { class: "num", text: h.tuned ? `${num(h.tuned[c])} (lr ${(h.tuned_lr || []).map(num).join(", ")})` : "–" })]),
+          ratios.map(([k]) => ratioCell(h[k]))))));
       container.append(el("div", { class: "card flush" },
         el("h3", { class: "pad", text: "Horizon report" }),
-        el("p", { class: "hint pad" }, "Mean over seeds and tasks after each number of steps. Ratio = learned / MSE held-out: below 1 the learned loss is ahead."),
+        el("p", { class: "hint pad" }, "Mean over seeds and tasks after each number of steps. Ratios of the held-out metric, "
+          + "learned / plain (geometric mean over seeds): vs tuned = against the plain loss at its best learning rate for "
+          + "that many steps (the standard; red where the learned loss loses), vs same lr = at the learned loss's own lr, "
+          + "both tuned = each at its best lr (what the loss's shape alone is worth)."),
         table));
     }
   }

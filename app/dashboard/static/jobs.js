@@ -31,7 +31,8 @@
     }
     if (job.kind === "meta-test" && r.horizon && r.horizon.length) {
       const h = r.horizon[r.horizon.length - 1];
-      return el("span", { class: "muted" }, `ratio ${ml3.num(h.heldout_ratio)} at ${h.steps} steps`);
+      const r = h.ratio_vs_tuned === undefined ? h.heldout_ratio : h.ratio_vs_tuned;
+      return el("span", { class: r === null || r > 1 ? "bad" : "good" }, `${ml3.num(r)} vs tuned at ${h.steps} steps`);
     }
     return job.cancel_requested && !FINAL.includes(job.status) ? el("span", { class: "muted", text: "canceling…" }) : "";
   }

@@ -51,6 +51,7 @@
       el("td", {}, Object.keys(v.tags).length ? Object.entries(v.tags).map(([k, t]) => chip(`${k}=${t}`)) : none()),
       el("td", {}, (v.task || {}).family || "–"),
       el("td", { class: "num" }, validation(v.metrics)),
+      el("td", { class: v.verdict ? (v.verdict.startsWith("beats") ? "good" : "bad") : "muted", text: v.verdict || "–" }),
       el("td", {}, v.job_id ? el("a", { href: `/jobs/${v.job_id}`, text: `#${v.job_id}` }) : "–"),
       el("td", { title: when(v.created_at), text: ago(v.created_at) }));
     try {
@@ -79,7 +80,10 @@
     $("#version-summary").replaceChildren(
       `${task.family || "?"} family · seed ${training.seed ?? "?"} · registered ${when(v.created_at)} · `,
       v.job_id ? el("a", { href: `/jobs/${v.job_id}`, text: `job #${v.job_id}` }) : "no job",
-      " · sha256 ", el("code", { title: v.sha256, text: v.sha256.slice(0, 12) }));
+      " · sha256 ", el("code", { title: v.sha256, text: v.sha256.slice(0, 12) }),
+      el("br"), "Verdict on meta-validation tasks: ",
+      el("strong", { id: "verdict", class: v.verdict ? (v.verdict.startsWith("beats") ? "good" : "bad") : "muted",
+        text: v.verdict || "not recorded (registered before verdicts)" }));
     $("#version-spec").textContent = JSON.stringify({ architecture: arch, task, training, metrics: v.metrics }, null, 2);
 
     // use it

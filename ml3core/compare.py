@@ -1,0 +1,125 @@
+"""Learned vs plain, judged as a user would judge it: against the plain loss at its best learning rate.
+
+A user who would otherwise tune the plain loss's learning rate compares a learned loss with the
+plain loss at the lr that is best *for the number of steps they train*. So every comparison
+trains both losses at a grid of lr factors around the recommended lr, as one batch (the grid is
+a batch axis, like seeds and tasks), and reads three ratios of the held-out metric at each
+recorded step, per seed (below 1: the learned loss wins):
+
+    same_lr     learned at its lr / plain at the same lr (the paper's comparison)
+    vs_tuned    learned at its lr / plain at its best lr for that step (the standard)
+    both_tuned  learned at its best lr / plain at its best lr (what the loss's shape alone is worth)
+
+One divergence rule everywhere: a run whose metric is not finite is infinitely bad, so it is never
+the best lr, and a learned loss that diverges has ratio inf (null in JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import check
+from .inner import InnerOptimizer
+from .rollout import fit
+from .tasks import TaskFamily
+
+# thirds of a decade from 0.1x to 46x the recommended lr (the lr itself is one of them): the plain loss's
+# best lr is often well above a learned loss's (sine: MSE's is about 20x the paper's lr of 0.001)
+LR_FACTORS = (0.1, 0.215, 0.464, 1.0, 2.15, 4.64, 10.0, 21.5, 46.4)
+RATIOS = ("same_lr", "vs_tuned", "both_tuned")
+
+
+def check_factors(factors, name: str) -> list[float]:
+    check(isinstance(factors, list) and 0 < len(factors) <= 32
+          and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 1e-4 <= f <= 1e4 for f in factors),
+          name, "a list of 1..32 lr factors in [1e-4, 1e4], e.g. [0.1, 0.3, 1, 3, 10]")
+    return sorted({float(f) for f in factors} | {1.0})
+
+
+def tile(tree: dict, n: int) -> dict:
+    """(S, T, ...) -> (S, n*T, ...): every model and task n times, grid index first."""
+    out = {}
+    for k, v in tree.items():
+        out[k] = v if v.dim() < 2 else v.unsqueeze(1).expand(v.shape[0], n, *v.shape[1:]).flatten(1, 2)
+    return out
+
+
+def grid_fit(family: TaskFamily, objective, theta: dict, data: dict, opt: InnerOptimizer, factors: list[float],
+             record_at: list[int]) -> dict:
+    """``fit`` at every lr ``factor * opt.lr`` in one batch: {metric: (R, S, G, T)}."""
+    G = len(factors)
+    S, T = next(iter(theta.values())).shape[:2]
+    scale = torch.tensor(factors, dtype=torch.float64).repeat_interleave(T).expand(S, G * T)
+    curves = fit(family, objective, tile(theta, G), tile(data, G), max(record_at), opt, record_at,
+                 lr_scale=None if factors == [1.0] else scale)
+    return {m: c.view(c.shape[0], S, G, T) for m, c in curves.items()}
+
+
+@dataclass
+class Comparison:
+    """Both losses' metrics at every recorded step and lr factor: {metric: (R, S, G, T)}."""
+
+    steps: list[int]  # R
+    factors: list[float]  # G of the plain loss; the learned loss has these or [1.0]
+    lr: float
+    plain: dict
+    learned: dict
+
+    def row(self, step: int) -> int:
+        return self.steps.index(step)
+
+    def at_lr(self, runs: dict) -> dict:
+        """Metrics at the recommended lr (factor 1): {metric: (R, S, T)}."""
+        i = self._factors(runs).index(1.0)
+        return {m: c[:, :, i] for m, c in runs.items()}
+
+    def tuned(self, runs: dict, metric: str) -> tuple[dict, torch.Tensor]:
+        """Metrics at the best lr factor per step and seed (lowest mean ``metric`` over tasks; not
+        finite counts as inf): ({metric: (R, S, T)}, factor index (R, S))."""
+        score = runs[metric].mean(-1).nan_to_num(nan=math.inf, posinf=math.inf)  # (R, S, G)
+        best = score.argmin(-1)
+        pick = best[..., None, None]
+        return {m: c.gather(2, pick.expand(*c.shape[:2], 1, c.shape[3])).squeeze(2) for m, c in runs.items()}, best
+
+    def ratios(self, metric: str) -> dict:
+        """The three ratios per step and seed (R, S), and the chosen lrs: see the module docstring."""
+        learned, plain = self.at_lr(self.learned)[metric].mean(-1), self.at_lr(self.plain)[metric].mean(-1)
+        (plain_best, plain_idx), (learned_best, learned_idx) = (self.tuned(r, metric) for r in (self.plain,
+                                                                                                self.learned))
+        tuned = plain_best[metric].mean(-1)
+        lrs = lambda runs, idx: torch.tensor([float(f"{f * self.lr:.4g}") for f in self._factors(runs)],  # noqa: E731
+                                             dtype=torch.float64)[idx]
+        return {"same_lr": ratio(learned, plain), "vs_tuned": ratio(learned, tuned),
+                "both_tuned": ratio(learned_best[metric].mean(-1), tuned),
+                "tuned_lr": lrs(self.plain, plain_idx), "learned_tuned_lr": lrs(self.learned, learned_idx)}
+
+    def _factors(self, runs: dict) -> list[float]:
+        return self.factors if next(iter(runs.values())).shape[2] == len(self.factors) else [1.0]
+
+
+def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt: InnerOptimizer,
+            record_at: list[int], factors=LR_FACTORS, tune_learned: bool = True, plain_objective=None) -> Comparison:
+    """Train the models in ``theta`` with the learned objective and with the plain loss (the family's
+    unless given) at every lr factor of ``factors`` (the learned one at its own lr only unless
+    ``tune_learned``)."""
+    factors = sorted({float(f) for f in factors} | {1.0})
+    record_at = sorted(set(record_at))
+    plain = grid_fit(family, plain_objective or family.plain_loss, theta, data, opt, factors, record_at)
+    learned = grid_fit(family, learned_objective, theta, data, opt, factors if tune_learned else [1.0], record_at)
+    return Comparison(record_at, factors, opt.lr, plain, learned)
+
+
+def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b, inf where a is not finite (a diverged learned loss loses, whatever the baseline did)."""
+    return torch.where(torch.isfinite(a), a / b, torch.full_like(a, math.inf))
+
+
+def verdict(ratios: dict[int, float | None]) -> str:
+    """One line from vs-tuned ratios per horizon (None: not finite): where the loss beats the tuned baseline."""
+    wins = [h for h, r in sorted(ratios.items()) if r is not None and r < 1.0]
+    if not wins:
+        return "no gain over a tuned baseline"
+    return "beats a tuned baseline at " + ", ".join(f"{h}" for h in wins) + " steps"
