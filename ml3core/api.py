@@ -32,9 +32,12 @@ class Plan:
     def task_dict(self) -> dict:
         return {"family": self.family.name, **asdict(self.family.config)}
 
-    def bundle(self, phi: dict, seed: int, metrics: dict) -> Bundle:
-        """One seed's phi with how it was meta-trained, and the input scales (and offsets) it saw, if any."""
-        training = {**{k: v for k, v in asdict(self.train).items() if k not in ("seeds", "seed")}, "seed": seed}
+    def bundle(self, phi: dict, seed: int, metrics: dict, lr_factor: float = 1.0) -> Bundle:
+        """One seed's phi with how it was meta-trained, the lr it recommends (``lr_factor`` x the inner lr,
+        chosen on meta-validation tasks) and the input scales (and offsets) it saw, if any."""
+        training = {**{k: v for k, v in asdict(self.train).items() if k not in ("seeds", "seed")}, "seed": seed,
+                    "recommended_lr_factor": lr_factor,
+                    "recommended_lr": float(f"{lr_factor * self.train.inner_lr:.4g}")}
         units = {"input_scales": self.family.input_scales(), "input_offsets": self.family.input_offsets()}
         return Bundle.build(phi, self.loss, self.task_dict(), training, metrics,
                             {k: v for k, v in units.items() if v} or None)
@@ -115,8 +118,10 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
         report = {"spec": plan.to_dict(), "history": result.history, "published_seed": None,
                   "warnings": ["0 outer iterations: the loss is untrained, so nothing was published"]}
         return Outcome(False, 0, result, report=report)
+    factors = result.validation["lr_factor"]
     test = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test, cfg.inner,
-                     cfg.device, cfg.dtype, progress=(lambda d, t: on_phase("meta-test", d, t)) if on_phase else None)
+                     cfg.device, cfg.dtype, progress=(lambda d, t: on_phase("meta-test", d, t)) if on_phase else None,
+                     lr_factor=factors)
     model = optimizee(plan.task_dict())
     test["optimizee"] = {"meta_train": model, "meta_test": model, "same": True}
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
@@ -134,7 +139,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
             "horizon": test["horizon"] if i == result.chosen else None,
             "verdict": result.validation["verdict"] if i == result.chosen else None,
         }
-        bundles.append(plan.bundle(result.seed_phi(i), seed, metrics))
+        bundles.append(plan.bundle(result.seed_phi(i), seed, metrics, factors[i]))
     if on_phase:
         on_phase("figures", 0, 1)
     figures = {
@@ -203,10 +208,12 @@ def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu",
     (report, figures).
     """
     family, seed_ids, cfg = parse_meta_test(bundle, spec)
-    opt = from_training(bundle.spec.get("training", {}))
+    training = bundle.spec.get("training", {})
+    opt = from_training(training)  # the grid is around the lr it was meta-trained at; L_phi at the one it recommends
     params = {k: v.to(torch.float32) for k, v in bundle.params().items()}
+    factor = float(training.get("recommended_lr_factor", 1.0)) if not cfg.lr else 1.0
     report = meta_test(family, bundle.loss_spec(), params, seed_ids, cfg, opt, device, per_seed_phi=False,
-                       progress=progress)
+                       progress=progress, lr_factor=[factor] * len(seed_ids))
     trained, tested = optimizee(bundle.spec["task"]), optimizee(asdict(family.config))
     report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
     report["data"] = family.describe()

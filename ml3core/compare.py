@@ -60,10 +60,12 @@ def grid_fit(family: TaskFamily, objective, theta: dict, data: dict, opt: InnerO
 
 @dataclass
 class Comparison:
-    """Both losses' metrics at every recorded step and lr factor: {metric: (R, S, G, T)}."""
+    """Both losses' metrics at every recorded step and lr factor: {metric: (R, S, G, T)}, G the
+    number of the run's factors (the plain loss's grid; the learned loss's own list)."""
 
     steps: list[int]  # R
-    factors: list[float]  # G of the plain loss; the learned loss has these or [1.0]
+    factors: list[float]  # the plain loss's lr factors
+    learned_factors: list[float]  # the learned loss's
     lr: float
     plain: dict
     learned: dict
@@ -71,45 +73,61 @@ class Comparison:
     def row(self, step: int) -> int:
         return self.steps.index(step)
 
-    def at_lr(self, runs: dict) -> dict:
-        """Metrics at the recommended lr (factor 1): {metric: (R, S, T)}."""
-        i = self._factors(runs).index(1.0)
-        return {m: c[:, :, i] for m, c in runs.items()}
+    def index(self, at: list[float] | None, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per seed, the index of the learned loss's lr factor (``at``, default 1: the lr it was
+        given) in the learned and in the plain runs: two (S,) tensors."""
+        at = [1.0] * S if at is None else at
+        return (torch.tensor([self.learned_factors.index(f) for f in at]),
+                torch.tensor([self.factors.index(f) for f in at]))
+
+    def at_lr(self, runs: dict, idx: torch.Tensor) -> dict:
+        """Metrics at one lr factor per seed (``idx``, (S,) indices into the runs' factors): {metric: (R, S, T)}."""
+        return {m: _pick(c, idx.expand(c.shape[0], -1)) for m, c in runs.items()}
 
     def tuned(self, runs: dict, metric: str) -> tuple[dict, torch.Tensor]:
         """Metrics at the best lr factor per step and seed (lowest mean ``metric`` over tasks; not
         finite counts as inf): ({metric: (R, S, T)}, factor index (R, S))."""
-        score = runs[metric].mean(-1).nan_to_num(nan=math.inf, posinf=math.inf)  # (R, S, G)
-        best = score.argmin(-1)
-        pick = best[..., None, None]
-        return {m: c.gather(2, pick.expand(*c.shape[:2], 1, c.shape[3])).squeeze(2) for m, c in runs.items()}, best
+        best = runs[metric].mean(-1).nan_to_num(nan=math.inf, posinf=math.inf).argmin(-1)  # (R, S)
+        return {m: _pick(c, best) for m, c in runs.items()}, best
 
-    def ratios(self, metric: str) -> dict:
-        """The three ratios per step and seed (R, S), and the chosen lrs: see the module docstring."""
-        learned, plain = self.at_lr(self.learned)[metric].mean(-1), self.at_lr(self.plain)[metric].mean(-1)
+    def ratios(self, metric: str, at: list[float] | None = None) -> dict:
+        """The three ratios per step and seed (R, S), and the chosen lrs: see the module docstring.
+        ``at``: per seed, the lr factor the learned loss is used at (its recommended lr; default 1),
+        and the plain loss's "same lr"."""
+        S = next(iter(self.plain.values())).shape[1]
+        li, pi = self.index(at, S)
+        learned = self.at_lr(self.learned, li)[metric].mean(-1)
+        plain = self.at_lr(self.plain, pi)[metric].mean(-1)
         (plain_best, plain_idx), (learned_best, learned_idx) = (self.tuned(r, metric) for r in (self.plain,
                                                                                                 self.learned))
         tuned = plain_best[metric].mean(-1)
-        lrs = lambda runs, idx: torch.tensor([float(f"{f * self.lr:.4g}") for f in self._factors(runs)],  # noqa: E731
-                                             dtype=torch.float64)[idx]
         return {"same_lr": ratio(learned, plain), "vs_tuned": ratio(learned, tuned),
                 "both_tuned": ratio(learned_best[metric].mean(-1), tuned),
-                "tuned_lr": lrs(self.plain, plain_idx), "learned_tuned_lr": lrs(self.learned, learned_idx)}
+                "tuned_lr": self.lrs(self.factors)[plain_idx],
+                "learned_tuned_lr": self.lrs(self.learned_factors)[learned_idx]}
 
-    def _factors(self, runs: dict) -> list[float]:
-        return self.factors if next(iter(runs.values())).shape[2] == len(self.factors) else [1.0]
+    def lrs(self, factors: list[float]) -> torch.Tensor:
+        return torch.tensor([float(f"{f * self.lr:.4g}") for f in factors], dtype=torch.float64)
+
+
+def _pick(c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """c (R, S, G, T) at factor idx[r, s]: (R, S, T)."""
+    return c.gather(2, idx[..., None, None].expand(*c.shape[:2], 1, c.shape[3])).squeeze(2)
 
 
 def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt: InnerOptimizer,
-            record_at: list[int], factors=LR_FACTORS, tune_learned: bool = True, plain_objective=None) -> Comparison:
+            record_at: list[int], factors=LR_FACTORS, tune_learned: bool = True, plain_objective=None,
+            at: list[float] | None = None) -> Comparison:
     """Train the models in ``theta`` with the learned objective and with the plain loss (the family's
-    unless given) at every lr factor of ``factors`` (the learned one at its own lr only unless
-    ``tune_learned``)."""
-    factors = sorted({float(f) for f in factors} | {1.0})
+    unless given) at every lr factor of ``factors``; the learned one at every factor too when
+    ``tune_learned``, else only at the factors of ``at`` (one per seed, default 1)."""
+    used = {float(f) for f in (at or [1.0])}
+    factors = sorted({float(f) for f in factors} | used)
     record_at = sorted(set(record_at))
     plain = grid_fit(family, plain_objective or family.plain_loss, theta, data, opt, factors, record_at)
-    learned = grid_fit(family, learned_objective, theta, data, opt, factors if tune_learned else [1.0], record_at)
-    return Comparison(record_at, factors, opt.lr, plain, learned)
+    learned_factors = factors if tune_learned else sorted(used)
+    learned = grid_fit(family, learned_objective, theta, data, opt, learned_factors, record_at)
+    return Comparison(record_at, factors, learned_factors, opt.lr, plain, learned)
 
 
 def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .compare import compare, verdict
+from .compare import compare, ratio, verdict
 from .config import ConfigError, check, check_range, from_dict
 from .inner import InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
@@ -443,29 +443,36 @@ class MetaTrainer:
         return sorted({h for h in (10, 100, 1000, 10_000) if h < H} | {H})
 
     def validate(self) -> dict:
-        """Pick the seed to publish by its worst ratio of the held-out metric against the *tuned*
-        baseline (the plain loss at its best lr factor for each horizon, ml3core.compare) on the
-        meta-validation tasks, over the horizons up to H, with the inner optimizer of meta-training:
-        a loss that wins early and loses late, or that is only a learned step size, is not the one
-        to publish. Meta-test tasks never enter this choice; the verdict says where the chosen seed
-        beats the tuned baseline."""
+        """Pick the seed to publish, and the lr it recommends, by the worst ratio of the held-out metric
+        against the *tuned* baseline (the plain loss at its best lr factor for each horizon,
+        ml3core.compare) on the meta-validation tasks, over the horizons up to H, with the inner
+        optimizer of meta-training. Each seed's loss is tried at every lr factor of the grid and
+        recommends the one with the best worst ratio (a loss whose gain was a step size then shows
+        none); the published seed is the one whose recommended lr does best. Meta-test tasks never
+        enter this choice; the verdict says where the chosen seed beats the tuned baseline."""
         assert self.history["iteration"][-1] == self.iteration, "the final phi has not been evaluated"
         metric, hs = self.family.heldout_metric, self.validation_horizons()
         theta, data = self.eval_sets["validation"]
         phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
-        cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs,
-                      tune_learned=False)
-        r = cmp.ratios(metric)
+        cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs)
+        tuned = cmp.tuned(cmp.plain, metric)[0][metric].mean(-1)  # (R, S)
+        every = ratio(cmp.learned[metric].mean(-1), tuned.unsqueeze(-1))  # (R, S, G): L_phi at each factor
+        worst_each = every.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S, G)
+        factors = [cmp.learned_factors[int(g)] for g in worst_each.argmin(-1)]  # each seed's recommended factor
+        r = cmp.ratios(metric, factors)
         ratios = r["vs_tuned"]  # (R, S)
         worst = ratios.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S,)
         chosen = int(torch.argmin(worst))
         return {
-            "metric": f"worst ratio of {metric} (learned / plain at its best lr for that horizon) over {hs} "
-                      f"{self.inner.name} steps on {self.cfg.validation_tasks} meta-validation tasks",
+            "metric": f"worst ratio of {metric} (learned at its recommended lr / plain at its best lr for that "
+                      f"horizon) over {hs} {self.inner.name} steps on {self.cfg.validation_tasks} "
+                      "meta-validation tasks",
             "horizons": hs,
             "ratios": {str(h): json_clean(ratios[i].tolist()) for i, h in enumerate(hs)},
             "ratios_same_lr": {str(h): json_clean(r["same_lr"][i].tolist()) for i, h in enumerate(hs)},
             "tuned_lr": {str(h): r["tuned_lr"][i].tolist() for i, h in enumerate(hs)},
+            "lr_factor": factors,
+            "recommended_lr": cmp.lrs(factors).tolist(),
             "worst_ratio": json_clean(worst.tolist()),
             "scores": self.history["eval"]["validation"][metric][-1],
             "mse_baseline": self.history["baseline"]["validation"][metric],

@@ -47,15 +47,16 @@ class MetaTestConfig:
 
 def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int], cfg: MetaTestConfig,
               lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True,
-              progress=None) -> dict:
+              progress=None, lr_factor: list[float] | None = None) -> dict:
     """Curves and the horizon report of every family metric for L_phi and for the plain loss, per seed.
 
     ``phi`` is stacked (S, ...) with one loss per seed id when ``per_seed_phi``; otherwise a
     single loss evaluated on each seed's tasks. Seed s draws its test tasks and initial models
     from its own 'test' stream, so learned and plain training start from identical models. Both
-    train at every lr factor of ``cfg.lr_factors`` (ml3core.compare): each horizon row carries the
-    three ratios (same lr, vs the tuned baseline, both tuned). ``progress(done, total)``, if given,
-    hears of the steps of both runs (about 100 calls).
+    train at every lr factor of ``cfg.lr_factors`` around ``lr`` (ml3core.compare); L_phi is used
+    at ``lr_factor[s] * lr`` (the lr its bundle recommends; default ``lr``), and each horizon row
+    carries the three ratios (same lr, vs the tuned baseline, both tuned). ``progress(done,
+    total)``, if given, hears of the steps of both runs (about 100 calls).
     """
     dt = DTYPES[dtype]
     opt = lr if isinstance(lr, InnerOptimizer) else InnerOptimizer("sgd", lr)
@@ -67,16 +68,19 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     phi = {k: v.unsqueeze(1) for k, v in phi.items()} if per_seed_phi else phi
     horizon = max([cfg.steps, *cfg.horizons])
     count = _StepCounter(progress, 2 * horizon)
+    at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
     cmp = compare(family, count(learned_objective(family, spec, phi)), theta, data, opt,
                   sorted(set(range(cfg.steps + 1)) | set(cfg.horizons)), cfg.lr_factors, cfg.tune_learned,
-                  count(family.plain_loss))
+                  count(family.plain_loss), at)
     metric = family.heldout_metric
-    runs = {"learned": cmp.at_lr(cmp.learned), "mse": cmp.at_lr(cmp.plain)}
+    li, pi = cmp.index(at, len(seed_ids))
+    runs = {"learned": cmp.at_lr(cmp.learned, li), "mse": cmp.at_lr(cmp.plain, pi)}
     tuned, _ = cmp.tuned(cmp.plain, metric)
-    ratios = cmp.ratios(metric)
+    ratios = cmp.ratios(metric, at)
     curve_rows = [cmp.row(k) for k in range(cfg.steps + 1)]
     report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
-              "seed_ids": list(seed_ids), "lr_grid": [float(f"{f * opt.lr:.4g}") for f in cmp.factors], "curves": {},
+              "learned_lr": [float(f"{f * opt.lr:.4g}") for f in at],  # per seed: the lr L_phi trains at
+              "seed_ids": list(seed_ids), "lr_grid": cmp.lrs(cmp.factors).tolist(), "curves": {},
               "final": {}, "horizon": []}
     for name, curves in runs.items():
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks

@@ -191,11 +191,12 @@ class LearnedLoss(torch.nn.Module):
 
     @property
     def trained_for(self) -> dict:
-        """The inner optimizer and learning rate the loss was meta-trained for: train with these
-        (e.g. torch.optim.SGD(model.parameters(), lr=loss_fn.trained_for["lr"])). Adam's eps sits
-        inside the square root, sqrt(v + eps²), as in meta-training."""
+        """The inner optimizer and learning rate to train with (e.g. torch.optim.SGD(model.parameters(),
+        lr=loss_fn.trained_for["lr"])): the lr the loss recommends, chosen on meta-validation tasks
+        against the plain loss at its best lr (bundles before that: the lr it was meta-trained at).
+        Adam's eps sits inside the square root, sqrt(v + eps²), as in meta-training."""
         t = self.spec.get("training", {})
-        out = {"optimizer": t.get("inner_optimizer", "sgd"), "lr": t.get("inner_lr", 1e-3)}
+        out = {"optimizer": t.get("inner_optimizer", "sgd"), "lr": t.get("recommended_lr", t.get("inner_lr", 1e-3))}
         if out["optimizer"] == "momentum":
             out["momentum"] = t.get("inner_momentum", 0.9)
         if out["optimizer"] == "adam":

@@ -28,7 +28,7 @@ def test_the_tuned_baseline_picks_the_best_lr_per_horizon_and_never_a_diverged_o
                           [[3.0, 2.0, 1.5], [0.9, 0.4, math.inf]]])  # seed 1: (S, R, G)
     plain = plain.permute(1, 0, 2).unsqueeze(-1)  # (R, S, G, T = 1)
     learned = torch.tensor([[1.2, 1.0], [0.45, math.nan]]).view(2, 2, 1, 1)  # (R, S, G = 1, T = 1)
-    cmp = Comparison([10, 1000], [0.1, 1.0, 10.0], 0.01, {"m": plain}, {"m": learned})
+    cmp = Comparison([10, 1000], [0.1, 1.0, 10.0], [1.0], 0.01, {"m": plain}, {"m": learned})
     r = cmp.ratios("m")
     assert r["tuned_lr"].tolist() == [[0.1, 0.1], [0.001, 0.01]]  # a different lr per horizon and seed
     assert r["same_lr"][0].tolist() == pytest.approx([0.6, 0.5])
@@ -89,3 +89,30 @@ def test_every_horizon_row_carries_three_consistent_ratios_and_warns_against_the
     losing = [row["steps"] for row in mt["horizon"] if row["ratio_vs_tuned_per_seed"][chosen] > 1]
     assert [w.split(" steps")[0].split()[-1] for w in out.report["warnings"]] == [str(h) for h in losing]
     assert out.report["verdict"] == out.result.validation["verdict"] == out.bundle.spec["metrics"]["verdict"]
+
+
+def test_a_level_weight_is_a_schedule_signal_held_constant_for_the_gradient():
+    """weighted_se reading "level" (the batch's log MSE): at baseline init exactly MSE; with the weight
+    exp(-level) = 1 / MSE its value is 1 and its gradient is MSE's divided by the MSE (a normalised step),
+    in ml3core and in the downloaded module alike."""
+    from ml3core.artifact import Bundle
+    from ml3core.losses import LossSpec, apply_loss, init_loss_params
+    from ml3core.portable import load_loss
+
+    spec = LossSpec.from_dict({**WEIGHT, "inputs": ["target", "level"]}, pred_dim=1, x_dim=1)
+    params = init_loss_params(spec, torch.Generator().manual_seed(0))
+    pred = torch.randn(2, 16, 1, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 16, 1, dtype=torch.float64)
+    mse = (pred - target).square().mean((-1, -2))
+    assert torch.equal(apply_loss(spec, {k: v.double() for k, v in params.items()}, pred, target), mse)
+    normalised = {"layers.0.weight": torch.tensor([[0.0, -1.0]], dtype=torch.float64)}  # w = exp(-level)
+    loss = apply_loss(spec, normalised, pred, target)
+    assert loss.tolist() == pytest.approx([1.0, 1.0], rel=1e-9)
+    (grad,) = torch.autograd.grad(loss.sum(), pred)
+    (want,) = torch.autograd.grad((mse / mse.detach()).sum(), pred)
+    torch.testing.assert_close(grad, want)
+    bundle = Bundle.build({k: v.float() for k, v in normalised.items()}, spec, {"family": "sine"}, {}, {})
+    module = load_loss(bundle.to_zip())
+    assert float(module(pred[0].detach().float(), target[0].float())) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(Exception, match="level"):
+        LossSpec.from_dict({"form": "net", "inputs": ["pred", "level"]}, pred_dim=1)

@@ -4,7 +4,7 @@ against the tuned baseline over the validation horizons (the publishing choice's
 No meta-test runs here (its tasks only report, after the choice: bench/scoreboard.py). Each candidate
 is a family's defaults plus `key=value` settings, as `ml3 train FAMILY --set` takes them:
 
-    python bench/select.py digits --seeds 3 --candidate "" --candidate "inner_steps=20" \\
+    python bench/choose.py digits --seeds 3 --candidate "" --candidate "inner_steps=20" \\
         --candidate "train_horizon=1000 validation_horizons=[100,1000]"
 
 Per candidate: the published seed's worst ratio, the mean of every seed's worst ratio (how robust the
@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ NO_META_TEST = {"tasks": 1, "steps": 0, "horizons": [0], "lr_factors": [1], "tun
 
 def run(family: str, seeds: int, settings: str) -> dict:
     spec = apply_sets({"task": task_of(family), "seeds": seeds, "meta_test": dict(NO_META_TEST)},
-                      shlex.split(settings))
+                      settings.split())
     start = time.perf_counter()
     out = meta_train(spec)
     v = out.report["validation"]
@@ -57,7 +56,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("family", help="sine, diabetes, 2link, digits, ...")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--candidate", action="append", default=[], help='settings, e.g. "inner_steps=20 outer_lr=0.01"')
+    p.add_argument("--candidate", action="append", default=[],
+                   help="settings separated by spaces, values as JSON: 'inner_steps=20 loss.inputs=[\"target\"]'")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -69,7 +69,7 @@ def main() -> int:
               f"({row['wall_s']} s)", flush=True)
     rows.sort(key=lambda r: math.inf if r["mean_worst"] is None else r["mean_worst"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print("RESULT " + json.dumps({"bench": "select", "family": args.family, "seeds": args.seeds, "candidates": rows,
+    print("RESULT " + json.dumps({"bench": "choose", "family": args.family, "seeds": args.seeds, "candidates": rows,
                                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                                   "torch": torch.__version__, "threads": 1, "commit": commit.strip()}))
     return 0
