@@ -174,6 +174,7 @@ def shaped():
     return shaping.run(shaping.ShapingConfig.from_dict({"train": {"seeds": 2}, "test_tasks": 100}))
 
 
+@pytest.mark.slow
 def test_the_shaped_loss_converges_where_mse_is_stuck(shaped):
     """Review Fig. 6. Measured: the shaped loss converges (|ω − v| < 0.05) on 96.5 % of held-out v
     (99 % and 94 % per seed); the MSE-trained loss on 12 %, plain MSE at its best lr (0.1 of
@@ -188,6 +189,7 @@ def test_the_shaped_loss_converges_where_mse_is_stuck(shaped):
     assert m["shaped"]["param_error_quartiles"][2] < 0.01 < 1.0 < m["mse"]["param_error_quartiles"][1]
 
 
+@pytest.mark.slow
 def test_the_shaped_landscape_is_one_basin_at_v(shaped):
     """Review Figs. 4-5, over ω ∈ [−7, 7) at 2 x 10 held-out v. Measured: the shaped loss has a
     single basin at every one, its minimum within 0.1 of v; MSE has 12.7 local minima on average
@@ -202,6 +204,7 @@ def test_the_shaped_landscape_is_one_basin_at_v(shaped):
     assert reference["shape"]["shaped"]["argmin_distance"] <= 0.1 and reference["shape"]["mse"]["local_minima"] >= 8
 
 
+@pytest.mark.slow
 def test_experiment_outputs(shaped, tmp_path):
     from ml3core import load_loss
 
