@@ -8,9 +8,9 @@ One meta-iteration (review Alg. 1, eq. 3-5):
 S seeds x T tasks run as one batch: every parameter tensor carries leading dims (S, T) and
 the forwards are broadcasting matmuls, so a single autograd pass yields every seed's exact
 meta-gradient (the per-seed losses are independent, so the gradient of their sum is the
-stack of per-seed gradients). Adam is elementwise, so one optimizer over the stacked phi is
-S independent optimizers. Each seed draws from its own generator: seed s of a 5-seed run
-is seed s of a 1-seed run.
+stack of per-seed gradients). The outer Adam (outer.SeedAdam) keeps one state per seed, step
+count included. Each seed draws from its own generator: seed s of a 5-seed run is seed s of
+a 1-seed run.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .config import ConfigError, check, check_range, from_dict
 from .inner import InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
 from .models import stack_params
+from .outer import SeedAdam, from_torch_adam
 from .rollout import fit
 from .tasks import TaskFamily
 
@@ -202,7 +203,7 @@ class MetaTrainer:
         self.gens = [stream_generator(s, "train") for s in config.seed_ids]
         phi = stack_params([init_loss_params(spec, g) for g in self.gens])  # once per run
         self.phi = {k: v.to(self.device, self.dtype).requires_grad_() for k, v in phi.items()}
-        self.opt = torch.optim.Adam(list(self.phi.values()), lr=config.outer_lr, fused=True)
+        self.opt = SeedAdam(self.phi, lr=config.outer_lr)
         self.iteration = 0
         self.history = {"iteration": [], "meta_loss": [], "eval": {}, "baseline": {}}
         self.inner = config.inner
@@ -273,16 +274,15 @@ class MetaTrainer:
         return theta, self.family.task_loss(theta, data).mean(dim=1)
 
     def outer_step(self, per_seed_loss):
-        """One Adam step on every seed's phi; a seed whose loss is not finite is not moved."""
-        finite = torch.isfinite(per_seed_loss)
-        total = torch.where(finite, per_seed_loss, torch.zeros_like(per_seed_loss)).sum()
+        """One Adam step on every seed's phi. A seed whose loss or gradient is not finite skips it:
+        its phi, Adam moments and step count stay exactly as they were."""
+        ok = torch.isfinite(per_seed_loss)
+        total = torch.where(ok, per_seed_loss, torch.zeros_like(per_seed_loss)).sum()
         grads = torch.autograd.grad(total, list(self.phi.values()), allow_unused=True)
-        for p, g in zip(self.phi.values(), grads, strict=True):
-            g = torch.zeros_like(p) if g is None else g
-            ok = finite & torch.isfinite(g).flatten(1).all(1)
-            p.grad = torch.where(ok.view(-1, *[1] * (g.dim() - 1)), g, torch.zeros_like(g))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(self.phi.items(), grads, strict=True)}
+        for g in grads.values():
+            ok = ok & torch.isfinite(g).flatten(1).all(1)
+        self.opt.step(grads, ok)
 
     # -- the persistent schedule -------------------------------------------------------------
     def _start_population(self) -> dict:
@@ -493,10 +493,7 @@ class MetaTrainer:
     def state_bytes(self) -> bytes:
         """Everything needed to continue bit-for-bit: phi, Adam state, RNG states, data, history."""
         tensors = {f"phi.{k}": v.detach().cpu().contiguous() for k, v in self.phi.items()}
-        opt = self.opt.state_dict()
-        for idx, st in opt["state"].items():
-            for name, value in st.items():
-                tensors[f"adam.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors.update({f"outer.{k}": v.cpu().contiguous() for k, v in self.opt.state().items()})
         for i, g in enumerate(self.gens):
             tensors[f"rng.{i}"] = g.get_state()
         if self.fixed is not None:
@@ -505,9 +502,8 @@ class MetaTrainer:
             for part in ("theta", "state", "data"):
                 tensors.update({f"pop.{part}.{k}": v.cpu().contiguous() for k, v in self.population[part].items()})
             tensors["pop.age"] = self.population["age"].contiguous()
-        meta = {"format": "ml3-checkpoint", "version": 1, "iteration": self.iteration,
-                "identity": self._identity(), "history": self.history,
-                "adam_param_groups": opt["param_groups"]}
+        meta = {"format": "ml3-checkpoint", "version": 2, "iteration": self.iteration,
+                "identity": self._identity(), "history": self.history}
         return st_save(tensors, metadata={"json": json.dumps(meta)})
 
     def load_state(self, blob: bytes) -> None:
@@ -521,13 +517,9 @@ class MetaTrainer:
         with torch.no_grad():
             for k, v in self.phi.items():
                 v.copy_(tensors[f"phi.{k}"])
-        state = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value
-        groups = meta["adam_param_groups"]
-        self.opt.load_state_dict({"state": state, "param_groups": groups})
+        # version 1 held one torch Adam's state (one step count for all seeds)
+        outer = {k[6:]: v for k, v in tensors.items() if k.startswith("outer.")}
+        self.opt.load(outer or from_torch_adam(tensors, list(self.phi)))
         for i, g in enumerate(self.gens):
             g.set_state(tensors[f"rng.{i}"])
         if self.fixed is not None:

@@ -206,7 +206,8 @@ def test_an_edited_spec_is_refused_and_an_older_bundle_still_loads(tmp_path):
     bundle.write_dir(tmp_path / "b")
     reformatted = json.dumps(json.loads((tmp_path / "b" / "loss.json").read_text()))  # other spacing: same hash
     (tmp_path / "b" / "loss.json").write_text(reformatted)
-    assert load_loss(tmp_path / "b") is not None
+    pred, target = torch.randn(6, 1), torch.randn(6, 1)
+    assert torch.equal(load_loss(tmp_path / "b")(pred, target), bundle.module()(pred, target))
     edited = json.loads(reformatted)
     assert edited["architecture"]["output"] == "softplus"
     edited["architecture"]["output"] = "linear"

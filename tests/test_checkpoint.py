@@ -39,6 +39,75 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(train_task):
     assert rest.validation == full.validation
 
 
+def test_outer_adam_state_round_trips_bit_for_bit():
+    """Per-seed moments and step counts (here seed 1 skipped a step) come back exactly."""
+    t = trainer()
+    for _ in range(3):
+        t.step()
+    t.opt.steps[1] -= 1  # as after a non-finite step of seed 1
+    resumed = trainer()
+    resumed.load_state(t.state_bytes())
+    assert resumed.opt.steps.tolist() == [3, 2]
+    state = resumed.opt.state()
+    for k, v in t.opt.state().items():
+        assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
+
+
+def old_checkpoint(t, torch_opt) -> bytes:
+    """``t``'s checkpoint as version 1 wrote it: one torch.optim.Adam's state_dict over the stacked phi."""
+    import json
+
+    from safetensors.torch import load, save
+
+    from ml3core.engine import _safetensors_metadata
+
+    blob = t.state_bytes()
+    tensors = {k: v for k, v in load(blob).items() if not k.startswith("outer.")}
+    opt = torch_opt.state_dict()
+    for idx, st in opt["state"].items():
+        for name, value in st.items():
+            tensors[f"adam.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = json.loads(_safetensors_metadata(blob)["json"])
+    meta.update(version=1, adam_param_groups=opt["param_groups"])
+    return save(tensors, metadata={"json": json.dumps(meta)})
+
+
+def test_a_checkpoint_of_the_shared_torch_adam_still_resumes():
+    """Version 1 checkpoints hold one torch Adam's state: its step count becomes every seed's and
+    training continues as that Adam would have."""
+    t = trainer()
+    params = list(t.phi.values())
+    torch_opt = torch.optim.Adam(params, lr=t.cfg.outer_lr, fused=True)
+    fresh = trainer()
+    fresh.load_state(old_checkpoint(t, torch_opt))  # saved before the first step: no Adam state yet
+    assert fresh.opt.steps.tolist() == [0, 0] and all(not v.any() for v in fresh.opt.state().values())
+
+    gen = torch.Generator().manual_seed(0)
+
+    def grads():
+        return {k: torch.randn(v.shape, generator=gen) for k, v in t.phi.items()}
+
+    for _ in range(3):
+        for p, g in zip(params, grads().values(), strict=True):
+            p.grad = g
+        torch_opt.step()
+    resumed = trainer()
+    resumed.load_state(old_checkpoint(t, torch_opt))
+    assert resumed.opt.steps.tolist() == [3, 3]
+    for k, p in t.phi.items():
+        assert torch.equal(resumed.phi[k], p.detach())
+        assert torch.equal(resumed.opt.exp_avg[k], torch_opt.state[p]["exp_avg"])
+        assert torch.equal(resumed.opt.exp_avg_sq[k], torch_opt.state[p]["exp_avg_sq"])
+    g = grads()
+    resumed.opt.step(g, torch.ones(2, dtype=torch.bool))
+    for p, gp in zip(params, g.values(), strict=True):
+        p.grad = gp
+    torch_opt.step()
+    for k, p in t.phi.items():
+        assert not torch.equal(resumed.phi[k], fresh.phi[k])
+        torch.testing.assert_close(resumed.phi[k], p.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_resume_from_an_older_checkpoint_also_matches():
     full = trainer().run()
     saved = []

@@ -160,9 +160,14 @@ def test_two_way_loss_applies_to_four_way_tasks():
     report, figures = run_meta_test(out.bundle, {"task": {"classes_per_task": 4}, "tasks": 2, "steps": 5,
                                                  "horizons": [5]})
     assert report["data"]["source"] == "sklearn.datasets.load_digits"
-    for run in ("learned", "mse"):
-        err = report["final"][run]["error_heldout"][0]
-        assert 0 <= err < 0.75  # 5 steps at lr 0.1 already beat 4-way chance
+    # the 2-way loss trains 4-way models as well as cross-entropy does (it starts as it and moved two
+    # steps): measured held-out error 0.74 -> 0.55 and cross-entropy 1.3231 vs 1.3236 for both.
+    # A loss that failed to apply (no gradient, wrong classes) stays at the start's 0.74.
+    learned, plain = report["final"]["learned"], report["final"]["mse"]
+    start = report["curves"]["learned"]["error_heldout"][0][0]
+    assert learned["error_heldout"][0] <= start - 0.1
+    assert learned["error_heldout"][0] <= plain["error_heldout"][0] + 0.05
+    assert learned["ce_heldout"][0] == pytest.approx(plain["ce_heldout"][0], rel=0.01)
     row = report["horizon"][0]  # cross-entropy at its best lr of the grid around the loss's lr
     assert set(row["tuned_lr"]) <= set(report["lr_grid"]) and 0.1 in report["lr_grid"]
     assert row["tuned"]["error_heldout"] <= row["mse"]["error_heldout"]

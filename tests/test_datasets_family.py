@@ -104,8 +104,9 @@ def test_loss_is_per_output_and_meta_train_runs_on_two_outputs():
                       "outer_iterations": 4, "inner_steps": 2, "eval_every": 2, "eval_steps": 3,
                       "validation_tasks": 2, "meta_test": {"tasks": 2, "steps": 3, "horizons": [3]}})
     assert out.report["data"]["tasks"]["test"] == family().describe()["tasks"]["test"]
-    final = out.report["meta_test"]["final"]
-    assert all(v[0] > 0 for v in (final["learned"]["mse_heldout"], final["mse"]["mse_heldout"]))
+    for run in out.report["meta_test"]["curves"].values():  # both losses train the two-output models
+        curve = run["mse_heldout"][0]
+        assert curve[-1] < 0.95 * curve[0], curve  # measured: 0.93 -> 0.81 in 3 steps
 
 
 def test_heldout_objective_reads_heldout_rows():
@@ -171,7 +172,9 @@ def test_cross_architecture_meta_test_on_sine():
                                    "steps": 5, "horizons": [5]})
     assert r["optimizee"]["meta_train"] == {"model_hidden": [20, 10], "model_activation": "relu"}
     assert r["optimizee"]["meta_test"] == {"model_hidden": [32], "model_activation": "tanh"}
-    assert r["final"]["learned"]["mse_heldout"][0] > 0 and r["final"]["mse"]["mse_heldout"][0] > 0
+    for run in r["curves"].values():  # the other optimizee trains under both losses
+        curve = run["mse_heldout"][0]
+        assert curve[-1] < 0.95 * curve[0], curve  # measured: 0.84 -> 0.75 in 5 steps
     assert figures["meta_test.png"][:4] == b"\x89PNG"
 
 

@@ -126,11 +126,20 @@ def test_first_order_is_exact_for_one_step_and_an_approximation_beyond():
 
 
 def test_online_schedule_updates_phi_after_every_inner_step():
-    tr = make_trainer(inner_steps=4, schedule="online", inner_lr=0.05)
+    """One phi step per inner step, and the models train on across the inner steps: with the
+    baseline (MSE) loss each step's L_T is well below the previous one's (a model restarted at
+    each inner step gives M about equal L_T, only phi's small steps lowering them)."""
+    tr = make_trainer(inner_steps=4, schedule="online", inner_lr=0.05,
+                      loss={"form": "weighted_se", "inputs": ["target"], "output": "exp", "init": "baseline"})
+    seen = []
+    outer_step = tr.outer_step
+    tr.outer_step = lambda losses: (seen.append(losses.detach().clone()), outer_step(losses))
     tr.step()
     tr.step()
-    state = tr.opt.state[next(iter(tr.phi.values()))]
-    assert int(state["step"]) == 8
+    assert tr.opt.steps.tolist() == [8, 8]
+    for start in (0, 4):  # each iteration: fresh models, then 4 steps down
+        losses = torch.stack(seen[start:start + 4])  # (step, seed)
+        assert (losses[1:] < 0.9 * losses[:-1]).all(), losses  # measured: 0.64-0.84; restarted: > 0.99
 
 
 def test_meta_training_lowers_the_meta_loss():
@@ -156,6 +165,64 @@ def test_non_finite_seed_is_frozen_and_others_still_learn():
         assert torch.isfinite(v).all()
         assert torch.equal(v[1], before[k][1])
         assert not torch.equal(v[0], before[k][0])
+
+
+def test_a_skipped_seed_keeps_its_phi_adam_state_and_step_count():
+    """A seed whose loss turns NaN after Adam has momentum is not moved by that momentum, and its
+    step count (bias correction) lags by the step it skipped. Steps: 3 normal, 1 NaN for seed 1, 2 normal."""
+    tr = make_trainer(seeds=2, dtype="float64", inner_lr=0.05, outer_lr=0.01)
+
+    def step(poison=False):
+        theta0, data = batch(tr)
+        if poison:
+            data = {k: v.clone() for k, v in data.items()}
+            data["y"][1] = float("nan")
+        tr.outer_step(tr.meta_objective(theta0, data)[1])
+
+    for _ in range(3):
+        step()
+    phi = {k: v.detach().clone() for k, v in tr.phi.items()}
+    state = {k: v.clone() for k, v in tr.opt.state().items()}
+    step(poison=True)
+    for k, v in tr.phi.items():
+        assert torch.equal(v[1], phi[k][1]), k  # torch's shared Adam moved it by ~lr (momentum)
+        assert (v[0] - phi[k][0]).abs().max() > 1e-4, k  # the healthy seed took a full step
+    for k, v in tr.opt.state().items():
+        assert torch.equal(v[1], state[k][1]), k
+        assert not torch.equal(v[0], state[k][0]), k
+    for _ in range(2):
+        step()
+    assert tr.opt.steps.tolist() == [6, 5]
+    assert all(torch.isfinite(v).all() for v in [*tr.phi.values(), *tr.opt.state().values()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seed_adam_is_torch_adam_for_seeds_that_never_skip(dtype):
+    """200 steps of SeedAdam and of torch.optim.Adam on the same gradients (scales 1e-3 to 10) agree
+    to float rounding."""
+    from ml3core.outer import SeedAdam
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"w": (3, 4, 5), "b": (3, 4)}
+    mine = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+    ref = {k: v.clone().requires_grad_() for k, v in mine.items()}
+    start = {k: v.clone() for k, v in mine.items()}
+    opt, torch_opt = SeedAdam(mine, lr=1e-2), torch.optim.Adam(list(ref.values()), lr=1e-2)
+    for _ in range(200):
+        grads = {k: torch.randn(s, generator=gen, dtype=dtype) * 10 ** torch.randint(-3, 2, (), generator=gen)
+                 for k, s in shapes.items()}
+        opt.step(grads, torch.ones(3, dtype=torch.bool))
+        for k, p in ref.items():
+            p.grad = grads[k].clone()
+        torch_opt.step()
+    assert opt.steps.tolist() == [200] * 3
+    for k, p in ref.items():
+        assert (mine[k] - start[k]).abs().max() > 0.1  # the parameters did move
+        tol = 1e-7 if dtype == torch.float32 else 1e-13  # float32: a few ulps of rounding over 200 steps
+        torch.testing.assert_close(mine[k], p.detach(), rtol=10 * tol, atol=tol)
+        state = torch_opt.state[p]
+        torch.testing.assert_close(opt.exp_avg[k], state["exp_avg"], rtol=10 * tol, atol=10 * tol)
+        torch.testing.assert_close(opt.exp_avg_sq[k], state["exp_avg_sq"], rtol=10 * tol, atol=10 * tol)
 
 
 def test_loss_is_shared_by_a_seeds_tasks():

@@ -155,7 +155,7 @@ def test_checkpointed_unroll_gives_the_same_meta_gradient(name):
         losses = t.meta_objective(t._fresh_theta(t.gens, 2), data)[1]
         grads.append(torch.autograd.grad(losses.sum(), list(t.phi.values())))
     for a, b in zip(*grads, strict=True):
-        assert a.abs().max() > 0
+        assert a.abs().max() > 1e-4  # a real meta-gradient, not zeros agreeing
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 

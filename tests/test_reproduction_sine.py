@@ -8,9 +8,12 @@ held-out points of 10 test tasks per seed that meta-training never saw. Measured
 mean 2.04 vs 3.77 (46% better), 5 of 5 seeds (CPU, float32).
 """
 
+import pytest
+
 from ml3core.api import meta_train
 
 
+@pytest.mark.slow
 def test_learned_sine_loss_beats_mse_after_100_steps_on_heldout_points():
     out = meta_train({"task": {"family": "sine"}, "preset": "paper", "seeds": 5, "outer_iterations": 500,
                       "inner_steps": 1, "meta_test": {"tasks": 10, "steps": 100, "horizons": [10, 100]}})

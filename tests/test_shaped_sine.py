@@ -161,27 +161,20 @@ def test_experiment_config_errors_change_nothing(tmp_path, capsys):
 # The three-way experiment at CI size: 2 seeds x 1500 iterations of the official loop (4 tasks, 10
 # inner SGD steps of lr 1, a phi step after each), 2 x 100 held-out v ~ U[-5, 5], 100 SGD steps from
 # omega0 = 0.1. The paper's claim holds with the experiment's defaults: the weighted_se loss,
-# meta-trained on v ~ U[-7, 7] with outer lr 1e-3. It does not with the official 3x10 ELU loss net
-# on v ~ U[-5, 5] at outer lr 3e-3 ("official" below).
-OFFICIAL = {"task": {"frequency": [-5.0, 5.0]}, "loss": {"form": "net"}, "train": {"seeds": 2, "outer_lr": 3e-3}}
-
-
-def shaping_run(**overrides):
-    from ml3core.experiments import shaping
-
-    return shaping.run(shaping.ShapingConfig.from_dict({"train": {"seeds": 2}, "test_tasks": 100, **overrides}))
+# meta-trained on v ~ U[-7, 7] with outer lr 1e-3. With the official 3x10 ELU loss net (v ~ U[-5, 5],
+# outer lr 3e-3) it did not in our runs (2.0 % converged over 8 seeds, README), but that outcome is
+# chaotic: a 2e-5 change in the net's float rounding moved a 2-seed run from 2.5 % to 49 %, so no
+# test pins it.
 
 
 @pytest.fixture(scope="module")
 def shaped():
-    return shaping_run()
+    from ml3core.experiments import shaping
+
+    return shaping.run(shaping.ShapingConfig.from_dict({"train": {"seeds": 2}, "test_tasks": 100}))
 
 
-@pytest.fixture(scope="module")
-def official():
-    return shaping_run(**OFFICIAL)
-
-
+@pytest.mark.slow
 def test_the_shaped_loss_converges_where_mse_is_stuck(shaped):
     """Review Fig. 6. Measured: the shaped loss converges (|ω − v| < 0.05) on 96.5 % of held-out v
     (99 % and 94 % per seed); the MSE-trained loss on 12 %, plain MSE at its best lr (0.1 of
@@ -196,6 +189,7 @@ def test_the_shaped_loss_converges_where_mse_is_stuck(shaped):
     assert m["shaped"]["param_error_quartiles"][2] < 0.01 < 1.0 < m["mse"]["param_error_quartiles"][1]
 
 
+@pytest.mark.slow
 def test_the_shaped_landscape_is_one_basin_at_v(shaped):
     """Review Figs. 4-5, over ω ∈ [−7, 7) at 2 x 10 held-out v. Measured: the shaped loss has a
     single basin at every one, its minimum within 0.1 of v; MSE has 12.7 local minima on average
@@ -210,18 +204,7 @@ def test_the_shaped_landscape_is_one_basin_at_v(shaped):
     assert reference["shape"]["shaped"]["argmin_distance"] <= 0.1 and reference["shape"]["mse"]["local_minima"] >= 8
 
 
-def test_the_official_loss_net_does_not_reproduce_the_claim(official):
-    """The same protocol with the official loss (3x10 ELU net on (x, f, y), v ~ U[-5, 5], outer lr
-    3e-3). Measured: the shaped loss converges on 2.5 % of held-out v (2.0 % over 8 seeds), the
-    MSE-trained loss on 2 %, plain MSE on 12.5 %; the shaped landscapes keep 11.7 local minima on
-    average (at least 5), and their global minimum is never within 0.1 of v."""
-    m = official.report["meta_test"]["methods"]
-    assert m["shaped"]["converged_fraction"] <= 0.1 and m["mse"]["converged_fraction"] >= 0.1
-    held = official.report["landscapes"]["heldout"]
-    assert held["shaped"]["single_basin_fraction"] == 0.0 and sum(held["shaped"]["local_minima"]) / 20 >= 5
-    assert held["shaped"]["argmin_within_0.1_fraction"] <= 0.2
-
-
+@pytest.mark.slow
 def test_experiment_outputs(shaped, tmp_path):
     from ml3core import load_loss
 
