@@ -157,7 +157,7 @@ def test_two_way_loss_applies_to_four_way_tasks():
     """A loss meta-trained on 2-way tasks meta-tests on 4-way (and loads for 10-way) with no change."""
     out = meta_train({"task": {"family": "digits", "classes_per_task": 2, "heldout_per_class": 10}, **TINY_DIGITS})
     assert out.bundle.spec["architecture"]["form"] == "ce_classwise"
-    report, figures = run_meta_test(out.bundle, {"task": {"classes_per_task": 4}, "tasks": 2, "steps": 5,
+    report, figures = run_meta_test(out.bundle, {"task": {"classes_per_task": 4}, "tasks": 2, "steps": 5, "lr": 0.1,
                                                  "horizons": [5]})
     assert report["data"]["source"] == "sklearn.datasets.load_digits"
     # the 2-way loss trains 4-way models as well as cross-entropy does (it starts as it and moved two

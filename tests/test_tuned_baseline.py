@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ml3core.engine as engine
-from ml3core import MetaTrainer, make_family
+from ml3core import LossSpec, MetaTrainer, make_family
 from ml3core.api import meta_train, parse_spec
 from ml3core.compare import Comparison, compare, verdict
 from ml3core.engine import fresh_theta, sample_data, stream_generator
@@ -116,3 +116,28 @@ def test_a_level_weight_is_a_schedule_signal_held_constant_for_the_gradient():
     assert float(module(pred[0].detach().float(), target[0].float())) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(Exception, match="level"):
         LossSpec.from_dict({"form": "net", "inputs": ["pred", "level"]}, pred_dim=1)
+
+
+def test_the_recommended_lr_is_chosen_on_validation_and_undoes_a_pure_step_size():
+    """Two seeds' losses built by hand: MSE and MSE x 10. Under SGD the second at lr a/10 is the first at
+    lr a, so on meta-validation it recommends a 10x smaller lr and scores the same ratios: a loss
+    whose only trick is a step size gets no credit for it."""
+    from ml3core.engine import TrainConfig
+
+    family = make_family(dict(TASK))
+    spec = LossSpec.from_dict({**WEIGHT, "bias": True}, **family.loss_defaults())
+    cfg = TrainConfig(seeds=2, outer_iterations=1, eval_steps=2, validation_tasks=3, train_horizon=100,
+                      inner_lr=0.001, dtype="float64")
+    t = MetaTrainer(family, spec, cfg)
+    last = max(k for k in t.phi if k.endswith(".bias"))
+    with torch.no_grad():
+        t.phi[last][:, 0] = torch.log(torch.tensor([1.0, 10.0], dtype=torch.float64))
+    t.history["baseline"] = t.baseline()
+    t._record_eval(None)
+    t.eval_sets["validation"] = tuple({k: v[:1].expand(2, *v.shape[1:]) for k, v in part.items()}
+                                      for part in t.eval_sets["validation"])  # both seeds on seed 0's tasks
+    v = t.validate()
+    assert v["lr_factor"][0] > 1 and v["lr_factor"][0] == pytest.approx(10 * v["lr_factor"][1], rel=1e-3)
+    assert v["recommended_lr"][0] == pytest.approx(10 * v["recommended_lr"][1], rel=1e-3)
+    for h in v["horizons"]:
+        assert v["ratios"][str(h)][1] == pytest.approx(v["ratios"][str(h)][0], rel=1e-3)
