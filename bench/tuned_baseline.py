@@ -9,6 +9,11 @@ alternating rounds, one torch thread:
     same lr       meta_test.lr_factors = [1]
     tuned         the default grid, the learned loss at its own lr (the 8-lr tuned baseline)
     both tuned    the default grid for both losses (what every meta-test runs by default)
+    tuned, kept   "tuned" again on the same tasks: the plain loss's runs are kept (they do not depend
+                  on the loss), so only the learned loss trains, as when a service meta-tests a
+                  second loss of the same family
+
+Every variant but the last starts with no plain runs kept.
 
     python bench/tuned_baseline.py                 # 5 seeds x 10 tasks, horizons 10, 100, 1000
     python bench/tuned_baseline.py --rounds 3 --horizon 5000
@@ -22,17 +27,27 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
+import ml3core.compare as compare_module
 from ml3core.api import parse_spec
 from ml3core.engine import stream_generator
 from ml3core.losses import init_loss_params
 from ml3core.metatest import MetaTestConfig, meta_test
 from ml3core.models import stack_params
 
-VARIANTS = {"same lr": {"lr_factors": [1.0]}, "tuned": {"tune_learned": False}, "both tuned": {}}
+VARIANTS = {"same lr": {"lr_factors": [1.0]}, "tuned": {"tune_learned": False}, "both tuned": {},
+            "tuned, kept": {"tune_learned": False}}
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                         text=True)
+    return out.stdout.strip()
 
 
 def main() -> int:
@@ -50,16 +65,19 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, extra in VARIANTS.items():
             cfg = MetaTestConfig.from_dict({"tasks": args.tasks, "steps": 100, "horizons": horizons, **extra})
+            if name != "tuned, kept":
+                compare_module._PLAIN.clear()
             start = time.perf_counter()
             meta_test(plan.family, plan.loss, phi, list(range(args.seeds)), cfg, plan.train.inner)
             times[name].append(time.perf_counter() - start)
-            print(f"{name:10s} {times[name][-1]:7.2f} s", flush=True)
+            print(f"{name:11s} {times[name][-1]:7.2f} s", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = {name: round(median[name] / median["same lr"], 2) for name in VARIANTS}
     print(f"meta-test of {args.seeds} seeds x {args.tasks} tasks to {args.horizon} steps, median of {args.rounds}: "
           + ", ".join(f"{n} {median[n]:.1f} s ({ratio[n]}x)" for n in VARIANTS))
     print("RESULT " + json.dumps({
-        "bench": "tuned_baseline", "seeds": args.seeds, "tasks": args.tasks, "horizon": args.horizon,
+        "bench": "tuned_baseline", "commit": commit(), "seeds": args.seeds, "tasks": args.tasks,
+        "horizon": args.horizon,
         "grid": len(MetaTestConfig().lr_factors), "median_s": {n: round(v, 2) for n, v in median.items()},
         "range_s": {n: [round(min(t), 2), round(max(t), 2)] for n, t in times.items()}, "vs_same_lr": ratio,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,

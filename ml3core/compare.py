@@ -16,7 +16,10 @@ the best lr, and a learned loss that diverges has ratio inf (null in JSON).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -116,18 +119,50 @@ def _pick(c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt: InnerOptimizer,
-            record_at: list[int], factors=LR_FACTORS, tune_learned: bool = True, plain_objective=None,
+            record_at: list[int], factors=LR_FACTORS, tune_learned: bool = True, count=None,
             at: list[float] | None = None) -> Comparison:
-    """Train the models in ``theta`` with the learned objective and with the plain loss (the family's
-    unless given) at every lr factor of ``factors``; the learned one at every factor too when
-    ``tune_learned``, else only at the factors of ``at`` (one per seed, default 1)."""
+    """Train the models in ``theta`` with the learned objective and with the family's plain loss at
+    every lr factor of ``factors``; the learned one at every factor too when ``tune_learned``, else
+    only at the factors of ``at`` (one per seed, default 1). ``count`` wraps each objective (progress).
+
+    The plain loss's runs do not depend on L_phi: they are kept (a few, keyed by everything they
+    depend on, the models' and tasks' values included), so comparing another loss on the same tasks
+    trains only the learned one."""
     used = {float(f) for f in (at or [1.0])}
     factors = sorted({float(f) for f in factors} | used)
     record_at = sorted(set(record_at))
-    plain = grid_fit(family, plain_objective or family.plain_loss, theta, data, opt, factors, record_at)
+    key = _plain_key(family, theta, data, opt, factors, record_at)
+    with _LOCK:
+        plain = _PLAIN.get(key)
+    if plain is None:
+        plain_objective = count(family.plain_loss) if count else family.plain_loss
+        plain = grid_fit(family, plain_objective, theta, data, opt, factors, record_at)
+        with _LOCK:
+            _PLAIN[key] = plain
+            while len(_PLAIN) > PLAIN_RUNS_KEPT:
+                _PLAIN.popitem(last=False)
+    learned_objective = count(learned_objective) if count else learned_objective
     learned_factors = factors if tune_learned else sorted(used)
     learned = grid_fit(family, learned_objective, theta, data, opt, learned_factors, record_at)
     return Comparison(record_at, factors, learned_factors, opt.lr, plain, learned)
+
+
+PLAIN_RUNS_KEPT = 8
+_PLAIN: OrderedDict = OrderedDict()  # key -> the plain loss's runs, {metric: (R, S, G, T)}
+_LOCK = threading.Lock()
+
+
+def _plain_key(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer, factors, record_at) -> str:
+    """What the plain loss's runs depend on: the family and its settings, the optimizer, the grid, the
+    steps recorded and the values of the initial models and the tasks."""
+    h = hashlib.sha256(repr((type(family).__qualname__, family.config, opt, factors, record_at,
+                             torch.__version__)).encode())
+    for tree in (theta, data):
+        for k in sorted(tree):
+            v = tree[k].detach()
+            h.update(f"{k}{v.dtype}{tuple(v.shape)}{v.device}".encode())
+            h.update(v.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -141,3 +141,37 @@ def test_the_recommended_lr_is_chosen_on_validation_and_undoes_a_pure_step_size(
     assert v["recommended_lr"][0] == pytest.approx(10 * v["recommended_lr"][1], rel=1e-3)
     for h in v["horizons"]:
         assert v["ratios"][str(h)][1] == pytest.approx(v["ratios"][str(h)][0], rel=1e-3)
+
+
+def test_the_plain_runs_are_kept_per_tasks_and_models_and_equal_fresh_ones():
+    """Comparing a second loss on the same tasks reuses the plain loss's runs (they do not depend on
+    L_phi); other tasks, other models or another optimizer train afresh, and a kept run is the run."""
+    import ml3core.compare as cmp_module
+
+    family = make_family(dict(TASK))
+    gens = [stream_generator(s, "test") for s in (0, 1)]
+    data = sample_data(family, gens, 3, "test", "cpu", torch.float32)
+    theta = fresh_theta(family, gens, 3, "cpu", torch.float32)
+    opt = InnerOptimizer("sgd", 0.05)
+    calls = []
+
+    def counting(objective):
+        def counted(th, d):
+            calls.append(objective)
+            return objective(th, d)
+        return counted
+
+    cmp_module._PLAIN.clear()
+    first = compare(family, lambda th, d: 2 * family.plain_loss(th, d), theta, data, opt, [5], count=counting)
+    n = len(calls)
+    second = compare(family, lambda th, d: 3 * family.plain_loss(th, d), theta, data, opt, [5], count=counting)
+    assert len(calls) - n == n / 2  # only the learned loss trained
+    assert second.plain is first.plain
+    moved = {k: v + 1e-3 for k, v in theta.items()}
+    third = compare(family, family.plain_loss, moved, data, opt, [5])
+    fourth = compare(family, family.plain_loss, theta, data, InnerOptimizer("sgd", 0.04), [5])
+    assert third.plain is not first.plain and fourth.plain is not first.plain
+    cmp_module._PLAIN.clear()
+    fresh = compare(family, family.plain_loss, theta, data, opt, [5])
+    for m, c in fresh.plain.items():
+        assert torch.equal(c, first.plain[m])
