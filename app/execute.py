@@ -260,7 +260,7 @@ class PhaseEvents:
         if not new and done < total and now - self.last < 1.0:
             return
         self.last, self.total = now, total
-        unit = "steps" if phase == "meta-test" else "parts"
+        unit = "steps" if phase in ("meta-test", "validation") else "parts"
         with self.Session.begin() as db:
             values = {}
             if self.row_progress:

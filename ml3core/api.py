@@ -8,7 +8,7 @@ A meta-train spec is a JSON object:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -102,14 +102,18 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     and package each seed's phi as a bundle, publishing the best on meta-validation.
 
     ``hooks.on_progress`` hears of the meta-train iterations; ``on_phase(phase, done, total)`` of
-    the phases after it: "meta-test" (SGD steps of the meta-test and the horizon report) and
-    "figures" (0 of 1 when drawing starts, 1 of 1 at the end)."""
+    the phases after it: "validation" (the steps that choose the published seed and its lr),
+    "meta-test" (SGD steps of the meta-test and the horizon report) and "figures" (0 of 1 when
+    drawing starts, 1 of 1 at the end)."""
     plan = spec if isinstance(spec, Plan) else parse_spec(spec)
     if plan.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", "CUDA was requested but this worker has no GPU")
     trainer = MetaTrainer(plan.family, plan.loss, plan.train)
     if resume is not None:
         trainer.load_state(resume)
+    hooks = hooks or Hooks()
+    if hooks.on_phase is None and on_phase is not None:
+        hooks = replace(hooks, on_phase=on_phase)
     result = trainer.run(hooks)
     if result.stopped:
         return Outcome(True, result.iteration, result)

@@ -147,6 +147,26 @@ def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt:
     return Comparison(record_at, factors, learned_factors, opt.lr, plain, learned)
 
 
+class StepCounter:
+    """Wraps the objectives ``fit`` calls once per step, to report ``progress(done, total)`` (every 1%)."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+        self.every = max(1, total // 100)
+
+    def __call__(self, objective):
+        if self.progress is None:
+            return objective
+
+        def counted(theta, data):
+            self.done += 1
+            if self.done % self.every == 0 or self.done == self.total:
+                self.progress(self.done, self.total)
+            return objective(theta, data)
+
+        return counted
+
+
 PLAIN_RUNS_KEPT = 8
 _PLAIN: OrderedDict = OrderedDict()  # key -> the plain loss's runs, {metric: (R, S, G, T)}
 _LOCK = threading.Lock()

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .compare import compare, ratio, verdict
+from .compare import StepCounter, compare, ratio, verdict
 from .config import ConfigError, check, check_range, from_dict
 from .inner import InnerOptimizer, restart
 from .losses import LossSpec, apply_loss, init_loss_params
@@ -120,6 +120,7 @@ class Hooks:
     on_progress: object = None  # f(completed, total, metrics: dict)
     should_stop: object = None  # f() -> bool, checked once per iteration
     on_checkpoint: object = None  # f(state: bytes)
+    on_phase: object = None  # f(phase, done, total) of the work after meta-training ("validation")
     progress_every: int = 10
     checkpoint_every: int = 50
 
@@ -431,7 +432,8 @@ class MetaTrainer:
                              seed_ids=cfg.seed_ids, history=self.history, iteration=self.iteration,
                              stopped=stopped)
         if not stopped and self.iteration > 0:  # an untrained phi is not published, so not judged
-            result.validation = self.validate()
+            progress = (lambda d, t: hooks.on_phase("validation", d, t)) if hooks.on_phase else None
+            result.validation = self.validate(progress)
         return result
 
     def validation_horizons(self) -> list[int]:
@@ -442,7 +444,7 @@ class MetaTrainer:
         H = self.cfg.train_horizon
         return sorted({h for h in (10, 100, 1000, 10_000) if h < H} | {H})
 
-    def validate(self) -> dict:
+    def validate(self, progress=None) -> dict:
         """Pick the seed to publish, and the lr it recommends, by the worst ratio of the held-out metric
         against the *tuned* baseline (the plain loss at its best lr factor for each horizon,
         ml3core.compare) on the meta-validation tasks, over the horizons up to H, with the inner
@@ -454,7 +456,11 @@ class MetaTrainer:
         metric, hs = self.family.heldout_metric, self.validation_horizons()
         theta, data = self.eval_sets["validation"]
         phi = broadcast_seeds({k: v.detach() for k, v in self.phi.items()})
-        cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs)
+        count = StepCounter(progress, 2 * hs[-1])
+        cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs,
+                      count=count)
+        if progress is not None:
+            progress(2 * hs[-1], 2 * hs[-1])
         tuned = cmp.tuned(cmp.plain, metric)[0][metric].mean(-1)  # (R, S)
         every = ratio(cmp.learned[metric].mean(-1), tuned.unsqueeze(-1))  # (R, S, G): L_phi at each factor
         worst_each = every.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S, G)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .compare import LR_FACTORS, RATIOS, check_factors, compare
+from .compare import LR_FACTORS, RATIOS, StepCounter, check_factors, compare
 from .config import check, check_range, from_dict
 from .engine import DTYPES, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
 from .inner import InnerOptimizer
@@ -67,7 +67,7 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     phi = {k: v.to(device, dt) for k, v in phi.items()}
     phi = {k: v.unsqueeze(1) for k, v in phi.items()} if per_seed_phi else phi
     horizon = max([cfg.steps, *cfg.horizons])
-    count = _StepCounter(progress, 2 * horizon)
+    count = StepCounter(progress, 2 * horizon)
     at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
     cmp = compare(family, learned_objective(family, spec, phi), theta, data, opt,
                   sorted(set(range(cfg.steps + 1)) | set(cfg.horizons)), cfg.lr_factors, cfg.tune_learned, count, at)
@@ -110,26 +110,6 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
 def _overall(per_seed) -> float | None:
     """A ratio over all seeds: the geometric mean of the per-seed ratios (None if any is not finite)."""
     return json_clean(float(per_seed.log().mean().exp())) if bool(torch.isfinite(per_seed).all()) else None
-
-
-class _StepCounter:
-    """Wraps the objectives ``fit`` calls once per SGD step, to report steps done (every 1%)."""
-
-    def __init__(self, progress, total: int):
-        self.progress, self.total, self.done = progress, total, 0
-        self.every = max(1, total // 100)
-
-    def __call__(self, objective):
-        if self.progress is None:
-            return objective
-
-        def counted(theta, data):
-            self.done += 1
-            if self.done % self.every == 0 or self.done == self.total:
-                self.progress(self.done, self.total)
-            return objective(theta, data)
-
-        return counted
 
 
 def _ratio(a, b):
