@@ -36,13 +36,13 @@ from ml3core.tasks import dataset as family
 from .core.config import Settings
 from .db import get_sessionmaker, lock_row
 from .errors import Problem, invalid, not_found
+from .ids import is_digits
 from .models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion
 from .schemas import iso
 
 FORMATS = ("csv", "npz", "parquet")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",
                "application/zip": "npz", "application/vnd.apache.parquet": "parquet"}
-DIGITS = re.compile(r"[0-9]{1,10}")
 OUTPUT_NAME = re.compile(r"y([0-9]+|_.*)?")  # full match
 
 
@@ -335,7 +335,7 @@ def dataset_id(name) -> int | None:
     """The row id that ``task.dataset`` names, or None: digits only, within the id column's range (a
     larger number would overflow the database's integer, a 500 instead of a 4xx)."""
     text = str(name)
-    if not DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
+    if not is_digits(text) or not 1 <= int(text) <= MAX_ID:
         return None
     return int(text)
 

@@ -23,6 +23,7 @@ from ml3core.artifact import Bundle
 from ml3core.portable import LossBundleError, bundle_sha256, parse_bundle
 
 from .errors import Problem, invalid, not_found
+from .ids import is_digits
 from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
 # matched with fullmatch: "$" would also match before a final newline, letting "name\n" through
@@ -63,8 +64,8 @@ def parse_ref(text: str) -> Ref:
     if ":" in text:
         name, version = text.split(":", 1)
         check_name(name, "loss")
-        if not version.isdigit() or not 1 <= int(version) <= MAX_ID:
-            raise invalid("loss", f"bad version in {text!r}: a positive integer")
+        if not is_digits(version) or not 1 <= int(version) <= MAX_ID:
+            raise invalid("loss", f"bad version in {text!r}: ASCII digits, 1 to {MAX_ID}")
         return Ref(name, version=int(version))
     return Ref(check_name(text, "loss"))
 

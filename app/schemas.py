@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,16 +25,23 @@ class JobSpec(BaseModel):
     register_as: str | None = Field(None, description="registry name; default: the task family's name")
 
 
+# integers of a body are JSON integers (strict: not "3", 3.0 or true), within what the run can take:
+# a seed id beyond MAX_SEED would overflow the seeds of the engine's generators when the job runs
+MAX_SEED = 2**32 - 1
+Count = Annotated[int, Field(strict=True, ge=0)]
+SeedId = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+
+
 class MetaTestRequest(BaseModel):
     model_config = STRICT
 
     task: dict[str, Any] | None = Field(None, description="overrides of the loss's task settings")
-    seeds: int | list[int] | None = None
-    tasks: int | None = None
-    steps: int | None = None
+    seeds: Count | list[SeedId] | None = Field(None, description=f"a count, or a list of seed ids (0 to {MAX_SEED})")
+    tasks: Count | None = None
+    steps: Count | None = None
     lr: float | None = None
-    horizons: list[int] | None = None
-    device: str = "cpu"
+    horizons: list[Count] | None = None
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (see the README on devices)")
 
 
 class EvaluateRequest(BaseModel):
@@ -55,7 +62,7 @@ class EvaluateRequest(BaseModel):
 
 class AliasRequest(BaseModel):
     model_config = STRICT
-    version: int = Field(ge=1, le=MAX_ID)
+    version: int = Field(strict=True, ge=1, le=MAX_ID)
 
 
 class TagRequest(BaseModel):

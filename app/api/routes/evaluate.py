@@ -34,6 +34,7 @@ from ...evaluate import (
     parse_big_json,
     to_tensor,
 )
+from ...ids import is_digits
 from ...limits import exceeded
 from ...schemas import EvaluateRequest
 from ..deps import read_key_inline, reject_unknown_query
@@ -121,13 +122,12 @@ def _query_rows(text: str, loc: str, limit: int):
 
 
 def _query_labels(text: str, limit: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise invalid("labels", "comma-separated class indices, e.g. 0,2,1") from None
-    if len(values) > limit:
-        raise exceeded("max_query_values", 413, f"labels: {len(values)} values", limit, loc="labels")
-    return values
+    parts = text.split(",")
+    if len(parts) > limit:
+        raise exceeded("max_query_values", 413, f"labels: {len(parts)} values", limit, loc="labels")
+    if not all(map(is_digits, parts)):
+        raise invalid("labels", "comma-separated class indices (ASCII digits), e.g. 0,2,1")
+    return [int(v) for v in parts]
 
 
 def _query_array(text: str | None, loc: str, limit: int):

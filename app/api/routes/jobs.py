@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import time
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from ml3core.api import parse_spec
 from ... import datasets, limits, registry
 from ...db import lock_row
 from ...errors import Problem, invalid, not_found
+from ...ids import Digits, is_digits
 from ...models import (
     CANCELED,
     FINAL,
@@ -35,6 +35,7 @@ from ...models import (
     JobFile,
     utcnow,
 )
+from ...runner import check_device
 from ...schemas import JobSpec, job_json
 from ..deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
 from ..head import head_of
@@ -114,6 +115,7 @@ def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: A
         registry.check_name(register_as, "register_as")
     plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
     limits.check_job(plan, settings)
+    check_device(plan.train.device, settings)
     body.setdefault("kind", META_TRAIN)
     return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
                       register_as=register_as or plan.family.name, api_key_id=key.key_id,
@@ -211,9 +213,6 @@ def figure_head(db: DB, job_id: Id, name: str) -> Response:
     return head_of(figure(db, job_id, name))
 
 
-EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() takes '²', which int() refuses
-
-
 def _sse(event: JobEvent) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
@@ -253,13 +252,13 @@ def _take_stream_slot(request: Request, caller: str):
 @router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
             response_class=StreamingResponse)
 async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Annotated[str | None, Header()] = None,
-                 after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
+                 after: Annotated[int | None, Digits, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     Session = request.app.state.Session
     with Session() as db:
         get_job(db, job_id)
     start = after or 0
     if last_event_id:
-        if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_ID:
+        if not is_digits(last_event_id) or int(last_event_id) > MAX_ID:
             raise invalid("Last-Event-ID", "an event id from this stream")
         start = int(last_event_id)
     keepalive = request.app.state.settings.sse_keepalive_seconds

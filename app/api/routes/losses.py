@@ -6,7 +6,6 @@ the hot path, lives in ``evaluate.py``).
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -17,13 +16,14 @@ from ml3core.api import landscape, landscape_png, parse_meta_test
 from ... import limits, registry
 from ...errors import invalid
 from ...evaluate import torch_threads
+from ...ids import parse_int
 from ...models import META_TEST, Loss, LossAlias, LossVersion
+from ...runner import check_device
 from ...schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
 from ..deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
 from ..head import head_of
 from .jobs import IdempotencyKey, create_job
 
-DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 
 
@@ -157,7 +157,7 @@ def landscape_view(request: Request, db: DB, loss_id: str,
                 options[key] = float(q[key])
         for key in ("points", "classes"):  # classes: a classification loss's landscape over C classes
             if key in q:
-                options[key] = int(q[key])
+                options[key] = parse_int(q[key], key)
     except ValueError as e:
         raise invalid("query", f"numbers expected: {e}") from None
     r = registry.resolve(db, loss_id)
@@ -179,8 +179,7 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
     limits.check_arrays(spec, settings)
     seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
     limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
-    if not DEVICE.fullmatch(body.device):
-        raise invalid("device", "cpu or cuda[:N]")
+    check_device(body.device, settings)
     bundle = registry.load_bundle(db, r.id)
     family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
     limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)

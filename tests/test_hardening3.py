@@ -1,0 +1,174 @@
+"""Hardening, third round: ids and integers have one spelling, the big-body parser keeps types, races
+and bad rows stay local, cancel stops a running meta-test, edges agree, memory is what is bounded.
+Keys are required (ML3_AUTH=on), jobs stay queued unless a test runs one. Each bad request is a 4xx
+problem+json that stores nothing."""
+
+import pytest
+from conftest import TINY, assert_problem, new_key, register_loss, table_counts
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.db import get_sessionmaker
+from app.main import create_app
+from app.runner import NoRunner
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return Settings(data_dir=tmp_path_factory.mktemp("hardening3"), runner="none", auth="on")
+
+
+@pytest.fixture(scope="module")
+def loss(Session):
+    register_loss(Session, "s1")
+    return "s1"
+
+
+@pytest.fixture(scope="module")
+def classifier(Session):
+    """A random classification loss (form ce_classwise) of the digits family, registered as the runner would."""
+    import torch
+
+    from app import registry
+    from ml3core.artifact import Bundle
+    from ml3core.losses import LossSpec, init_loss_params
+
+    spec = LossSpec(form="ce_classwise", inputs=["prob", "target", "logprob"], hidden=[8, 8], activation="tanh",
+                    bias=True, output="linear")
+    bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(0)), spec,
+                          {"family": "digits", "classes_per_task": 2}, {"inner_lr": 0.1}, {})
+    with Session.begin() as db:
+        registry.register(db, "cls", bundle, None, None)
+    return "cls"
+
+
+@pytest.fixture(scope="module")
+def submit(Session):
+    return new_key(Session, "submit")
+
+
+@pytest.fixture(scope="module")
+def admin(Session):
+    return new_key(Session, "admin")
+
+
+def refused(client, Session, method: str, url: str, status: int = 422, code: str | None = None, **kwargs) -> dict:
+    """The request is a ``status`` problem (with ``code``) and the database is unchanged."""
+    before = table_counts(Session)
+    body = assert_problem(client.request(method, url, **kwargs), status, code)
+    assert table_counts(Session) == before, (method, url)
+    return body
+
+
+def csv_tasks() -> bytes:
+    return ("task,x,y\n" + "".join(f"t{t},{i},{i * t}\n" for t in range(3) for i in range(4))).encode()
+
+
+# -- 1. ids and integers parse in one place: ASCII digits, one spelling ---------------------------------
+ODD = ["%C2%B2", "+1", "%201", "1%0A", "1_0", "%D9%A1", "1.0", "99999999999999999999"]
+
+
+@pytest.mark.parametrize("version", ODD)
+def test_a_loss_version_that_is_not_ascii_digits_is_a_422_on_every_loss_route(client, Session, loss, submit, admin,
+                                                                               version):
+    lid = f"{loss}:{version}"
+    for method, url, kwargs in [
+        ("GET", f"/v1/losses/{lid}", {}), ("GET", f"/v1/losses/{lid}/tags", {}),
+        ("GET", f"/v1/losses/{lid}/artifact", {}), ("HEAD", f"/v1/losses/{lid}/artifact", {}),
+        ("GET", f"/v1/losses/{lid}/landscape", {}),
+        ("GET", f"/v1/losses/{lid}/evaluate?pred=1&target=0", {"headers": submit}),
+        ("POST", f"/v1/losses/{lid}/evaluate", {"json": {"pred": [1], "target": [0]}, "headers": submit}),
+        ("POST", f"/v1/losses/{lid}/meta-test", {"json": {}, "headers": submit}),
+        ("PUT", f"/v1/losses/{lid}/tags/stage", {"json": {"value": "x"}, "headers": admin}),
+        ("DELETE", f"/v1/losses/{lid}/tags/stage", {"headers": admin}),
+    ]:
+        before = table_counts(Session)
+        r = client.request(method, url, **kwargs)
+        assert r.status_code == 422, (method, url, r.status_code, r.text)
+        if method != "HEAD":
+            assert_problem(r, 422)
+        assert table_counts(Session) == before, (method, url)
+    assert client.get(f"/v1/losses/{loss}:1").status_code == 200
+
+
+@pytest.mark.parametrize("spelling", ["+{}", "%2B{}", "%20{}", "{}%0A", "{}%20", "{}.0", "{}_0", "%D9%A1"])
+def test_an_id_in_a_path_has_one_spelling(client, Session, submit, admin, spelling):
+    """DELETE /v1/datasets/+1 deleted data set 1: '+1', ' 1', '1\\n' and '١' are no id."""
+    d = client.post("/v1/datasets", content=csv_tasks(), headers={**submit, "content-type": "text/csv"}).json()
+    job = client.post("/v1/jobs", json=TINY, headers=submit).json()
+    did, jid = spelling.format(d["id"]), spelling.format(job["id"])
+    refused(client, Session, "DELETE", f"/v1/datasets/{did}", headers=admin)
+    refused(client, Session, "GET", f"/v1/datasets/{did}", headers=admin)
+    refused(client, Session, "POST", f"/v1/jobs/{jid}/cancel", headers=admin)
+    for tail in ("", "/metrics", "/report", "/events"):
+        refused(client, Session, "GET", f"/v1/jobs/{jid}{tail}", headers=admin)
+    assert client.get(f"/v1/datasets/{d['id']}").status_code == 200
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=submit)
+
+
+@pytest.mark.parametrize("query", ["limit=%2B5", "limit=%205", "limit=5%0A", "limit=5.0", "limit=1_0"])
+def test_an_integer_in_a_query_has_one_spelling(client, Session, query):
+    for url in ("/v1/jobs", "/v1/datasets", "/v1/losses"):
+        refused(client, Session, "GET", f"{url}?{query}")
+    assert client.get("/v1/jobs?limit=5").status_code == 200
+
+
+@pytest.mark.parametrize("query", ["points=%2B5", "points=5%0A", "classes=%C2%B2", "points=%D9%A1%D9%A1"])
+def test_a_landscape_integer_has_one_spelling(client, Session, loss, query):
+    body = refused(client, Session, "GET", f"/v1/losses/{loss}/landscape?{query}")
+    assert body["errors"][0]["loc"] == query.split("=")[0]
+
+
+def test_class_indices_in_a_query_are_ascii_digits(client, Session, classifier, submit):
+    url = f"/v1/losses/{classifier}/evaluate?logits=1,2;3,4&labels="
+    assert client.get(url + "1,0", headers=submit).status_code == 200
+    for labels in ("%2B1,0", "%C2%B2,0", "1%0A,0", "%201,0", "-1,0", "1.0,0"):
+        assert refused(client, Session, "GET", url + labels, headers=submit)["errors"][0]["loc"] == "labels"
+
+
+@pytest.mark.parametrize("seeds", [[18446744073709551616], [2**63], [2**32], [-1], ["1"], [1.0], [True], "2", 2.0])
+def test_meta_test_seeds_the_run_cannot_take_are_a_422_at_submit(client, Session, loss, submit, seeds):
+    body = refused(client, Session, "POST", f"/v1/losses/{loss}/meta-test", json={"seeds": seeds}, headers=submit)
+    assert body["errors"][0]["loc"].startswith("seeds"), body
+
+
+def test_the_largest_seed_id_is_taken(client, loss, submit):
+    r = client.post(f"/v1/losses/{loss}/meta-test", json={"seeds": [2**32 - 1], "tasks": 1, "steps": 1,
+                                                          "horizons": [1]}, headers=submit)
+    assert r.status_code == 202, r.text
+    client.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=submit)
+
+
+@pytest.mark.parametrize("device", ["cuda7", "cuda:x", "cuda:", "gpu", "cuda:1234", "cpu:0", " cpu", "CUDA", 7])
+def test_a_malformed_device_is_a_422_on_any_runner(client, Session, loss, submit, device):
+    refused(client, Session, "POST", f"/v1/losses/{loss}/meta-test", json={"device": device}, headers=submit)
+    refused(client, Session, "POST", "/v1/jobs", json={**TINY, "device": device}, headers=submit)
+
+
+def test_with_a_broker_a_cuda_job_waits_for_a_gpu_worker(client, loss, submit):
+    """runner none (or celery): GPU workers elsewhere serve queue gpu, so cuda and cuda:N are taken."""
+    for device in ("cuda", "cuda:7"):
+        for url, body in ((f"/v1/losses/{loss}/meta-test", {"device": device}),
+                          ("/v1/jobs", {**TINY, "device": device})):
+            r = client.post(url, json=body, headers=submit)
+            assert r.status_code == 202, r.text
+            client.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=submit)
+
+
+def test_the_embedded_runner_refuses_a_device_its_torch_cannot_serve(tmp_path):
+    import torch
+
+    s = Settings(data_dir=tmp_path, runner="local", auth="on")
+    with TestClient(create_app(s, runner=NoRunner(s))) as c:  # the check reads the setting; no runner process
+        S = get_sessionmaker(s.db_url)
+        register_loss(S, "dev")
+        submit = new_key(S, "submit")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for device in [f"cuda:{count}", "cuda:7", *(["cuda"] if count == 0 else [])]:
+            body = refused(c, S, "POST", "/v1/losses/dev/meta-test", json={"device": device}, headers=submit)
+            assert "ML3_RUNNER" in body["detail"] and body["errors"][0]["loc"] == "device"
+            refused(c, S, "POST", "/v1/jobs", json={**TINY, "device": device}, headers=submit)
+        assert c.post("/v1/losses/dev/meta-test", json={"device": "cpu"}, headers=submit).status_code == 202
