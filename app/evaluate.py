@@ -129,8 +129,12 @@ def _number(text: str) -> float:
     return float(text)  # Python, not C: the parser calling it lets other threads (the event loop) run
 
 
+def _integer(text: str) -> int:
+    return int(text)  # an integer stays one (class indices): as _number, in Python so other threads run
+
+
 PIECE = 1 << 20  # bytes of a number list parsed at once: milliseconds of holding the GIL
-_ARRAY = re.compile(rb'"(pred|target|x)"\s*:\s*\[')
+_ARRAY = re.compile(rb'"(pred|target|x|logits|labels)"\s*:\s*\[')
 
 
 class _NotFlat(ValueError):
@@ -140,14 +144,15 @@ class _NotFlat(ValueError):
 def parse_big_json(raw: bytes):
     """A big JSON body, parsed so that the thread doing it lets go of the GIL every few milliseconds:
     one C parse of the whole body holds it for seconds (millions of numbers), stalling every request.
-    Flat number lists of pred, target and x are parsed piece by piece (the fast, usual case); any
-    other body by the standard parser calling back into Python for each number (slower)."""
+    Flat number lists of pred, target, x, logits and labels are parsed piece by piece (the fast, usual
+    case); any other body by the standard parser calling back into Python for each number (slower).
+    Either way a number keeps its JSON type: integer labels are class indices, floats are targets."""
     try:
         return _parse_flat(raw)
     except ValueError:
         pass
     try:
-        return json.loads(raw, parse_float=_number, parse_int=_number)
+        return json.loads(raw, parse_float=_number, parse_int=_integer)
     except (ValueError, RecursionError) as e:  # malformed, not UTF-8, or nested past the parser
         raise invalid("body", f"not a JSON document: {type(e).__name__}: {str(e)[:200]}") from None
 

@@ -172,3 +172,49 @@ def test_the_embedded_runner_refuses_a_device_its_torch_cannot_serve(tmp_path):
             assert "ML3_RUNNER" in body["detail"] and body["errors"][0]["loc"] == "device"
             refused(c, S, "POST", "/v1/jobs", json={**TINY, "device": device}, headers=submit)
         assert c.post("/v1/losses/dev/meta-test", json={"device": "cpu"}, headers=submit).status_code == 202
+
+
+# -- 2. the big-body parser keeps types: integer labels stay class indices ------------------------------
+def test_integer_labels_give_the_same_answer_in_a_big_body_and_in_small_ones(client, classifier, submit):
+    """4000 x 10 logits with 4000 class indices: over 256 KiB the labels came out of the parser as floats (a 422)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    url = f"/v1/losses/{classifier}/evaluate"
+    for n, encode in ((4000, lambda t: t.tolist()), (8000, base64_of)):  # nested lists: the general parser
+        logits, labels = torch.randn(n, 10, generator=g), torch.randint(0, 10, (n,), generator=g)
+        body = {"logits": encode(logits), "labels": labels.tolist(), "reduction": "none", "shape": [n, 10]}
+        big = client.post(url, json=body, headers=submit)
+        assert len(big.request.content) > 256 * 1024  # the big-body path
+        assert big.status_code == 200, big.text[:300]
+        small = []
+        for i in range(0, n, 1000):
+            part = {**body, "logits": encode(logits[i:i + 1000]), "labels": labels[i:i + 1000].tolist(),
+                    "shape": [1000, 10]}
+            r = client.post(url, json=part, headers=submit)
+            assert len(r.request.content) < 256 * 1024 and r.status_code == 200, r.text[:300]
+            small += r.json()["loss"]
+        assert big.json()["loss"] == pytest.approx(small, rel=1e-6)
+
+
+def base64_of(t) -> str:
+    import base64
+
+    return base64.b64encode(t.contiguous().float().numpy().tobytes()).decode()
+
+
+@pytest.mark.parametrize("body", [
+    {"logits": [[0.5, 1.5], [2, 3]], "labels": [1, 0]},  # nested: the general parser
+    {"logits": "AAAAAAAAAAA=", "labels": [0, 1, 2], "shape": [1, 2]},  # flat pieces
+    {"pred": [1, 2.5, 3], "target": [0, 1, 2]},
+])
+def test_the_big_body_parser_keeps_integers_integers(body):
+    import json
+
+    from app.evaluate import parse_big_json
+
+    raw = json.dumps(body).encode()
+    parsed = parse_big_json(raw)
+    assert parsed == json.loads(raw)
+    assert [type(v) for v in parsed.get("labels", parsed.get("target"))] == [type(v) for v in
+                                                                               body.get("labels", body.get("target"))]
