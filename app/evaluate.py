@@ -14,6 +14,7 @@ import json
 import math
 import re
 import threading
+import time
 import weakref
 from collections import OrderedDict
 
@@ -49,23 +50,30 @@ def torch_threads(n: int) -> None:
 
 
 class LossCache:
-    """LRU of loaded losses keyed by (version id, sha256): a new version never hits a stale entry."""
+    """LRU of loaded losses keyed by (version id, sha256): a new version never hits a stale entry.
 
-    def __init__(self, size: int):
-        self.size, self.hits, self.misses = size, 0, 0
-        self._items: OrderedDict = OrderedDict()
+    An entry is served for ``max_age`` seconds, then loaded again: ``load`` re-reads the stored bundle
+    and checks it against the row's sha256, so a version whose stored weights or spec were damaged
+    after it was cached stops being served (a failed load leaves no entry)."""
+
+    def __init__(self, size: int, max_age: float = 10.0):
+        self.size, self.max_age, self.hits, self.misses = size, max_age, 0, 0
+        self._items: OrderedDict = OrderedDict()  # key -> (module, loaded at)
         self._lock = threading.Lock()
 
     def get(self, key: tuple, load) -> LearnedLoss:
+        now = time.monotonic()
         with self._lock:
-            if key in self._items:
+            item = self._items.get(key)
+            if item is not None and now - item[1] < self.max_age:
                 self.hits += 1
                 self._items.move_to_end(key)
-                return self._items[key]
+                return item[0]
+            self._items.pop(key, None)
         module = load()
         with self._lock:
             self.misses += 1
-            self._items[key] = module
+            self._items[key] = (module, now)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return module

@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.state.engine = get_engine(settings.db_url)
     app.state.resolve = FastResolver(app.state.engine, settings.resolve_cache_seconds)
     app.state.runner = runner if runner is not None else make_runner(settings)
-    app.state.cache = LossCache(settings.loss_cache_size)
+    app.state.cache = LossCache(settings.loss_cache_size, settings.loss_recheck_seconds)
     app.state.auth_enabled = security.auth_enabled(settings)
     app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
     app.state.streams, app.state.streams_lock = {}, threading.Lock()  # open event streams per caller

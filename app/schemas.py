@@ -92,12 +92,20 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
     return out
 
 
-def version_json(name: str, v: LossVersion, aliases: list[str] = ()) -> dict:
+def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: bool = False) -> dict:
+    """A version; one whose stored loss.json no longer parses is refused (bundle_corrupt), or in a list
+    (``listed``) shown with status ``corrupt``, so one damaged row does not break the list."""
+    from .registry import corrupt, readable
+
     ref = f"{name}:{v.version}"
     base = f"/v1/losses/{ref}"
-    spec = v.spec
+    spec, status = v.spec, v.status
+    if not readable(spec):
+        if not listed:
+            raise corrupt(name, v.version, "its loss.json no longer parses as a JSON object")
+        spec, status = {}, "corrupt"
     return {
-        "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": v.status,
+        "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": status,
         "job_id": v.job_id, "created_at": iso(v.created_at), "aliases": sorted(aliases),
         "tags": {t.key: t.value for t in v.tags}, "metrics": v.metrics,
         "architecture": spec.get("architecture"), "task": spec.get("task"), "training": spec.get("training"),

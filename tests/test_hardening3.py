@@ -218,3 +218,105 @@ def test_the_big_body_parser_keeps_integers_integers(body):
     assert parsed == json.loads(raw)
     assert [type(v) for v in parsed.get("labels", parsed.get("target"))] == [type(v) for v in
                                                                                body.get("labels", body.get("target"))]
+
+
+# -- 3. races and bad rows stay local ----------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh(request, tmp_path):
+    """(client, Session, admin headers) of a server of its own, on SQLite and on PostgreSQL."""
+    from conftest import postgres_database
+
+    def serve(database_url: str):
+        s = Settings(data_dir=tmp_path, database_url=database_url, runner="none", auth="on")
+        with TestClient(create_app(s)) as c:
+            S = get_sessionmaker(s.db_url)
+            register_loss(S, "s1")
+            register_loss(S, "s1", seed=1)
+            yield c, S, new_key(S, "admin")
+
+    if request.param == "sqlite":
+        yield from serve("")
+    else:
+        with postgres_database("ml3_upsert") as url:
+            yield from serve(url)
+
+
+def test_concurrent_puts_of_a_new_tag_or_alias_all_succeed(fresh):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, Session, admin = fresh
+    n = 20
+    for round_ in range(3):
+        start = threading.Barrier(n)
+
+        def put(i, round_=round_, start=start):
+            start.wait()  # all at once: every request finds no row before any has committed
+            url = f"/v1/losses/s1/tags/new{round_}" if i % 2 else f"/v1/losses/s1/aliases/new{round_}"
+            r = client.put(url, json={"value": f"v{i}"} if i % 2 else {"version": 1 + i % 4 // 2}, headers=admin)
+            return r.status_code, r.text
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(put, range(n)))
+        assert [a[0] for a in answers] == [200] * n, [a for a in answers if a[0] != 200][:3]
+        assert client.get("/v1/losses/s1/tags", headers=admin).json()["tags"][f"new{round_}"].startswith("v")
+        assert client.get("/v1/losses/s1/aliases", headers=admin).json()["aliases"][f"new{round_}"] in (1, 2)
+
+
+def damage_spec(Session, name: str, version: int, text: str) -> None:
+    """Overwrite a version's stored loss.json in the database, as bit rot or a bad hand edit would."""
+    from sqlalchemy import text as sql
+
+    with Session.begin() as db:
+        db.execute(sql("UPDATE loss_versions SET spec = :spec WHERE version = :v AND loss_id = "
+                       "(SELECT id FROM losses WHERE name = :name)"), {"spec": text, "v": version, "name": name})
+
+
+@pytest.mark.parametrize("text", ['{"architecture": {"form": "ne', '"a string"', "[1, 2]", b"\xff"])
+def test_a_stored_spec_that_no_longer_parses_refuses_that_version_alone(tmp_path, text):
+    s = Settings(data_dir=tmp_path, runner="none", auth="on")
+    with TestClient(create_app(s)) as c:
+        S = get_sessionmaker(s.db_url)
+        register_loss(S, "good")
+        register_loss(S, "bad")
+        register_loss(S, "bad", seed=1)
+        admin = new_key(S, "admin")
+        assert c.put("/v1/losses/bad/aliases/prod", json={"version": 1}, headers=admin).status_code == 200
+        damage_spec(S, "bad", 1, text)
+        listed = c.get("/v1/losses")
+        assert listed.status_code == 200, listed.text
+        assert {x["name"]: x["aliases"] for x in listed.json()["items"]} == {"good": {}, "bad": {"prod": 1}}
+        versions = c.get("/v1/losses/bad/versions")
+        assert versions.status_code == 200, versions.text
+        assert [(v["version"], v["status"]) for v in versions.json()["items"]] == [(2, "ready"), (1, "corrupt")]
+        assert c.get("/v1/losses/bad/aliases").json()["aliases"] == {"prod": 1}
+        for url in ("/v1/losses/bad:1", "/v1/losses/bad@prod", "/v1/losses/bad:1/artifact",
+                    "/v1/losses/bad:1/landscape", "/v1/losses/bad:1/evaluate?pred=1&target=0"):
+            body = assert_problem(c.get(url, headers=admin), 500, "bundle_corrupt")
+            assert "bad:1" in body["detail"], body
+        assert_problem(c.post("/v1/losses/bad:1/meta-test", json={}, headers=admin), 500, "bundle_corrupt")
+        for url in ("/v1/losses/bad", "/v1/losses/bad:2/artifact", "/v1/losses/good", "/v1/jobs", "/v1/datasets"):
+            assert c.get(url, headers=admin).status_code == 200, url
+
+
+def test_a_cached_loss_whose_stored_weights_are_damaged_stops_being_served(tmp_path):
+    import time
+
+    from sqlalchemy import update
+
+    from app.models import LossVersion
+
+    s = Settings(data_dir=tmp_path, runner="none", auth="on", loss_recheck_seconds=0.2)
+    with TestClient(create_app(s)) as c:
+        S = get_sessionmaker(s.db_url)
+        vid = register_loss(S, "cached")
+        key = new_key(S, "read")
+        url = "/v1/losses/cached/evaluate?pred=0.5&target=0"
+        assert c.get(url, headers=key).status_code == 200  # loaded into the cache
+        with S.begin() as db:
+            weights = db.get(LossVersion, vid).weights
+            db.execute(update(LossVersion).where(LossVersion.id == vid).values(weights=weights[:-4] + b"\0\0\0\0"))
+        time.sleep(0.3)
+        body = assert_problem(c.get(url, headers=key), 500, "bundle_corrupt")
+        assert "cached:1" in body["detail"]
+        assert_problem(c.get(url, headers=key), 500, "bundle_corrupt")  # not cached again either

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     max_big_evaluates: int = Field(2, ge=1)  # evaluate bodies over 256 KiB parsed at once (the others wait)
     loss_cache_size: int = Field(32, ge=1)
+    # how long evaluate serves a cached loss before re-reading and re-checking its stored bundle: a
+    # version damaged in the database is refused (bundle_corrupt) after at most this long
+    loss_recheck_seconds: float = Field(10.0, gt=0, le=3600)
     # how long evaluate may reuse what a loss id resolved to (0: ask the database every time); this
     # process's own alias/version changes drop the cache at once, other processes' after at most this
     resolve_cache_seconds: float = Field(1.0, ge=0, le=60)

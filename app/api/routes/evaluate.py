@@ -47,13 +47,18 @@ READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/openapi.py marks it optional w
 
 
 def _loaded(request: Request, loss_id: str):
-    """Resolve (aliases move: ``FastResolver`` says how fresh), then the cached module for (version id, sha256)."""
+    """Resolve (aliases move: ``FastResolver`` says how fresh), then the cached module for (version id, sha256),
+    loaded again after ``loss_recheck_seconds`` (``LossCache``)."""
     state = request.app.state
     r = state.resolve(loss_id)
 
     def load():
         with state.engine.connect() as conn:
-            return registry.load_bundle(conn, r.id).module()
+            bundle = registry.load_bundle(conn, r.id)  # checked against the row's sha256 as it is now
+        if bundle.sha256 != r.sha256:  # a version's row never changes: cached under r.sha256, it must be that
+            raise registry.corrupt(r.name, r.version, f"its sha256 changed to {bundle.sha256[:12]}… after "
+                                   f"it was resolved as {r.sha256[:12]}…")
+        return bundle.module()
 
     return r, state.cache.get((r.id, r.sha256), load)
 

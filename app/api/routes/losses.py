@@ -42,14 +42,19 @@ def list_losses(db: DB, page: PageDep) -> dict:
     if page.after is not None:
         q = q.where(Loss.id > page.after)
     rows = list(db.scalars(q))
+    ids = [r.id for r in rows]
     latest = dict(db.execute(select(LossVersion.loss_id, func.max(LossVersion.version))
-                             .where(LossVersion.loss_id.in_([r.id for r in rows]))
-                             .group_by(LossVersion.loss_id)).all())
+                             .where(LossVersion.loss_id.in_(ids)).group_by(LossVersion.loss_id)).all())
+    aliases: dict[int, dict] = {}  # only the small columns: no version's stored spec is read for a list
+    for loss_id, alias, version in db.execute(
+            select(LossAlias.loss_id, LossAlias.alias, LossVersion.version)
+            .join(LossVersion, LossVersion.id == LossAlias.version_id)
+            .where(LossAlias.loss_id.in_(ids)).order_by(LossAlias.alias)):
+        aliases.setdefault(loss_id, {})[alias] = version
 
     def render(loss: Loss) -> dict:
-        versions = {v.id: v.version for v in loss.versions}
         return {"name": loss.name, "latest_version": latest.get(loss.id), "created_at": iso(loss.created_at),
-                "aliases": {a.alias: versions.get(a.version_id) for a in loss.aliases},
+                "aliases": aliases.get(loss.id, {}),
                 "links": {"self": f"/v1/losses/{loss.name}", "versions": f"/v1/losses/{loss.name}/versions"}}
 
     return page.result(rows, lambda r: r.id, render)
@@ -71,7 +76,8 @@ def versions(db: DB, name: str, page: PageDep) -> dict:
     by_version: dict[int, list[str]] = {}
     for a in loss.aliases:
         by_version.setdefault(a.version_id, []).append(a.alias)
-    return page.result(rows, lambda v: v.version, lambda v: version_json(name, v, by_version.get(v.id, [])))
+    return page.result(rows, lambda v: v.version,
+                       lambda v: version_json(name, v, by_version.get(v.id, []), listed=True))
 
 
 @router.get("/{name}/aliases", summary="Aliases of a loss")
@@ -84,8 +90,7 @@ def aliases(db: DB, name: str) -> dict:
 
 @router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version", dependencies=[ADMIN])
 def set_alias(db: DB, name: str, alias: str, body: AliasRequest) -> dict:
-    registry.set_alias(db, name, alias, body.version)
-    db.commit()
+    registry.commit_upsert(db, lambda db: registry.set_alias(db, name, alias, body.version))
     return {"name": name, "alias": alias, "version": body.version, "id": f"{name}@{alias}"}
 
 
@@ -105,8 +110,7 @@ def tags(db: DB, loss_id: str) -> dict:
 @router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version", dependencies=[ADMIN])
 def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
     r = registry.resolve(db, loss_id)
-    registry.set_tag(db, r.id, key, body.value)
-    db.commit()
+    registry.commit_upsert(db, lambda db: registry.set_tag(db, r.id, key, body.value))
     return tags(db, r.ref)
 
 
