@@ -320,3 +320,29 @@ def test_a_cached_loss_whose_stored_weights_are_damaged_stops_being_served(tmp_p
         body = assert_problem(c.get(url, headers=key), 500, "bundle_corrupt")
         assert "cached:1" in body["detail"]
         assert_problem(c.get(url, headers=key), 500, "bundle_corrupt")  # not cached again either
+
+
+# -- 4. cancel stops a running meta-test within one progress step (1% of its SGD steps) -------------------
+def test_cancel_stops_a_running_meta_test(tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import wait_for
+
+    from app.execute import run_job
+
+    s = Settings(data_dir=tmp_path, runner="none", auth="off", lease_seconds=3)
+    with TestClient(create_app(s)) as c:
+        register_loss(get_sessionmaker(s.db_url), "long")
+        job = c.post("/v1/losses/long/meta-test", json={"tasks": 4, "steps": 20000, "horizons": [20000]}).json()
+        url = f"/v1/jobs/{job['id']}"
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(run_job, job["id"], "runner-cancel", s)
+            wait_for(lambda: c.get(url).json()["progress"]["completed"] > 0 or run.done(), 120, "meta-test progress")
+            assert c.post(f"{url}/cancel").status_code == 202
+            asked = time.monotonic()
+            assert run.result(timeout=90) == "canceled"
+            took = time.monotonic() - asked
+        out = c.get(url).json()
+        assert out["status"] == "canceled" and out["progress"]["completed"] < out["progress"]["total"] / 10, out
+        assert took < 60, took  # the whole meta-test takes minutes here
