@@ -346,3 +346,59 @@ def test_cancel_stops_a_running_meta_test(tmp_path):
         out = c.get(url).json()
         assert out["status"] == "canceled" and out["progress"]["completed"] < out["progress"]["total"] / 10, out
         assert took < 60, took  # the whole meta-test takes minutes here
+
+
+# -- 5. consistent edges ----------------------------------------------------------------------------------
+def upload_both(client, submit, tasks: list[str], classes: list[str] | None = None):
+    """The same rows as CSV and as NPZ: (CSV response, NPZ response)."""
+    import csv
+    import io
+
+    import numpy as np
+
+    n = len(tasks)
+    x = [float(i) for i in range(n)]
+    ys = classes if classes is not None else [2.0 * v for v in x]
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["task", "x", "label" if classes is not None else "y"])
+    w.writerows(zip(tasks, x, ys, strict=True))
+    params = {"task_type": "classification"} if classes is not None else {}
+    r_csv = client.post("/v1/datasets", params=params, content=out.getvalue().encode(),
+                        headers={**submit, "content-type": "text/csv"})
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array(x), y=np.array(ys), task=np.array(tasks))
+    r_npz = client.post("/v1/datasets", params=params, content=buf.getvalue(),
+                        headers={**submit, "content-type": "application/x-npz"})
+    return r_csv, r_npz
+
+
+GOOD_TASKS = [f"t{i // 4}" for i in range(12)]
+GOOD_CLASSES = ["a", "b"] * 6
+
+
+@pytest.mark.parametrize("tasks,classes", [
+    (["t\x00x", *GOOD_TASKS[1:]], None),  # a NUL in a task label
+    (["", *GOOD_TASKS[1:]], None),  # an empty task label
+    (["  ", *GOOD_TASKS[1:]], None),  # one of spaces only
+    (GOOD_TASKS, ["", *GOOD_CLASSES[1:]]),  # an empty class
+    (GOOD_TASKS, [" ", *GOOD_CLASSES[1:]]),
+    (GOOD_TASKS, ["a\x00b", *GOOD_CLASSES[1:]]),  # numpy drops a trailing NUL: one inside
+])
+def test_csv_and_npz_uploads_refuse_the_same_labels(client, Session, submit, tasks, classes):
+    before = table_counts(Session)
+    r_csv, r_npz = upload_both(client, submit, tasks, classes)
+    assert_problem(r_csv, 422, "invalid_dataset")
+    assert_problem(r_npz, 422, "invalid_dataset")
+    assert table_counts(Session) == before
+
+
+def test_csv_and_npz_read_labels_alike(client, submit):
+    """Labels are text without surrounding spaces in both: ' t0' and 't0' are one task."""
+    tasks = [(" " if i % 2 else "") + t for i, t in enumerate(GOOD_TASKS)]
+    for classes in (None, [c + " " for c in GOOD_CLASSES]):
+        r_csv, r_npz = upload_both(client, submit, tasks, classes)
+        assert r_csv.status_code == r_npz.status_code == 201, (r_csv.text, r_npz.text)
+        for key in ("tasks", "rows", "classes"):
+            assert r_csv.json().get(key) == r_npz.json().get(key), key
+        assert r_csv.json()["tasks"] == 3
