@@ -260,8 +260,9 @@ def is_classification(module: LearnedLoss) -> bool:
 
 
 def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:
-    """Labels for (N, C) logits: a list of N class indices in [0, C), or an (N, C) list of one-hot or
-    soft targets (non-negative rows summing to 1), as (N, C) float32 targets."""
+    """Labels for (N, C) logits: a list of N class indices in [0, C), or (N, C) one-hot or soft targets
+    (non-negative rows summing to 1) as nested lists or base64 float32 (of the logits' shape), as (N, C)
+    float32 targets."""
     n, c = logits.shape
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         if len(value) != n:
@@ -270,7 +271,7 @@ def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:
         if bad is not None:
             raise invalid("labels", f"class index {bad} outside [0, {c - 1}] for {c} classes")
         return torch.nn.functional.one_hot(torch.tensor(value, dtype=torch.int64), c).float()
-    t = to_tensor(value, "labels", limit)
+    t = to_tensor(value, "labels", limit, [n, c] if isinstance(value, str) else None)  # base64: the logits' shape
     if list(t.shape) != [n, c]:
         raise invalid("labels", f"{n} class indices or an ({n}, {c}) array of targets, got shape {list(t.shape)}")
     if bool((t < 0).any()) or not torch.allclose(t.sum(-1), torch.ones(n), atol=1e-3):

@@ -61,6 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, e: HTTPException):
+        if e.status_code == 400 and isinstance(e.__cause__, (ValueError, RecursionError)):
+            # FastAPI's 400 for a body its JSON parser gave up on (nested too deep): malformed JSON is a
+            # 422 everywhere, as its own json_invalid and the evaluate routes answer
+            msg = f"not a JSON document: {type(e.__cause__).__name__}"
+            return problem_response(422, "invalid_request", f"body: {msg}", errors=[{"loc": "body", "msg": msg}])
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return problem_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
 

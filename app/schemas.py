@@ -52,7 +52,8 @@ class EvaluateRequest(BaseModel):
     pred: Any = Field(None, description="(N,) or (N, D) predictions (regression losses)")
     target: Any = Field(None, description="targets, the shape of pred")
     logits: Any = Field(None, description="(N, C) logits, for classification losses (base64: give shape)")
-    labels: Any = Field(None, description="(N,) class indices or (N, C) one-hot/soft targets, with logits")
+    labels: Any = Field(None, description="(N,) class indices or (N, C) one-hot/soft targets (base64: the "
+                        "logits' shape), with logits")
     x: Any = Field(None, description="inputs (N,) or (N, X), for losses that read them")
     shape: list[int] | None = Field(None, description="shape of base64 pred/target/logits (default: 1-D)")
     reduction: Literal["mean", "sum", "none"] = "mean"

@@ -402,3 +402,31 @@ def test_csv_and_npz_read_labels_alike(client, submit):
         for key in ("tasks", "rows", "classes"):
             assert r_csv.json().get(key) == r_npz.json().get(key), key
         assert r_csv.json()["tasks"] == 3
+
+
+def test_malformed_json_is_a_422_on_every_route(client, Session, loss, admin):
+    """FastAPI answered a body nested past its parser with a 400, every other malformed body with a 422."""
+    for body in (b"{bad", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b'{"a": 1} x'):
+        for method, url in (("POST", "/v1/jobs"), ("POST", f"/v1/losses/{loss}/meta-test"),
+                            ("PUT", f"/v1/losses/{loss}/aliases/a"), ("PUT", f"/v1/losses/{loss}:1/tags/k"),
+                            ("POST", f"/v1/losses/{loss}/evaluate")):
+            refused(client, Session, method, url, 422, content=body,
+                    headers={**admin, "content-type": "application/json"})
+
+
+def test_base64_one_hot_labels_take_the_logits_shape(client, classifier, submit):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(6, 2, generator=g), torch.tensor([0, 1, 1, 0, 1, 0])
+    one_hot = torch.nn.functional.one_hot(labels, 2).float()
+    url = f"/v1/losses/{classifier}/evaluate"
+    want = client.post(url, json={"logits": logits.tolist(), "labels": labels.tolist(), "reduction": "none"},
+                       headers=submit).json()["loss"]
+    r = client.post(url, json={"logits": base64_of(logits), "labels": base64_of(one_hot), "shape": [6, 2],
+                               "reduction": "none"}, headers=submit)
+    assert r.status_code == 200, r.text
+    assert r.json()["loss"] == pytest.approx(want, rel=1e-6)
+    short = client.post(url, json={"logits": base64_of(logits), "labels": base64_of(one_hot[:5]), "shape": [6, 2]},
+                        headers=submit)
+    assert_problem(short, 422)
