@@ -430,3 +430,15 @@ def test_base64_one_hot_labels_take_the_logits_shape(client, classifier, submit)
     short = client.post(url, json={"logits": base64_of(logits), "labels": base64_of(one_hot[:5]), "shape": [6, 2]},
                         headers=submit)
     assert_problem(short, 422)
+
+
+def test_metrics_follow_auth_reads(tmp_path, client):
+    assert client.get("/metrics").status_code == 200  # keys on, reads open: open
+    s = Settings(data_dir=tmp_path, runner="none", auth="on", auth_reads=True)
+    with TestClient(create_app(s)) as c:
+        assert_problem(c.get("/metrics"), 401, "missing_key")
+        assert_problem(c.get("/metrics", headers={"Authorization": "Bearer ml3_x_y"}), 401, "invalid_key")
+        r = c.get("/metrics", headers=new_key(get_sessionmaker(s.db_url), "read"))
+        assert r.status_code == 200 and "ml3_http_requests_total" in r.text
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes stay open
+        assert "security" in c.get("/openapi.json").json()["paths"]["/metrics"]["get"]
