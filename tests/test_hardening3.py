@@ -26,9 +26,9 @@ def loss(Session):
     return "s1"
 
 
-@pytest.fixture(scope="module")
-def classifier(Session):
-    """A random classification loss (form ce_classwise) of the digits family, registered as the runner would."""
+def register_classifier(Session, name: str) -> None:
+    """A random classification loss (form ce_classwise, hidden [8, 8]) of the digits family, registered as
+    the runner would."""
     import torch
 
     from app import registry
@@ -40,7 +40,12 @@ def classifier(Session):
     bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(0)), spec,
                           {"family": "digits", "classes_per_task": 2}, {"inner_lr": 0.1}, {})
     with Session.begin() as db:
-        registry.register(db, "cls", bundle, None, None)
+        registry.register(db, name, bundle, None, None)
+
+
+@pytest.fixture(scope="module")
+def classifier(Session):
+    register_classifier(Session, "cls")
     return "cls"
 
 
@@ -442,3 +447,49 @@ def test_metrics_follow_auth_reads(tmp_path, client):
         assert r.status_code == 200 and "ml3_http_requests_total" in r.text
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes stay open
         assert "security" in c.get("/openapi.json").json()["paths"]["/metrics"]["get"]
+
+
+# -- 6. memory is what is bounded: one estimate per request, checked before the work starts ----------------
+def test_the_brief_s_memory_bombs_are_refused_at_the_default_budgets(client, Session, loss, classifier, submit):
+    import base64
+
+    import numpy as np
+
+    body = refused(client, Session, "GET", f"/v1/losses/{classifier}/landscape?classes=1000&points=10000",
+                   413, "max_request_bytes_exceeded")
+    assert "ML3_MAX_REQUEST_BYTES" in body["detail"]
+    n, c = 40_000, 100
+    logits = base64.b64encode(np.zeros((n, c), np.float32).tobytes()).decode()
+    one_hot = base64.b64encode(np.eye(c, dtype=np.float32)[np.arange(n) % c].tobytes()).decode()
+    refused(client, Session, "POST", f"/v1/losses/{classifier}/evaluate", 413, "max_request_bytes_exceeded",
+            json={"logits": logits, "labels": one_hot, "shape": [n, c], "return_grad": True}, headers=submit)
+    for spec in ({"task": {"model": "cnn", "model_channels": [256, 256]}},  # digits: the CNN's channels count
+                 {"tasks": 1000, "seeds": 32, "steps": 4000}):  # the curves recorded at every step count
+        target = classifier if "task" in spec else loss
+        body = refused(client, Session, "POST", f"/v1/losses/{target}/meta-test", 422, "max_unroll_bytes_exceeded",
+                       json=spec, headers=submit)
+        assert "ML3_MAX_UNROLL_BYTES" in body["detail"] and "meta-test" in body["detail"]
+    r = client.get(f"/v1/losses/{classifier}/landscape?classes=10&points=1000")
+    assert r.status_code == 200, r.text
+
+
+def test_evaluate_and_landscape_stay_within_a_small_budget(tmp_path):
+    import torch
+
+    s = Settings(data_dir=tmp_path, runner="none", auth="off", max_request_bytes=10 * 2**20)
+    with TestClient(create_app(s)) as c:
+        S = get_sessionmaker(s.db_url)
+        register_loss(S, "reg")  # hidden [50, 50]: about 430 bytes a point with a gradient
+        assert c.post("/v1/losses/reg/evaluate", json={"pred": [0.1] * 1000, "target": [0.0] * 1000,
+                                                       "return_grad": True}).status_code == 200
+        body = assert_problem(c.post("/v1/losses/reg/evaluate", json={"pred": [0.1] * 40_000, "target": [0.0] * 40_000,
+                                                                      "return_grad": True}), 413)
+        assert body["limit"] == "max_request_bytes" and body["allowed"] == 10 * 2**20
+        g = torch.Generator().manual_seed(0)
+        spec = {"logits": torch.randn(4000, 10, generator=g).tolist(), "labels": [i % 10 for i in range(4000)]}
+        register_classifier(S, "c")
+        assert c.post("/v1/losses/c/evaluate", json=spec).status_code == 200  # 40,000 logits, no gradient
+        four = {"logits": spec["logits"] * 4, "labels": spec["labels"] * 4}  # 160,000 logits at 92 bytes each
+        assert_problem(c.post("/v1/losses/c/evaluate", json=four), 413, "max_request_bytes_exceeded")
+        assert c.get("/v1/losses/c/landscape?classes=100&points=1000").status_code == 200
+        assert_problem(c.get("/v1/losses/c/landscape?classes=100&points=2000"), 413, "max_request_bytes_exceeded")

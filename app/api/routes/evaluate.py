@@ -26,6 +26,7 @@ from starlette.routing import Match, Route
 from ... import limits, registry
 from ...errors import invalid
 from ...evaluate import (
+    CHUNK,
     check_logits,
     evaluate,
     evaluate_classification,
@@ -76,6 +77,10 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
     r, module = _loaded(request, loss_id)
     if is_classification(module):
         raise invalid("logits", "required: a classification loss takes logits and labels, not pred and target")
+    arch = module.arch
+    copies = arch.get("pred_dim", 1) if arch.get("per_output") else 1
+    need = limits.loss_bytes(arch, min(len(pred), CHUNK) * copies, return_grad) + 16 * pred.numel()  # + the arrays
+    limits.check_request_bytes(need, f"evaluating {pred.numel()} values", request.app.state.settings)
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
 
@@ -101,6 +106,8 @@ async def _evaluate_classification(request: Request, loss_id: str, logits, label
     if labels is None:
         raise invalid("labels", "required with logits")
     targets = labels_tensor(labels, logits, request.app.state.settings.max_eval_values)
+    need = limits.loss_bytes(module.arch, logits.numel(), return_grad)  # every logit at once: not in chunks
+    limits.check_request_bytes(need, f"evaluating {logits.numel()} logits", request.app.state.settings)
     request.app.state.stats["evaluate_values"] += logits.numel()
     args = (module, logits, targets, reduction, return_grad, request.app.state.settings.api_threads)
     if logits.numel() > INLINE_VALUES:

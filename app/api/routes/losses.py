@@ -165,8 +165,16 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     except ValueError as e:
         raise invalid("query", f"numbers expected: {e}") from None
     r = registry.resolve(db, loss_id)
-    torch_threads(request.app.state.settings.api_threads)
-    data = landscape(registry.load_bundle(db, r.id), options)  # ConfigError -> 422
+    settings = request.app.state.settings
+    bundle = registry.load_bundle(db, r.id)
+    arch = bundle.spec["architecture"]
+    # a classification loss is drawn over points x classes logits; the others' grids are a few curves
+    classes = options.get("classes") or bundle.spec["task"].get("classes_per_task") or 100
+    values = options.get("points", 121) * (classes if arch.get("form") == "ce_classwise" else 1)
+    limits.check_request_bytes(limits.loss_bytes(arch, values, grad=False), f"a landscape of {values} values",
+                               settings)
+    torch_threads(settings.api_threads)
+    data = landscape(bundle, options)  # ConfigError -> 422
     if format == "png":
         return Response(landscape_png(data), media_type="image/png")
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
