@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -245,6 +246,42 @@ def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
     if n >= settings.max_active_jobs:
         raise exceeded("max_active_jobs", 429, f"this key has {n} queued or running jobs",
                        settings.max_active_jobs, headers={"Retry-After": "10"})
+
+
+class Slots:
+    """At most ``settings.<name>`` requests of one caller at once, in this process's memory (per API
+    process, like ``RateLimiter``): event streams open, or write requests in progress. ``take`` counts
+    one or answers 429 with Retry-After; the function it returns gives the slot back."""
+
+    def __init__(self, name: str, what: str, retry_after: int):
+        self.name, self.what, self.retry_after = name, what, retry_after
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str, settings: Settings):
+        allowed = getattr(settings, self.name)
+        with self._lock:
+            n = self.counts.get(caller, 0)
+            if n >= allowed:
+                raise exceeded(self.name, 429, f"{caller} has {n} {self.what}", allowed,
+                               headers={"Retry-After": str(self.retry_after)})
+            self.counts[caller] = n + 1
+
+        def release():
+            with self._lock:
+                self.counts[caller] -= 1
+                if not self.counts[caller]:
+                    del self.counts[caller]
+
+        return release
+
+    @contextmanager
+    def held(self, caller: str, settings: Settings):
+        release = self.take(caller, settings)
+        try:
+            yield
+        finally:
+            release()
 
 
 class RateLimiter:

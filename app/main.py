@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
@@ -146,7 +145,11 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.state.cache = LossCache(settings.loss_cache_size, settings.loss_recheck_seconds)
     app.state.auth_enabled = security.auth_enabled(settings)
     app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
-    app.state.streams, app.state.streams_lock = {}, threading.Lock()  # open event streams per caller
+    app.state.stream_slots = limits.Slots("max_streams", "event streams open", retry_after=5)
+    app.state.streams = app.state.stream_slots.counts  # open event streams per caller
+    # submits and uploads in progress per caller: a burst of one key's writes cannot hold every database
+    # connection and thread (the others are a 429 at once, before any database work)
+    app.state.write_slots = limits.Slots("max_key_writes", "write requests in progress", retry_after=1)
     app.state.big_evaluates = asyncio.Semaphore(settings.max_big_evaluates)  # evaluate bodies over 256 KiB
     app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
                        "evaluate_values": 0}

@@ -493,3 +493,54 @@ def test_evaluate_and_landscape_stay_within_a_small_budget(tmp_path):
         assert_problem(c.post("/v1/losses/c/evaluate", json=four), 413, "max_request_bytes_exceeded")
         assert c.get("/v1/losses/c/landscape?classes=100&points=1000").status_code == 200
         assert_problem(c.get("/v1/losses/c/landscape?classes=100&points=2000"), 413, "max_request_bytes_exceeded")
+
+
+# -- 7. submissions cannot exhaust the server -----------------------------------------------------------
+def test_a_key_s_writes_beyond_max_key_writes_are_a_429_at_once(tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from app import security
+    from app.db import lock_row
+    from app.models import ApiKey
+
+    s = Settings(data_dir=tmp_path, runner="none", auth="on", max_key_writes=1)
+    with TestClient(create_app(s)) as c, ThreadPoolExecutor(1) as pool:
+        S = get_sessionmaker(s.db_url)
+        key = new_key(S, "submit")
+        with S() as holding:
+            key_id = holding.scalar(select(ApiKey.id).where(
+                ApiKey.hash == security.digest(key["Authorization"].removeprefix("Bearer "))))
+            assert lock_row(holding, ApiKey, key_id)  # the first submit waits on the key's row
+            first = pool.submit(c.post, "/v1/jobs", json=TINY, headers=key)
+            time.sleep(0.5)
+            assert not first.done()
+            started = time.monotonic()
+            for url, body in (("/v1/jobs", TINY), ("/v1/losses/any/meta-test", {}), ("/v1/datasets", {})):
+                r = c.post(url, json=body, headers=key)
+                body = assert_problem(r, 429, "max_key_writes_exceeded")
+                assert r.headers["retry-after"] == "1" and "ML3_MAX_KEY_WRITES" in body["detail"]
+            assert time.monotonic() - started < 2  # refused before any database work
+            assert c.get("/healthz").status_code == 200
+            holding.commit()
+        assert first.result(timeout=30).status_code == 202
+        assert c.post("/v1/jobs", json=TINY, headers=key).status_code == 202  # the slot was given back
+        assert c.app.state.write_slots.counts == {}
+
+
+def test_a_burst_of_one_key_s_submits_leaves_the_server_responsive():
+    """bench/submit_burst.py: 50 concurrent submits, one key, one Idempotency-Key, on a real server."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "bench/submit_burst.py", "--clients", "50"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    result = json.loads(r.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert r.returncode == 0 and not result["failed"], result
+    assert set(result["codes"]) <= {"202", "429"} and result["jobs"] == 1, result
+    assert result["healthz"]["p99_s"] < 1.0, result

@@ -186,18 +186,20 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
               idempotency_key: IdempotencyKey = None) -> dict:
     body = body or MetaTestRequest()
     settings = request.app.state.settings
-    r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
-    spec = body.model_dump(exclude_none=True, exclude={"device"})
-    limits.check_arrays(spec, settings)
-    seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
-    limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
-    check_device(body.device, settings)
-    bundle = registry.load_bundle(db, r.id)
-    family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
-    limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
-    request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
-    return create_job(request, response, db, META_TEST, request_body,
-                      {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
-                      f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
-                      progress_total=1, progress_unit="runs")
+    with request.app.state.write_slots.held(key.client, settings):  # 429 beyond max_key_writes at once
+        r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
+        spec = body.model_dump(exclude_none=True, exclude={"device"})
+        limits.check_arrays(spec, settings)
+        seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
+        limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
+        check_device(body.device, settings)
+        bundle = registry.load_bundle(db, r.id)
+        db.rollback()  # the reads are done: the connection goes back to the pool while the spec is checked
+        family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
+        limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
+        request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
+        return create_job(request, response, db, META_TEST, request_body,
+                          {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
+                          f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
+                          progress_total=1, progress_unit="runs")
 
