@@ -5,7 +5,6 @@ only. ``str.isdigit()`` takes '²', which ``int()`` then refuses (a 500), and ``
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
 from pydantic import BeforeValidator
 
@@ -35,4 +34,3 @@ def _digits_only(value):
 
 
 Digits = BeforeValidator(_digits_only)  # Annotated[int, Digits, Path(...)]: an integer in a path or query
-IntText = Annotated[int, Digits]

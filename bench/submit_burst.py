@@ -5,7 +5,8 @@ key's write slots are taken: Retry-After), exactly one job may exist, and /healt
 fast: its p99 under 1 s (a burst like this once stalled it for 30 s on exhausted database
 connections).
 
-Usage: python bench/submit_burst.py [--clients 50] [--rounds 1]
+Usage: python bench/submit_burst.py [--clients 50] [--rounds 1] [--keys 1]
+(--keys K: the clients take turns over K API keys, one Idempotency-Key each, so K jobs a round.)
 The last line is `RESULT {json}`; the exit status is 1 when a check fails.
 """
 
@@ -37,7 +38,7 @@ JOB = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "preset":
        "meta_test": {"steps": 2, "tasks": 1, "horizons": [2]}}
 
 
-def make_key(data_dir: Path) -> str:
+def make_keys(data_dir: Path, n: int) -> list[str]:
     from app import security
     from app.core.config import Settings
     from app.db import get_sessionmaker, upgrade
@@ -45,12 +46,11 @@ def make_key(data_dir: Path) -> str:
     url = Settings(data_dir=data_dir).db_url
     upgrade(url)
     with get_sessionmaker(url).begin() as db:
-        return security.create_key(db, "submit", "burst")[1]
+        return [security.create_key(db, "submit", f"burst-{i}")[1] for i in range(n)]
 
 
-async def burst(url: str, token: str, clients: int, idempotency_key: str) -> tuple[list, list[float]]:
+async def burst(url: str, tokens: list[str], clients: int, idempotency_key: str) -> tuple[list, list[float]]:
     """(submit answers as (status, job id, Retry-After), /healthz latencies during the burst)."""
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": idempotency_key}
     limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         done = asyncio.Event()
@@ -63,14 +63,15 @@ async def burst(url: str, token: str, clients: int, idempotency_key: str) -> tup
                 probes.append(time.perf_counter() - t)
                 await asyncio.sleep(0.02)
 
-        async def submit():
+        async def submit(i: int):
+            headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}", "Idempotency-Key": idempotency_key}
             r = await client.post("/v1/jobs", json=JOB, headers=headers)
             job_id = r.json().get("id") if r.status_code == 202 else None
             return r.status_code, job_id, r.headers.get("retry-after")
 
         prober = asyncio.create_task(probe())
         await asyncio.sleep(0.2)
-        answers = await asyncio.gather(*(submit() for _ in range(clients)))
+        answers = await asyncio.gather(*(submit(i) for i in range(clients)))
         await asyncio.sleep(0.2)
         done.set()
         await prober
@@ -81,15 +82,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--rounds", type=int, default=1, help="bursts, each with its own Idempotency-Key")
+    p.add_argument("--keys", type=int, default=1, help="API keys the clients take turns over")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        token = make_key(data_dir)
+        tokens = make_keys(data_dir, args.keys)
         proc, url = start_server(data_dir, ML3_AUTH="on", ML3_HOST="127.0.0.1")
         try:
             answers, probes = [], []
             for i in range(args.rounds):
-                a, h = asyncio.run(burst(url, token, args.clients, f"burst-{i}"))
+                a, h = asyncio.run(burst(url, tokens, args.clients, f"burst-{i}"))
                 answers += a
                 probes += h
         finally:
@@ -100,13 +102,14 @@ def main() -> int:
     codes = Counter(code for code, _, _ in answers)
     ids = {job_id for code, job_id, _ in answers if code == 202}
     probes.sort()
-    result = {"clients": args.clients, "rounds": args.rounds, "codes": dict(codes), "job_ids": sorted(ids),
-              "jobs": jobs, "retry_after": sorted({ra for code, _, ra in answers if code == 429}),
+    result = {"clients": args.clients, "rounds": args.rounds, "keys": args.keys, "codes": dict(codes),
+              "job_ids": sorted(ids), "jobs": jobs,
+              "retry_after": sorted({ra for code, _, ra in answers if code == 429}),
               "healthz": {"n": len(probes), "p50_s": round(statistics.median(probes), 4),
                           "p99_s": round(probes[int(0.99 * (len(probes) - 1))], 4), "max_s": round(probes[-1], 4)}}
     failed = [name for name, ok in (
         ("every answer is 202 or 429", set(codes) <= {202, 429}),
-        ("one job per Idempotency-Key", len(ids) == jobs == args.rounds),
+        ("one job per key and Idempotency-Key", len(ids) == jobs == args.rounds * args.keys),
         ("every 429 says Retry-After", all(ra for code, _, ra in answers if code == 429)),
         ("/healthz p99 under 1 s", result["healthz"]["p99_s"] < 1.0)) if not ok]
     result["failed"] = failed
