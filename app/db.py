@@ -47,8 +47,11 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # as many connections as the API's request threads (40) can want at once, and a few more: a request
+        # waiting for SQLite's writer lock holds one, and one waiting for the pool would stall the event loop
+        # where a key is looked up (a connection to a file costs next to nothing)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
-                               json_deserializer=_json_loads)
+                               json_deserializer=_json_loads, pool_size=5, max_overflow=45)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, json_deserializer=_json_loads)
