@@ -544,3 +544,7 @@ def test_a_burst_of_one_key_s_submits_leaves_the_server_responsive():
     assert r.returncode == 0 and not result["failed"], result
     assert set(result["codes"]) <= {"202", "429"} and result["jobs"] == 1, result
     assert result["healthz"]["p99_s"] < 1.0, result
+
+
+def test_a_scalar_pred_is_still_a_422(client, Session, loss, submit):
+    refused(client, Session, "POST", f"/v1/losses/{loss}/evaluate", json={"pred": 1.0, "target": 0.0}, headers=submit)

@@ -79,7 +79,8 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
         raise invalid("logits", "required: a classification loss takes logits and labels, not pred and target")
     arch = module.arch
     copies = arch.get("pred_dim", 1) if arch.get("per_output") else 1
-    need = limits.loss_bytes(arch, min(len(pred), CHUNK) * copies, return_grad) + 16 * pred.numel()  # + the arrays
+    rows = min(pred.shape[0] if pred.dim() else 1, CHUNK)  # evaluated in chunks of rows; a scalar is refused later
+    need = limits.loss_bytes(arch, rows * copies, return_grad) + 16 * pred.numel()  # + the whole arrays
     limits.check_request_bytes(need, f"evaluating {pred.numel()} values", request.app.state.settings)
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
