@@ -221,7 +221,7 @@ def loss_bytes(arch: dict, values: int, grad: bool) -> int:
     """Memory of evaluating a stored loss on ``values`` inputs at once (points, or points x classes of
     a classification loss), float32: per value its inputs and the logits and targets it comes from,
     and the layers' activations, the widest one and its pre-activation alive without a gradient, all of
-    them kept for the backward pass with one (measured within 5 % on ce_classwise and MLP losses)."""
+    them kept for the backward pass with one (within 5 % of what a ce_classwise loss was measured to take)."""
     hidden = list(arch.get("hidden", []))
     layers = sum(hidden) if grad else max(hidden, default=0)
     return 4 * values * (len(arch.get("inputs", [])) + 2 * layers + 4)
