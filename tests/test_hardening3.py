@@ -176,7 +176,10 @@ def test_the_embedded_runner_refuses_a_device_its_torch_cannot_serve(tmp_path):
             body = refused(c, S, "POST", "/v1/losses/dev/meta-test", json={"device": device}, headers=submit)
             assert "ML3_RUNNER" in body["detail"] and body["errors"][0]["loc"] == "device"
             refused(c, S, "POST", "/v1/jobs", json={**TINY, "device": device}, headers=submit)
-        assert c.post("/v1/losses/dev/meta-test", json={"device": "cpu"}, headers=submit).status_code == 202
+        for device in ["cpu", *(["cuda", f"cuda:{count - 1}"] if count else [])]:  # what it can serve
+            r = c.post("/v1/losses/dev/meta-test", json={"device": device}, headers=submit)
+            assert r.status_code == 202, r.text
+            c.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=submit)
 
 
 # -- 2. the big-body parser keeps types: integer labels stay class indices ------------------------------
