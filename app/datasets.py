@@ -36,13 +36,13 @@ from ml3core.tasks import dataset as family
 from .core.config import Settings
 from .db import get_sessionmaker, lock_row
 from .errors import Problem, invalid, not_found
+from .ids import is_digits
 from .models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion
 from .schemas import iso
 
 FORMATS = ("csv", "npz", "parquet")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",
                "application/zip": "npz", "application/vnd.apache.parquet": "parquet"}
-DIGITS = re.compile(r"[0-9]{1,10}")
 OUTPUT_NAME = re.compile(r"y([0-9]+|_.*)?")  # full match
 
 
@@ -125,7 +125,7 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
                         f"{settings.dataset_max_columns}")
     at = {h: i for i, h in enumerate(header)}
     xi, yi, ti = [at[c] for c in inputs], [at[c] for c in outputs], at[task_column]
-    xs, ys, labels = [], [], []
+    xs, ys, labels, lines = [], [], [], []
     for row in rows:
         line = reader.line_num
         if not row or all(not v.strip() for v in row):
@@ -134,21 +134,30 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
             raise bad("file", f"line {line}: {len(row)} fields, the header has {len(header)}")
         if len(labels) == settings.dataset_max_rows:
             raise too_large("dataset_max_rows", f"more than {settings.dataset_max_rows} rows")
-        labels.append(row[ti].strip())
+        labels.append(row[ti])
+        lines.append(line)
         xs.append([_number(row[i], line, header[i]) for i in xi])
         if classification:
-            ys.append(row[yi[0]].strip())
-            if not ys[-1]:
-                raise bad(outputs[0], f"line {line}: empty class label")
+            ys.append(row[yi[0]])
         else:
             ys.append([_number(row[i], line, header[i]) for i in yi])
     if not labels:
         raise bad("file", "no data rows after the header")
-    if any(label == "" for label in labels):
-        raise bad(task_column, f"line {labels.index('') + 2}: empty task label")
+    labels = clean_labels(labels, task_column, "task label", lambda i: f"line {lines[i]}")
     if classification:
+        ys = clean_labels(ys, outputs[0], "class label", lambda i: f"line {lines[i]}")
         return _class_data(xs, ys, labels, inputs, outputs[0])
     return _task_data(xs, ys, labels, inputs, outputs)
+
+
+def clean_labels(values: list, loc: str, what: str, where=lambda i: f"row {i + 1}") -> list[str]:
+    """Task or class labels of CSV and NPZ alike: text without surrounding spaces, never empty, no NUL
+    (PostgreSQL's text cannot hold one, and the labels are stored)."""
+    out = [str(v).strip() for v in values]
+    for i, label in enumerate(out):
+        if not label or "\x00" in label:
+            raise bad(loc, f"{where(i)}: {'an empty' if not label else 'a NUL character in a'} {what}")
+    return out
 
 
 def _csv_rows(reader):
@@ -211,7 +220,9 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
         x2 = x.reshape(len(x), -1)
         if x2.shape[1] + 1 > settings.dataset_max_columns:
             raise too_large("dataset_max_columns", f"{x2.shape[1] + 1} columns, at most {settings.dataset_max_columns}")
-        return _class_data(x2.astype(np.float64), y.tolist(), task.tolist(), inputs, (outputs or ["label"])[0])
+        output = (outputs or ["label"])[0]
+        return _class_data(x2.astype(np.float64), clean_labels(y.tolist(), "y", "class label"),
+                           clean_labels(task.tolist(), "task", "task label"), inputs, output)
     x2, y2 = x.reshape(len(x), -1), y.reshape(len(y), -1)
     if x2.shape[1] + y2.shape[1] > settings.dataset_max_columns:
         raise too_large("dataset_max_columns", f"{x2.shape[1] + y2.shape[1]} columns, at most "
@@ -219,7 +230,8 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
     for loc, names_, a in (("inputs", inputs, x2), ("outputs", outputs, y2)):
         if names_ is not None and len(names_) != a.shape[1]:
             raise bad(loc, f"{len(names_)} names for {a.shape[1]} columns")
-    return _task_data(x2.astype(np.float64), y2.astype(np.float64), task.tolist(), inputs, outputs)
+    return _task_data(x2.astype(np.float64), y2.astype(np.float64), clean_labels(task.tolist(), "task", "task label"),
+                      inputs, outputs)
 
 
 def _task_data(x, y, labels, inputs, outputs) -> family.TaskData:
@@ -335,7 +347,7 @@ def dataset_id(name) -> int | None:
     """The row id that ``task.dataset`` names, or None: digits only, within the id column's range (a
     larger number would overflow the database's integer, a 500 instead of a 4xx)."""
     text = str(name)
-    if not DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
+    if not is_digits(text) or not 1 <= int(text) <= MAX_ID:
         return None
     return int(text)
 

@@ -3,6 +3,7 @@ connection, so the API process and the runner process can share one file safely.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,23 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class Unreadable(dict):
+    """A JSON value that no longer parses (a row damaged or edited in the database): loaded as an empty
+    object that says so, so the query holding it (a list of every loss) still answers and whoever
+    needs the value refuses that row alone (``registry.readable``)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.text = text
+
+
+def _json_loads(text):
+    try:
+        return json.loads(text)
+    except ValueError:  # also not UTF-8
+        return Unreadable(text)
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
@@ -29,10 +47,14 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        # as many connections as the API's request threads (40) can want at once, and a few more: a request
+        # waiting for SQLite's writer lock holds one, and one waiting for the pool would stall the event loop
+        # where a key is looked up (a connection to a file costs next to nothing)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
+                               json_deserializer=_json_loads, pool_size=5, max_overflow=45)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, json_deserializer=_json_loads)
 
 
 def lock_row(db: Session, model, row_id: int, shared: bool = False) -> bool:

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import threading
+import time
 import weakref
 from collections import OrderedDict
 
@@ -49,23 +50,30 @@ def torch_threads(n: int) -> None:
 
 
 class LossCache:
-    """LRU of loaded losses keyed by (version id, sha256): a new version never hits a stale entry."""
+    """LRU of loaded losses keyed by (version id, sha256): a new version never hits a stale entry.
 
-    def __init__(self, size: int):
-        self.size, self.hits, self.misses = size, 0, 0
-        self._items: OrderedDict = OrderedDict()
+    An entry is served for ``max_age`` seconds, then loaded again: ``load`` re-reads the stored bundle
+    and checks it against the row's sha256, so a version whose stored weights or spec were damaged
+    after it was cached stops being served (a failed load leaves no entry)."""
+
+    def __init__(self, size: int, max_age: float = 10.0):
+        self.size, self.max_age, self.hits, self.misses = size, max_age, 0, 0
+        self._items: OrderedDict = OrderedDict()  # key -> (module, loaded at)
         self._lock = threading.Lock()
 
     def get(self, key: tuple, load) -> LearnedLoss:
+        now = time.monotonic()
         with self._lock:
-            if key in self._items:
+            item = self._items.get(key)
+            if item is not None and now - item[1] < self.max_age:
                 self.hits += 1
                 self._items.move_to_end(key)
-                return self._items[key]
+                return item[0]
+            self._items.pop(key, None)
         module = load()
         with self._lock:
             self.misses += 1
-            self._items[key] = module
+            self._items[key] = (module, now)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return module
@@ -129,8 +137,12 @@ def _number(text: str) -> float:
     return float(text)  # Python, not C: the parser calling it lets other threads (the event loop) run
 
 
+def _integer(text: str) -> int:
+    return int(text)  # an integer stays one (class indices): as _number, in Python so other threads run
+
+
 PIECE = 1 << 20  # bytes of a number list parsed at once: milliseconds of holding the GIL
-_ARRAY = re.compile(rb'"(pred|target|x)"\s*:\s*\[')
+_ARRAY = re.compile(rb'"(pred|target|x|logits|labels)"\s*:\s*\[')
 
 
 class _NotFlat(ValueError):
@@ -140,14 +152,15 @@ class _NotFlat(ValueError):
 def parse_big_json(raw: bytes):
     """A big JSON body, parsed so that the thread doing it lets go of the GIL every few milliseconds:
     one C parse of the whole body holds it for seconds (millions of numbers), stalling every request.
-    Flat number lists of pred, target and x are parsed piece by piece (the fast, usual case); any
-    other body by the standard parser calling back into Python for each number (slower)."""
+    Flat number lists of pred, target, x, logits and labels are parsed piece by piece (the fast, usual
+    case); any other body by the standard parser calling back into Python for each number (slower).
+    Either way a number keeps its JSON type: integer labels are class indices, floats are targets."""
     try:
         return _parse_flat(raw)
     except ValueError:
         pass
     try:
-        return json.loads(raw, parse_float=_number, parse_int=_number)
+        return json.loads(raw, parse_float=_number, parse_int=_integer)
     except (ValueError, RecursionError) as e:  # malformed, not UTF-8, or nested past the parser
         raise invalid("body", f"not a JSON document: {type(e).__name__}: {str(e)[:200]}") from None
 
@@ -247,8 +260,9 @@ def is_classification(module: LearnedLoss) -> bool:
 
 
 def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:
-    """Labels for (N, C) logits: a list of N class indices in [0, C), or an (N, C) list of one-hot or
-    soft targets (non-negative rows summing to 1), as (N, C) float32 targets."""
+    """Labels for (N, C) logits: a list of N class indices in [0, C), or (N, C) one-hot or soft targets
+    (non-negative rows summing to 1) as nested lists or base64 float32 (of the logits' shape), as (N, C)
+    float32 targets."""
     n, c = logits.shape
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         if len(value) != n:
@@ -257,7 +271,7 @@ def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:
         if bad is not None:
             raise invalid("labels", f"class index {bad} outside [0, {c - 1}] for {c} classes")
         return torch.nn.functional.one_hot(torch.tensor(value, dtype=torch.int64), c).float()
-    t = to_tensor(value, "labels", limit)
+    t = to_tensor(value, "labels", limit, [n, c] if isinstance(value, str) else None)  # base64: the logits' shape
     if list(t.shape) != [n, c]:
         raise invalid("labels", f"{n} class indices or an ({n}, {c}) array of targets, got shape {list(t.shape)}")
     if bool((t < 0).any()) or not torch.allclose(t.sum(-1), torch.ones(n), atol=1e-3):

@@ -50,6 +50,11 @@ class LeaseLost(Exception):
     """Another runner took the job over: stop without writing anything."""
 
 
+class Stopped(Exception):
+    """Raised from a progress callback of a phase without ``should_stop`` (a meta-test): the job was
+    cancelled, its lease lost or its runner is stopping; ``meta_test`` lets it propagate."""
+
+
 class Lease:
     """Owns a claimed job: heartbeats it in a thread, notices cancel requests and lost leases."""
 
@@ -149,9 +154,12 @@ def run_job(job_id: int, owner: str, settings: Settings | None = None,
     lease = Lease(Session, job_id, owner, settings, stop)
     try:
         with lease:
-            if job.kind == META_TEST:
-                return _meta_test(Session, job, lease)
-            return _meta_train(Session, job, lease, settings)
+            try:
+                if job.kind == META_TEST:
+                    return _meta_test(Session, job, lease)
+                return _meta_train(Session, job, lease, settings)
+            except Stopped:
+                return _stopped(Session, lease)
     except LeaseLost:
         log.warning("job %s: lease lost to another runner; leaving it", job_id)
         return None
@@ -246,15 +254,18 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
 
 class PhaseEvents:
     """on_phase(phase, done, total) of ``meta_train``: progress events of the phases after
-    meta-training (at most one a second, and each phase's first and last). The job row keeps
-    its meta-train progress; its metrics note the phase and how long meta-training took, so a
-    speed shown for the job counts meta-training only."""
+    meta-training (at most one a second, and each phase's first and last); raises ``Stopped`` once
+    the job should stop (cancel, lost lease, runner stopping), as ``should_stop`` does for
+    meta-training. The job row keeps its meta-train progress; its metrics note the phase and how
+    long meta-training took, so a speed shown for the job counts meta-training only."""
 
     def __init__(self, Session, lease: Lease, job: Job, row_progress: bool = False):
         self.Session, self.lease, self.job_id, self.row_progress = Session, lease, job.id, row_progress
         self.started_at, self.phase, self.last, self.total = job.started_at, None, 0.0, 1
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.lease.should_stop():  # a meta-test reports every 1% of its steps: it stops within one
+            raise Stopped(self.job_id)
         now = time.monotonic()
         new = phase != self.phase
         if not new and done < total and now - self.last < 1.0:

@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -55,12 +56,20 @@ def check_arrays(obj, settings: Settings, loc: str = "body", depth: int = 0) -> 
         raise invalid(loc, "a NUL character in a string")
 
 
-def _points(task) -> int:
-    """Points of one task, train and held-out: what every forward pass over a task touches."""
+IMAGE_SIDE = 8  # the digits family's images: 8 x 8 pixels
+IMAGES_PER_CLASS = 183  # the most images of one digit: held-out images per class when heldout_per_class is 0
+
+
+def _points(task) -> tuple[int, int]:
+    """(train, held-out) points of one task: a step trains on the first, metrics and the meta-objective
+    read the second once."""
+    if hasattr(task, "model_channels"):  # digits: shots and held-out images of each class
+        return (task.classes_per_task * task.shots,
+                task.classes_per_task * (task.heldout_per_class or IMAGES_PER_CLASS))
     per = getattr(task, "points", 1)
     if hasattr(task, "trajectories"):  # inverse dynamics: points per trajectory
-        return per * (task.trajectories + getattr(task, "heldout_trajectories", 0))
-    return per + getattr(task, "heldout_points", 0)
+        return per * task.trajectories, per * getattr(task, "heldout_trajectories", 0)
+    return per, getattr(task, "heldout_points", 0)
 
 
 def _mlp(sizes: list[int]) -> int:
@@ -73,15 +82,17 @@ class RunSize:
 
     Per point of a task: the optimizee's and L_phi's activations (``width``) and the cost of a
     forward pass (``flops``, the weights it multiplies by); per model: its ``params``. A phase keeps
-    alive seeds x tasks x (points x width + params x 3: theta, its gradient, the update); an unroll of
-    M steps keeps M of them. Work: forward + backward = 3 x the forward cost per point and step (6
-    through an unroll)."""
+    alive seeds x tasks x (train points x width + params x 3: theta, its gradient, the update) per
+    kept step (an unroll of M steps keeps M), and the held-out points' activations once. Work:
+    forward + backward = 3 x the forward cost per point, train and held-out, and step (6 through an
+    unroll)."""
 
     params: int
     width: int
     flops: int
-    points: int
+    points: int  # train points of a task
     value_bytes: int
+    heldout: int = 0  # held-out points of a task
     phases: dict = field(default_factory=dict)  # phase -> bytes
     work: int = 0
 
@@ -89,17 +100,25 @@ class RunSize:
     def of(cls, task, loss, dtype: str = "float32") -> RunSize:
         hidden = list(getattr(task, "model_hidden", []))
         outs = loss.pred_dim
-        params = _mlp([loss.x_dim, *hidden, outs]) if hidden else outs * (loss.x_dim + 1)
-        copies = outs if loss.per_output else 1  # one shared L_phi per output dimension
-        width = loss.x_dim + sum(hidden) + outs + copies * (sum(loss.hidden) + 1)
+        if hasattr(task, "model_channels"):  # digits: 64 pixels in, one logit per class of a task out
+            params, width, flops = _image_model(task)
+            outs = task.classes_per_task
+        else:
+            params = _mlp([loss.x_dim, *hidden, outs]) if hidden else outs * (loss.x_dim + 1)
+            width, flops = loss.x_dim + sum(hidden) + outs, params
+        # one shared L_phi per output dimension, or per class of a classification loss
+        copies = outs if loss.per_output or loss.form == "ce_classwise" else 1
+        width += copies * (sum(loss.hidden) + 1)
         loss_params = sum((a + 1) * b for a, b in loss.layer_sizes())
-        return cls(params, width, params + copies * loss_params, _points(task), 8 if dtype == "float64" else 4)
+        train, heldout = _points(task)
+        return cls(params, width, flops + copies * loss_params, train, 8 if dtype == "float64" else 4, heldout)
 
     def model_bytes(self, models: int, steps: int = 1) -> int:
-        return models * steps * (self.points * self.width + 3 * self.params) * self.value_bytes
+        per_model = steps * (self.points * self.width + 3 * self.params) + self.heldout * self.width
+        return models * per_model * self.value_bytes
 
     def step_work(self, models: int, steps: int) -> int:
-        return models * steps * self.points * 3 * self.flops
+        return models * steps * (self.points + self.heldout) * 3 * self.flops
 
     def add(self, phase: str, models: int, steps: int, kept_steps: int = 1, factor: int = 1) -> None:
         self.phases[phase] = max(self.phases.get(phase, 0), self.model_bytes(models, kept_steps))
@@ -108,6 +127,23 @@ class RunSize:
     @property
     def peak(self) -> tuple[str, int]:
         return max(self.phases.items(), key=lambda kv: kv[1])
+
+
+def _image_model(task) -> tuple[int, int, int]:
+    """(parameters, activations per image, multiply-adds per image) of the digits optimizee: an MLP on
+    the 64 pixels, or the CNN: two 3x3 convolutions (as unfolded patches times weights, each output
+    before and after its activation) and 2x2 average pools, then a linear head on 4 positions."""
+    pixels, k = IMAGE_SIDE * IMAGE_SIDE, task.classes_per_task
+    if task.model != "cnn":
+        sizes = [pixels, *task.model_hidden, k]
+        params = _mlp(sizes)
+        return params, sum(sizes), params
+    c1, c2 = task.model_channels
+    quarter = pixels // 4  # positions after the first pool; 4 after the second
+    params = 10 * c1 + (9 * c1 + 1) * c2 + (4 * c2 + 1) * k
+    width = pixels * (9 + 2 * c1) + quarter * (c1 + 9 * c1 + 2 * c2) + 4 * c2 + k
+    flops = pixels * 9 * c1 + quarter * 9 * c1 * c2 + 4 * c2 * k
+    return params, width, flops
 
 
 def job_size(plan) -> RunSize:
@@ -120,20 +156,28 @@ def job_size(plan) -> RunSize:
     curves = cfg.outer_iterations // cfg.eval_every + 1
     size.add("evaluation", cfg.seeds * cfg.eval_tasks, curves * cfg.eval_steps)
     size.add("meta-validation", cfg.seeds * cfg.validation_tasks, curves * cfg.eval_steps)
-    # the publishing choice: L_phi at its lr and the plain loss at every lr factor, up to the horizon H
+    # the publishing choice: L_phi and the plain loss at every lr factor, up to the horizon H
     size.add("publishing choice", cfg.seeds * cfg.validation_tasks * len(LR_FACTORS),
-             max([cfg.train_horizon, *cfg.validation_horizons]),
-             factor=(len(LR_FACTORS) + 1) / len(LR_FACTORS))
-    add_meta_test(size, mt, cfg.seeds)
+             max([cfg.train_horizon, *cfg.validation_horizons]), factor=2)
+    add_meta_test(size, mt, cfg.seeds, _metrics(plan.family))
     return size
 
 
-def add_meta_test(size: RunSize, mt, seeds: int) -> None:
+def _metrics(family) -> int:
+    return 2 + len(family.extra_metrics)  # mse_train, mse_heldout and the family's own
+
+
+def add_meta_test(size: RunSize, mt, seeds: int, metrics: int = 2) -> None:
     """Each seed trains ``tasks`` fresh models with L_phi and again with the plain loss, each at every lr
-    factor of the grid (one batch of seeds x tasks x factors models; L_phi at one lr unless tune_learned)."""
+    factor of the grid (one batch of seeds x tasks x factors models; L_phi at its one lr unless
+    ``tune_learned``), recording each of the family's ``metrics`` per model at every step up to
+    ``steps`` and at each horizon: those curves (both runs', and one more copy while a run's are
+    stacked) are held with the models."""
     grid = len(mt.lr_factors)
-    size.add("meta-test", seeds * mt.tasks * grid, max([mt.steps, *mt.horizons]),
-             factor=2 if mt.tune_learned else (grid + 1) / grid)
+    models = seeds * mt.tasks * grid
+    size.add("meta-test", models, max([mt.steps, *mt.horizons]), factor=2 if mt.tune_learned else (grid + 1) / grid)
+    rows = len(set(range(mt.steps + 1)) | set(mt.horizons))
+    size.phases["meta-test"] += 3 * rows * models * metrics * size.value_bytes
 
 
 def check_size(size: RunSize, settings: Settings) -> None:
@@ -179,8 +223,26 @@ def check_meta_test_job(family, loss, seeds: int, cfg, settings: Settings) -> No
     at_most(settings, "max_hidden", "task.model_hidden", max(getattr(family.config, "model_hidden", []), default=0))
     check_meta_test(cfg, settings)
     size = RunSize.of(family.config, loss)
-    add_meta_test(size, cfg, seeds)
+    add_meta_test(size, cfg, seeds, _metrics(family))
     check_size(size, settings)
+
+
+def loss_bytes(arch: dict, values: int, grad: bool) -> int:
+    """Memory of evaluating a stored loss on ``values`` inputs at once (points, or points x classes of
+    a classification loss), float32: per value its inputs and the logits and targets it comes from,
+    and the layers' activations, the widest one and its pre-activation alive without a gradient, all of
+    them kept for the backward pass with one (within 5 % of what a ce_classwise loss was measured to take)."""
+    hidden = list(arch.get("hidden", []))
+    layers = sum(hidden) if grad else max(hidden, default=0)
+    return 4 * values * (len(arch.get("inputs", [])) + 2 * layers + 4)
+
+
+def check_request_bytes(need: int, what: str, settings: Settings) -> None:
+    """Work done in the API process (an evaluate batch, a landscape grid): refused before it starts
+    when its memory estimate is over ``max_request_bytes``."""
+    allowed = settings.max_request_bytes
+    if need > allowed:
+        raise exceeded("max_request_bytes", 413, f"{what} needs about {need} bytes of memory", allowed)
 
 
 def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
@@ -194,6 +256,42 @@ def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
     if n >= settings.max_active_jobs:
         raise exceeded("max_active_jobs", 429, f"this key has {n} queued or running jobs",
                        settings.max_active_jobs, headers={"Retry-After": "10"})
+
+
+class Slots:
+    """At most ``settings.<name>`` requests of one caller at once, in this process's memory (per API
+    process, like ``RateLimiter``): event streams open, or write requests in progress. ``take`` counts
+    one or answers 429 with Retry-After; the function it returns gives the slot back."""
+
+    def __init__(self, name: str, what: str, retry_after: int):
+        self.name, self.what, self.retry_after = name, what, retry_after
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str, settings: Settings):
+        allowed = getattr(settings, self.name)
+        with self._lock:
+            n = self.counts.get(caller, 0)
+            if n >= allowed:
+                raise exceeded(self.name, 429, f"{caller} has {n} {self.what}", allowed,
+                               headers={"Retry-After": str(self.retry_after)})
+            self.counts[caller] = n + 1
+
+        def release():
+            with self._lock:
+                self.counts[caller] -= 1
+                if not self.counts[caller]:
+                    del self.counts[caller]
+
+        return release
+
+    @contextmanager
+    def held(self, caller: str, settings: Settings):
+        release = self.take(caller, settings)
+        try:
+            yield
+        finally:
+            release()
 
 
 class RateLimiter:

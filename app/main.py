@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import Counter, defaultdict
 from contextlib import asynccontextmanager
@@ -61,6 +60,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, e: HTTPException):
+        if e.status_code == 400 and isinstance(e.__cause__, (ValueError, RecursionError)):
+            # FastAPI's 400 for a body its JSON parser gave up on (nested too deep): malformed JSON is a
+            # 422 everywhere, as its own json_invalid and the evaluate routes answer
+            msg = f"not a JSON document: {type(e.__cause__).__name__}"
+            return problem_response(422, "invalid_request", f"body: {msg}", errors=[{"loc": "body", "msg": msg}])
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return problem_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
 
@@ -138,10 +142,14 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.state.engine = get_engine(settings.db_url)
     app.state.resolve = FastResolver(app.state.engine, settings.resolve_cache_seconds)
     app.state.runner = runner if runner is not None else make_runner(settings)
-    app.state.cache = LossCache(settings.loss_cache_size)
+    app.state.cache = LossCache(settings.loss_cache_size, settings.loss_recheck_seconds)
     app.state.auth_enabled = security.auth_enabled(settings)
     app.state.eval_limiter = limits.RateLimiter(settings.eval_rate, settings.eval_burst)
-    app.state.streams, app.state.streams_lock = {}, threading.Lock()  # open event streams per caller
+    app.state.stream_slots = limits.Slots("max_streams", "event streams open", retry_after=5)
+    app.state.streams = app.state.stream_slots.counts  # open event streams per caller
+    # submits and uploads in progress per caller: a burst of one key's writes cannot hold every database
+    # connection and thread (the others are a 429 at once, before any database work)
+    app.state.write_slots = limits.Slots("max_key_writes", "write requests in progress", retry_after=1)
     app.state.big_evaluates = asyncio.Semaphore(settings.max_big_evaluates)  # evaluate bodies over 256 KiB
     app.state.stats = {"requests": Counter(), "durations": defaultdict(lambda: [0, 0.0]),
                        "evaluate_values": 0}

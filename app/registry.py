@@ -17,12 +17,15 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ml3core.artifact import Bundle
 from ml3core.portable import LossBundleError, bundle_sha256, parse_bundle
 
+from .db import Unreadable
 from .errors import Problem, invalid, not_found
+from .ids import is_digits
 from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
 # matched with fullmatch: "$" would also match before a final newline, letting "name\n" through
@@ -63,8 +66,8 @@ def parse_ref(text: str) -> Ref:
     if ":" in text:
         name, version = text.split(":", 1)
         check_name(name, "loss")
-        if not version.isdigit() or not 1 <= int(version) <= MAX_ID:
-            raise invalid("loss", f"bad version in {text!r}: a positive integer")
+        if not is_digits(version) or not 1 <= int(version) <= MAX_ID:
+            raise invalid("loss", f"bad version in {text!r}: ASCII digits, 1 to {MAX_ID}")
         return Ref(name, version=int(version))
     return Ref(check_name(text, "loss"))
 
@@ -200,6 +203,8 @@ def load_bundle(db: Session | Connection, version_id: int) -> Bundle:
     weights, spec, sha256, name, version = db.execute(q).one()
     bundle = Bundle(weights, spec)
     try:
+        if not readable(spec):
+            raise LossBundleError("its loss.json no longer parses as a JSON object")
         actual = hashlib.sha256(weights).hexdigest()
         if spec.get("weights_sha256") != actual:
             raise LossBundleError(f"weights sha256 {actual[:12]}… differ from the spec's")
@@ -208,10 +213,20 @@ def load_bundle(db: Session | Connection, version_id: int) -> Bundle:
             raise LossBundleError(f"bundle sha256 {whole[:12]}… differs from the registered {sha256[:12]}…")
         parse_bundle(bundle.files)
     except (LossBundleError, AttributeError) as e:
-        logging.getLogger("ml3.registry").error("loss %s:%s refused: %s", name, version, e)
-        raise Problem(500, "bundle_corrupt", f"the stored bundle of loss {name}:{version} fails its "
-                      f"integrity check and is not served: {e}") from None
+        raise corrupt(name, version, e) from None
     return bundle
+
+
+def readable(spec) -> bool:
+    """Whether a stored loss.json still is a JSON object (not one damaged in the database)."""
+    return isinstance(spec, dict) and not isinstance(spec, Unreadable)
+
+
+def corrupt(name: str, version: int, why) -> Problem:
+    """The answer for a version whose stored bundle fails its check: that version alone is refused."""
+    logging.getLogger("ml3.registry").error("loss %s:%s refused: %s", name, version, why)
+    return Problem(500, "bundle_corrupt", f"the stored bundle of loss {name}:{version} fails its integrity "
+                   f"check and is not served: {why}; restore the row from a backup, or register the loss again")
 
 
 def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics: dict | None) -> LossVersion:
@@ -229,6 +244,21 @@ def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics
     db.flush()
     _mark_changed(db)
     return version
+
+
+def commit_upsert(db: Session, change) -> None:
+    """``change(db)`` (a set_alias or set_tag) committed. Two requests creating the same new row both
+    find none and both insert: the later one's IntegrityError is rolled back and ``change`` runs again,
+    now finding the row and updating it, so every request succeeds."""
+    for attempt in range(3):
+        try:
+            change(db)
+            db.commit()
+            return
+        except IntegrityError:
+            db.rollback()
+            if attempt == 2:
+                raise
 
 
 def set_alias(db: Session, name: str, alias: str, version: int) -> LossAlias:

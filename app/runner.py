@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from sqlalchemy import and_, or_, select, update
 from .allocator import keep_freed_memory
 from .core.config import Settings, get_settings
 from .db import get_sessionmaker
+from .errors import invalid
 from .models import QUEUED, RUNNING, Job, utcnow
 
 log = logging.getLogger("ml3.runner")
@@ -210,6 +212,25 @@ def celery_config(settings: Settings) -> dict:
         "task_default_queue": "cpu",
         "worker_pool": "solo",  # see worker/celery_app.py
     }
+
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
+
+
+def check_device(device, settings: Settings) -> None:
+    """A job's device, checked at submit. The embedded runner (ML3_RUNNER=local) runs jobs with this
+    process's torch: a device it cannot serve is a 422 now, not a job failing later. With a broker
+    (celery) or runners elsewhere (none), ``cuda[:N]`` waits in queue ``gpu`` for a GPU worker."""
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
+        raise invalid("device", f"{str(device)[:40]!r} is no device: cpu, cuda or cuda:N")
+    if device == "cpu" or settings.runner != "local":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) >= count:
+        raise invalid("device", f"{device!r}: the embedded runner (ML3_RUNNER=local) has {count} CUDA devices; "
+                      "use cpu, or run GPU workers behind a broker (ML3_RUNNER=celery)")
 
 
 def queue_for(plan: dict) -> str:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,19 +25,26 @@ class JobSpec(BaseModel):
     register_as: str | None = Field(None, description="registry name; default: the task family's name")
 
 
+# integers of a body are JSON integers (strict: not "3", 3.0 or true), within what the run can take:
+# a seed id beyond MAX_SEED would overflow the seeds of the engine's generators when the job runs
+MAX_SEED = 2**32 - 1
+Count = Annotated[int, Field(strict=True, ge=0)]
+SeedId = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+
+
 class MetaTestRequest(BaseModel):
     model_config = STRICT
 
     task: dict[str, Any] | None = Field(None, description="overrides of the loss's task settings")
-    seeds: int | list[int] | None = None
-    tasks: int | None = None
-    steps: int | None = None
+    seeds: Count | list[SeedId] | None = Field(None, description=f"a count, or a list of seed ids (0 to {MAX_SEED})")
+    tasks: Count | None = None
+    steps: Count | None = None
     lr: float | None = None
-    horizons: list[int] | None = None
+    horizons: list[Count] | None = None
     lr_factors: list[float] | None = Field(None, description="multiples of the lr the plain loss also trains at; "
                                            "the best per horizon is the tuned baseline (default: 0.1 ... 46)")
     tune_learned: bool | None = Field(None, description="the learned loss at its best lr factor too (default true)")
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (see the README on devices)")
 
 
 class EvaluateRequest(BaseModel):
@@ -48,7 +55,8 @@ class EvaluateRequest(BaseModel):
     pred: Any = Field(None, description="(N,) or (N, D) predictions (regression losses)")
     target: Any = Field(None, description="targets, the shape of pred")
     logits: Any = Field(None, description="(N, C) logits, for classification losses (base64: give shape)")
-    labels: Any = Field(None, description="(N,) class indices or (N, C) one-hot/soft targets, with logits")
+    labels: Any = Field(None, description="(N,) class indices or (N, C) one-hot/soft targets (base64: the "
+                        "logits' shape), with logits")
     x: Any = Field(None, description="inputs (N,) or (N, X), for losses that read them")
     shape: list[int] | None = Field(None, description="shape of base64 pred/target/logits (default: 1-D)")
     reduction: Literal["mean", "sum", "none"] = "mean"
@@ -58,7 +66,7 @@ class EvaluateRequest(BaseModel):
 
 class AliasRequest(BaseModel):
     model_config = STRICT
-    version: int = Field(ge=1, le=MAX_ID)
+    version: int = Field(strict=True, ge=1, le=MAX_ID)
 
 
 class TagRequest(BaseModel):
@@ -88,12 +96,20 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
     return out
 
 
-def version_json(name: str, v: LossVersion, aliases: list[str] = ()) -> dict:
+def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: bool = False) -> dict:
+    """A version; one whose stored loss.json no longer parses is refused (bundle_corrupt), or in a list
+    (``listed``) shown with status ``corrupt``, so one damaged row does not break the list."""
+    from .registry import corrupt, readable
+
     ref = f"{name}:{v.version}"
     base = f"/v1/losses/{ref}"
-    spec = v.spec
+    spec, status = v.spec, v.status
+    if not readable(spec):
+        if not listed:
+            raise corrupt(name, v.version, "its loss.json no longer parses as a JSON object")
+        spec, status = {}, "corrupt"
     return {
-        "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": v.status,
+        "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": status,
         "job_id": v.job_id, "created_at": iso(v.created_at), "aliases": sorted(aliases),
         "tags": {t.key: t.value for t in v.tags}, "metrics": v.metrics,
         # where the loss beats the plain loss at its best lr on meta-validation tasks (None: an older version)

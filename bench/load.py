@@ -5,7 +5,8 @@ jobs are submitted at once and followed until every one is final. Nothing may fa
 may be lost: every accepted job must end succeeded and register exactly one loss version.
 
 The server runs the embedded default (SQLite, one local runner process, jobs one at a time) on
-a temporary data directory; ML3_MAX_ACTIVE_JOBS is raised to J so one submit key may queue them all.
+a temporary data directory; ML3_MAX_ACTIVE_JOBS is raised to J so one submit key may queue them all
+(its ML3_MAX_KEY_WRITES submits at once: the others are answered 429 and retried after Retry-After).
 
 Usage: python bench/load.py [--clients 50] [--seconds 30] [--jobs 100] [--record]
 The last line is `RESULT {json}`; --record appends the figures to bench/RESULTS.md.
@@ -97,7 +98,11 @@ async def jobs_load(url: str, key: str, n: int, timeout: float) -> dict:
         async def submit(i: int):
             t = time.perf_counter()
             try:
-                r = await http.post("/v1/jobs", json=JOB, headers={"Idempotency-Key": f"load-{i}"})
+                while True:  # a 429 (the key's ML3_MAX_KEY_WRITES submits in progress) is retried as it says
+                    r = await http.post("/v1/jobs", json=JOB, headers={"Idempotency-Key": f"load-{i}"})
+                    if r.status_code != 429 or "retry-after" not in r.headers or time.perf_counter() - t > 60:
+                        break
+                    await asyncio.sleep(float(r.headers["retry-after"]))
             except httpx.HTTPError as e:
                 return None, time.perf_counter() - t, f"{type(e).__name__}: {e}"
             ok = r.status_code == 202

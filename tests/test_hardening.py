@@ -214,7 +214,7 @@ WIDE = [1024] * 8
     ({"task": {"model_hidden": WIDE}, "tasks": 1000, "steps": 20000, "seeds": 32}, "max_unroll_bytes"),
     ({"task": {"points": 100000, "heldout_points": 100000}, "tasks": 1000, "steps": 20000, "seeds": 32},
      "max_unroll_bytes"),
-    ({"task": {"model_hidden": [1024, 1024]}, "tasks": 10, "steps": 20000, "seeds": 8, "lr_factors": [1]}, "max_work"),
+    ({"task": {"model_hidden": [1024, 1024]}, "tasks": 10, "steps": 20000, "seeds": 4, "lr_factors": [1]}, "max_work"),
 ])
 def test_a_meta_test_beyond_the_limits_is_a_422_naming_the_setting(client, Session, submit, loss, body, setting):
     problem = refused(client, Session, "POST", f"/v1/losses/{loss}/meta-test", 422, f"{setting}_exceeded",
@@ -259,15 +259,19 @@ def test_the_estimate_counts_parameters_held_out_points_and_every_phase():
     params = (1 + 1) * 8 + (8 + 1) * 1  # x -> 8 -> pred
     width = 1 + 8 + 1 + (4 + 6 + 1)  # x, hidden, pred, then L_phi's layers and output
     loss_params = (2 + 1) * 4 + (4 + 1) * 6 + (6 + 1) * 1  # (pred, target) -> 4 -> 6 -> 1
-    assert (size.params, size.width, size.flops, size.points) == (params, width, params + loss_params, 10)
-    model = 10 * width + 3 * params
+    assert (size.params, size.width, size.flops, size.points, size.heldout) == (params, width, params + loss_params,
+                                                                                7, 3)
+    step, heldout = 7 * width + 3 * params, 3 * width  # a kept step trains on 7 points; 3 held out, read once
+    model = step + heldout
     grid = 9  # the lr grid of the tuned baseline: a batch axis of the publishing choice and the meta-test
-    assert size.phases == {"meta-training unroll": 3 * 2 * 5 * model * 4, "evaluation": 3 * 1 * model * 4,
+    # 3 copies x rows x seeds x tasks x lrs x metrics x bytes
+    records = 3 * len(set(range(6 + 1)) | {9}) * 3 * 3 * grid * 2 * 4
+    assert size.phases == {"meta-training unroll": 3 * 2 * (5 * step + heldout) * 4, "evaluation": 3 * 1 * model * 4,
                            "meta-validation": 3 * 2 * model * 4, "publishing choice": 3 * 2 * grid * model * 4,
-                           "meta-test": 3 * 3 * grid * model * 4}
+                           "meta-test": 3 * 3 * grid * model * 4 + records}
     per_step = 10 * 3 * (params + loss_params)
     curves = 10 // 5 + 1
-    choice = 3 * 2 * (grid + 1) * 100  # L_phi once and the plain loss at 9 lrs, to H = 100 steps
+    choice = 2 * 3 * 2 * grid * 100  # L_phi and the plain loss at 9 lrs each, to H = 100 steps
     assert size.work == per_step * (2 * 3 * 2 * 10 * 5 + 3 * 1 * curves * 4 + 3 * 2 * curves * 4 + choice
                                     + 2 * 3 * 3 * grid * 9)
     assert isinstance(size, RunSize)

@@ -27,7 +27,7 @@ def app(request, tmp_path):
     """(client, Session, submit headers, admin headers) of a server that requires keys."""
     def serve(database_url: str):
         settings = Settings(data_dir=tmp_path, database_url=database_url, runner="none", auth="on",
-                            max_active_jobs=LIMIT)
+                            max_active_jobs=LIMIT, max_key_writes=100)  # the rows decide here, not the slots
         with TestClient(create_app(settings)) as client:
             Session = get_sessionmaker(settings.db_url)
             yield client, Session, new_key(Session, "submit"), new_key(Session, "admin")

@@ -259,7 +259,9 @@ def test_the_unroll_estimate_grows_with_every_factor_it_names():
 
     base = unroll(seeds=1, tasks_per_batch=1, inner_steps=1)
     assert unroll(seeds=3, tasks_per_batch=1, inner_steps=1) == 3 * base
-    assert unroll(seeds=1, tasks_per_batch=2, inner_steps=5) == 10 * base
+    assert unroll(seeds=1, tasks_per_batch=2, inner_steps=1) == 2 * base
+    step = unroll(seeds=1, tasks_per_batch=1, inner_steps=2) - base  # each kept step: its train points and θ
+    assert 0 < step < base and unroll(seeds=1, tasks_per_batch=1, inner_steps=5) == base + 4 * step
     assert unroll(seeds=1, tasks_per_batch=1, inner_steps=1, dtype="float64") == 2 * base
     assert unroll(seeds=1, tasks_per_batch=1, inner_steps=1, task_model_hidden=[1000]) > base
 

@@ -12,6 +12,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from ..errors import invalid
+from ..ids import Digits, is_digits
 from ..models import MAX_ID
 from ..security import Principal, authorize
 
@@ -22,7 +23,8 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 DB = Annotated[Session, Depends(get_db)]
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]  # a row id in a path: too large is a 422, not a database error
+# a row id in a path: ASCII digits ('+1', ' 1' and '1\n' are no id), too large is a 422, not a database error
+Id = Annotated[int, Digits, Path(ge=1, le=MAX_ID)]
 
 # -- access: every /v1 router reads with ``dependencies=[READ]``; each write route names its scope.
 # The scope also lands in each route's OpenAPI security requirement (see app/openapi.py). Async: no
@@ -71,16 +73,17 @@ AdminKey = Annotated[Principal, Depends(admin_key)]
 class Page:
     """Cursor pagination: ``?limit=&cursor=``; the cursor is opaque (an encoded row key)."""
 
-    def __init__(self, request: Request, limit: Annotated[int, Query(ge=1)] = 20, cursor: str | None = None):
+    def __init__(self, request: Request, limit: Annotated[int, Digits, Query(ge=1)] = 20, cursor: str | None = None):
         self.limit = min(limit, request.app.state.settings.page_limit)
         self.after = None
         if cursor:
             try:
-                self.after = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-            except ValueError:
-                raise invalid("cursor", "not a cursor from a previous page") from None
-            if not 0 <= self.after <= MAX_ID:
+                text = base64.urlsafe_b64decode(cursor.encode()).decode()
+            except ValueError:  # not base64, or not UTF-8
+                text = None
+            if not is_digits(text) or int(text) > MAX_ID:
                 raise invalid("cursor", "not a cursor from a previous page")
+            self.after = int(text)
 
     def result(self, rows: list, key, render) -> dict:
         """rows were fetched with limit + 1: the extra one says whether a next page exists."""

@@ -37,7 +37,13 @@ class Settings(BaseSettings):
     max_query_values: int = Field(1000, ge=1)  # values in a GET evaluate query
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     max_big_evaluates: int = Field(2, ge=1)  # evaluate bodies over 256 KiB parsed at once (the others wait)
+    # memory estimate of one evaluate batch or landscape grid in the API process: with max_big_evaluates
+    # of them at once the process stays well under 2 GB
+    max_request_bytes: int = Field(512 * 2**20, ge=1)
     loss_cache_size: int = Field(32, ge=1)
+    # how long evaluate serves a cached loss before re-reading and re-checking its stored bundle: a
+    # version damaged in the database is refused (bundle_corrupt) after at most this long
+    loss_recheck_seconds: float = Field(10.0, gt=0, le=3600)
     # how long evaluate may reuse what a loss id resolved to (0: ask the database every time); this
     # process's own alias/version changes drop the cache at once, other processes' after at most this
     resolve_cache_seconds: float = Field(1.0, ge=0, le=60)
@@ -57,9 +63,12 @@ class Settings(BaseSettings):
     max_hidden: int = Field(1024, ge=1)  # widest layer of L_phi or of the optimizee
     max_tasks: int = Field(1000, ge=1)  # tasks per batch, per curve, per meta-test
     max_steps: int = Field(20_000, ge=1)  # SGD steps of a curve or a meta-test (horizons too)
-    max_unroll_bytes: int = Field(4 * 2**30, ge=1)  # memory estimate of a run's largest phase (an unroll, ...)
+    # memory estimate of a run's largest phase (an unroll, a curve, a meta-test and its recorded curves):
+    # 1 GiB keeps a runner process well under 2 GB
+    max_unroll_bytes: int = Field(2**30, ge=1)
     max_work: int = Field(10**15, ge=1)  # multiply-adds of a whole run: training, curves, meta-test
     max_active_jobs: int = Field(8, ge=1)  # queued + running jobs of one key
+    max_key_writes: int = Field(4, ge=1)  # submits and uploads of one key (of one address when open) at once
     max_streams: int = Field(20, ge=1)  # open event streams (SSE) of one key (of one address when open)
     sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)  # an idle event stream sends a comment this often
     eval_rate: float = Field(100.0, ge=0)  # evaluate requests per second per key (0: no limit)

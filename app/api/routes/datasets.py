@@ -58,33 +58,34 @@ def _save(Session, data, name: str, filename: str | None, fmt: str) -> dict:
 async def upload(request: Request, response: Response, key: SubmitKey) -> dict:
     reject_unknown_query(request, OPTIONS)
     settings = request.app.state.settings
-    options = dict(request.query_params)
-    media_type = request.headers.get("content-type", "")
-    if media_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=len(OPTIONS))
-        file = form.get("file")
-        if file is None or isinstance(file, str):
-            raise datasets.bad("file", "a multipart upload sends the data in a file field named 'file'")
-        if file.size is not None and file.size > settings.dataset_max_bytes:
-            raise datasets.too_large("dataset_max_bytes", f"a file of {file.size} bytes, at most "
-                                     f"{settings.dataset_max_bytes}")
-        for key, value in form.multi_items():
-            if key != "file":
-                if key not in OPTIONS or not isinstance(value, str):
-                    raise datasets.bad(key, f"unknown form field; known: {sorted(OPTIONS)}")
-                options.setdefault(key, value)
-        body, filename, media_type = await file.read(), file.filename, file.content_type
-    else:
-        body, filename = await request.body(), options.get("filename")
-    name = options.get("name") or filename or "dataset"
-    if len(name) > 128 or (filename is not None and len(filename) > 256):
-        raise datasets.bad("name", "at most 128 characters (a file name at most 256)")
-    if "\x00" in name or "\x00" in (filename or ""):
-        raise datasets.bad("name", "a NUL character is not allowed in a name or file name")
-    fmt, data = await run_in_threadpool(datasets.read_upload, body, options, filename, media_type, settings)
-    out = await run_in_threadpool(_save, request.app.state.Session, data, name, filename, fmt)
-    response.headers["Location"] = out["links"]["self"]
-    return out
+    with request.app.state.write_slots.held(key.client, settings):  # 429 beyond max_key_writes at once
+        options = dict(request.query_params)
+        media_type = request.headers.get("content-type", "")
+        if media_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=len(OPTIONS))
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise datasets.bad("file", "a multipart upload sends the data in a file field named 'file'")
+            if file.size is not None and file.size > settings.dataset_max_bytes:
+                raise datasets.too_large("dataset_max_bytes", f"a file of {file.size} bytes, at most "
+                                         f"{settings.dataset_max_bytes}")
+            for field, value in form.multi_items():
+                if field != "file":
+                    if field not in OPTIONS or not isinstance(value, str):
+                        raise datasets.bad(field, f"unknown form field; known: {sorted(OPTIONS)}")
+                    options.setdefault(field, value)
+            body, filename, media_type = await file.read(), file.filename, file.content_type
+        else:
+            body, filename = await request.body(), options.get("filename")
+        name = options.get("name") or filename or "dataset"
+        if len(name) > 128 or (filename is not None and len(filename) > 256):
+            raise datasets.bad("name", "at most 128 characters (a file name at most 256)")
+        if "\x00" in name or "\x00" in (filename or ""):
+            raise datasets.bad("name", "a NUL character is not allowed in a name or file name")
+        fmt, data = await run_in_threadpool(datasets.read_upload, body, options, filename, media_type, settings)
+        out = await run_in_threadpool(_save, request.app.state.Session, data, name, filename, fmt)
+        response.headers["Location"] = out["links"]["self"]
+        return out
 
 
 @router.get("", summary="List data sets, newest first")

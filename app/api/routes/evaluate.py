@@ -26,6 +26,7 @@ from starlette.routing import Match, Route
 from ... import limits, registry
 from ...errors import invalid
 from ...evaluate import (
+    CHUNK,
     check_logits,
     evaluate,
     evaluate_classification,
@@ -34,6 +35,7 @@ from ...evaluate import (
     parse_big_json,
     to_tensor,
 )
+from ...ids import is_digits
 from ...limits import exceeded
 from ...schemas import EvaluateRequest
 from ..deps import read_key_inline, reject_unknown_query
@@ -46,13 +48,18 @@ READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/openapi.py marks it optional w
 
 
 def _loaded(request: Request, loss_id: str):
-    """Resolve (aliases move: ``FastResolver`` says how fresh), then the cached module for (version id, sha256)."""
+    """Resolve (aliases move: ``FastResolver`` says how fresh), then the cached module for (version id, sha256),
+    loaded again after ``loss_recheck_seconds`` (``LossCache``)."""
     state = request.app.state
     r = state.resolve(loss_id)
 
     def load():
         with state.engine.connect() as conn:
-            return registry.load_bundle(conn, r.id).module()
+            bundle = registry.load_bundle(conn, r.id)  # checked against the row's sha256 as it is now
+        if bundle.sha256 != r.sha256:  # a version's row never changes: cached under r.sha256, it must be that
+            raise registry.corrupt(r.name, r.version, f"its sha256 changed to {bundle.sha256[:12]}… after "
+                                   f"it was resolved as {r.sha256[:12]}…")
+        return bundle.module()
 
     return r, state.cache.get((r.id, r.sha256), load)
 
@@ -70,6 +77,11 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
     r, module = _loaded(request, loss_id)
     if is_classification(module):
         raise invalid("logits", "required: a classification loss takes logits and labels, not pred and target")
+    arch = module.arch
+    copies = arch.get("pred_dim", 1) if arch.get("per_output") else 1
+    rows = min(pred.shape[0] if pred.dim() else 1, CHUNK)  # evaluated in chunks of rows; a scalar is refused later
+    need = limits.loss_bytes(arch, rows * copies, return_grad) + 16 * pred.numel()  # + the whole arrays
+    limits.check_request_bytes(need, f"evaluating {pred.numel()} values", request.app.state.settings)
     request.app.state.stats["evaluate_values"] += pred.numel()
     args = (module, pred, target, x, reduction, return_grad, request.app.state.settings.api_threads)
 
@@ -95,6 +107,8 @@ async def _evaluate_classification(request: Request, loss_id: str, logits, label
     if labels is None:
         raise invalid("labels", "required with logits")
     targets = labels_tensor(labels, logits, request.app.state.settings.max_eval_values)
+    need = limits.loss_bytes(module.arch, logits.numel(), return_grad)  # every logit at once: not in chunks
+    limits.check_request_bytes(need, f"evaluating {logits.numel()} logits", request.app.state.settings)
     request.app.state.stats["evaluate_values"] += logits.numel()
     args = (module, logits, targets, reduction, return_grad, request.app.state.settings.api_threads)
     if logits.numel() > INLINE_VALUES:
@@ -121,13 +135,12 @@ def _query_rows(text: str, loc: str, limit: int):
 
 
 def _query_labels(text: str, limit: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise invalid("labels", "comma-separated class indices, e.g. 0,2,1") from None
-    if len(values) > limit:
-        raise exceeded("max_query_values", 413, f"labels: {len(values)} values", limit, loc="labels")
-    return values
+    parts = text.split(",")
+    if len(parts) > limit:
+        raise exceeded("max_query_values", 413, f"labels: {len(parts)} values", limit, loc="labels")
+    if not all(map(is_digits, parts)):
+        raise invalid("labels", "comma-separated class indices (ASCII digits), e.g. 0,2,1")
+    return [int(v) for v in parts]
 
 
 def _query_array(text: str | None, loc: str, limit: int):

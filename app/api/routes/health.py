@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 from ...errors import Problem, invalid, not_found
 from ...models import STATUSES, Job
 from ...security import authorize
+from ..deps import READ
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +34,8 @@ def readyz(request: Request) -> dict:
     return {"status": "ready", "runner": state.settings.runner}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+# a read like any other: open unless ML3_AUTH_READS=true (with keys on), then a key with scope read
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[READ])
 def metrics(request: Request) -> Response:
     state = request.app.state
     lines = ["# TYPE ml3_http_requests_total counter"]

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import time
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from ml3core.api import parse_spec
 from ... import datasets, limits, registry
 from ...db import lock_row
 from ...errors import Problem, invalid, not_found
+from ...ids import Digits, is_digits
 from ...models import (
     CANCELED,
     FINAL,
@@ -35,6 +35,7 @@ from ...models import (
     JobFile,
     utcnow,
 )
+from ...runner import check_device
 from ...schemas import JobSpec, job_json
 from ..deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
 from ..head import head_of
@@ -54,29 +55,36 @@ def create_job(request: Request, response: Response, db, kind: str, spec: dict, 
     key_id = fields.get("api_key_id")
     idempotency_key = scoped(key_id, idempotency_key)
     for _ in range(2):
-        # The key's row stays locked until the commit below: concurrent submits with one key take turns,
-        # so its count of active jobs holds, and a retry with the same Idempotency-Key finds this job.
-        if key_id is not None:
-            lock_row(db, ApiKey, key_id)
-        if idempotency_key is not None:
-            job = db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-            if job is not None:
-                if job.request_hash != digest:
-                    raise Problem(422, "idempotency_key_reused",
-                                  "Idempotency-Key was already used with a different request body")
-                return _accepted(response, job)
-        limits.check_active_jobs(db, key_id, request.app.state.settings)
-        job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
-                  request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
-        datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
-        db.add(job)
+        # The key's row stays locked until the transaction ends: concurrent submits with one key take turns
+        # on it, so its count of active jobs holds, and a retry with the same Idempotency-Key waits for the
+        # first and finds its job. Every way out ends the transaction here, not when the request is torn
+        # down (on SQLite the lock is the database's one writer lock, held meanwhile for every writer).
         try:
+            if key_id is not None:
+                lock_row(db, ApiKey, key_id)
+            if idempotency_key is not None:
+                job = db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+                if job is not None:
+                    if job.request_hash != digest:
+                        raise Problem(422, "idempotency_key_reused",
+                                      "Idempotency-Key was already used with a different request body")
+                    out = _accepted(response, job)
+                    db.rollback()  # nothing written
+                    return out
+            limits.check_active_jobs(db, key_id, request.app.state.settings)
+            job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
+                      request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
+            datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
+            db.add(job)
             db.flush()
             db.add(JobEvent(job_id=job.id, type="status", data={"status": QUEUED}))
             db.commit()
             break
         except IntegrityError:  # the same key raced in from another request: answer with that job
             db.rollback()
+        except BaseException:  # a refusal (429, 422) or an error: the key's row is free at once
+            db.rollback()
+            raise
     else:
         raise Problem(409, "conflict", "could not create the job; retry")
     try:
@@ -106,18 +114,20 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 @router.post("", status_code=202, summary="Submit a meta-train job")
 def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobSpec, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
-    body = spec.model_dump(exclude_unset=True)
     settings = request.app.state.settings
-    limits.check_arrays(body, settings)
-    register_as = body.get("register_as")
-    if register_as is not None:
-        registry.check_name(register_as, "register_as")
-    plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
-    limits.check_job(plan, settings)
-    body.setdefault("kind", META_TRAIN)
-    return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
-                      register_as=register_as or plan.family.name, api_key_id=key.key_id,
-                      progress_total=plan.train.outer_iterations, progress_unit="iterations")
+    with request.app.state.write_slots.held(key.client, settings):  # 429 beyond max_key_writes at once
+        body = spec.model_dump(exclude_unset=True)
+        limits.check_arrays(body, settings)
+        register_as = body.get("register_as")
+        if register_as is not None:
+            registry.check_name(register_as, "register_as")
+        plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
+        limits.check_job(plan, settings)
+        check_device(plan.train.device, settings)
+        body.setdefault("kind", META_TRAIN)
+        return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
+                          register_as=register_as or plan.family.name, api_key_id=key.key_id,
+                          progress_total=plan.train.outer_iterations, progress_unit="iterations")
 
 
 @router.get("", summary="List jobs, newest first")
@@ -211,9 +221,6 @@ def figure_head(db: DB, job_id: Id, name: str) -> Response:
     return head_of(figure(db, job_id, name))
 
 
-EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() takes '²', which int() refuses
-
-
 def _sse(event: JobEvent) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
@@ -232,34 +239,16 @@ class _Stream(StreamingResponse):
             self.release()
 
 
-def _take_stream_slot(request: Request, caller: str):
-    state, settings = request.app.state, request.app.state.settings
-    with state.streams_lock:
-        n = state.streams.get(caller, 0)
-        if n >= settings.max_streams:
-            raise limits.exceeded("max_streams", 429, f"{caller} has {n} event streams open", settings.max_streams,
-                                  headers={"Retry-After": "5"})
-        state.streams[caller] = n + 1
-
-    def release():
-        with state.streams_lock:
-            state.streams[caller] -= 1
-            if not state.streams[caller]:
-                del state.streams[caller]
-
-    return release
-
-
 @router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
             response_class=StreamingResponse)
 async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Annotated[str | None, Header()] = None,
-                 after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
+                 after: Annotated[int | None, Digits, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     Session = request.app.state.Session
     with Session() as db:
         get_job(db, job_id)
     start = after or 0
     if last_event_id:
-        if not EVENT_ID.fullmatch(last_event_id) or int(last_event_id) > MAX_ID:
+        if not is_digits(last_event_id) or int(last_event_id) > MAX_ID:
             raise invalid("Last-Event-ID", "an event id from this stream")
         start = int(last_event_id)
     keepalive = request.app.state.settings.sse_keepalive_seconds
@@ -296,6 +285,6 @@ async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Anno
                     return
                 await asyncio.sleep(0.25)
 
-    release = _take_stream_slot(request, key.client)
+    release = request.app.state.stream_slots.take(key.client, request.app.state.settings)
     return _Stream(stream(), release, media_type="text/event-stream",
                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

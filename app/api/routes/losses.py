@@ -6,24 +6,24 @@ the hot path, lives in ``evaluate.py``).
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from ml3core.api import landscape, landscape_png, parse_meta_test
 
 from ... import limits, registry
 from ...errors import invalid
 from ...evaluate import torch_threads
+from ...ids import parse_int
 from ...models import META_TEST, Loss, LossAlias, LossVersion
+from ...runner import check_device
 from ...schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
 from ..deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
 from ..head import head_of
 from .jobs import IdempotencyKey, create_job
 
-DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?")
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 
 
@@ -42,16 +42,25 @@ def list_losses(db: DB, page: PageDep) -> dict:
     if page.after is not None:
         q = q.where(Loss.id > page.after)
     rows = list(db.scalars(q))
+    ids = [r.id for r in rows]
     latest = dict(db.execute(select(LossVersion.loss_id, func.max(LossVersion.version))
-                             .where(LossVersion.loss_id.in_([r.id for r in rows]))
-                             .group_by(LossVersion.loss_id)).all())
+                             .where(LossVersion.loss_id.in_(ids)).group_by(LossVersion.loss_id)).all())
+    aliases: dict[int, dict] = {}  # only the small columns: no version's stored spec is read for a list
+    for loss_id, alias, version in db.execute(
+            select(LossAlias.loss_id, LossAlias.alias, LossVersion.version)
+            .join(LossVersion, LossVersion.id == LossAlias.version_id)
+            .where(LossAlias.loss_id.in_(ids)).order_by(LossAlias.alias)):
+        aliases.setdefault(loss_id, {})[alias] = version
+    verdicts = {}  # the newest version's verdict against the tuned baseline (its metrics, not its spec)
+    if latest:
+        newest = or_(*(and_(LossVersion.loss_id == i, LossVersion.version == v) for i, v in latest.items()))
+        for loss_id, metrics in db.execute(select(LossVersion.loss_id, LossVersion.metrics).where(newest)):
+            verdicts[loss_id] = metrics.get("verdict") if isinstance(metrics, dict) else None
 
     def render(loss: Loss) -> dict:
-        versions = {v.id: v.version for v in loss.versions}
-        newest = loss.versions[-1] if loss.versions else None
         return {"name": loss.name, "latest_version": latest.get(loss.id), "created_at": iso(loss.created_at),
-                "latest_verdict": (newest.metrics or {}).get("verdict") if newest else None,
-                "aliases": {a.alias: versions.get(a.version_id) for a in loss.aliases},
+                "latest_verdict": verdicts.get(loss.id),
+                "aliases": aliases.get(loss.id, {}),
                 "links": {"self": f"/v1/losses/{loss.name}", "versions": f"/v1/losses/{loss.name}/versions"}}
 
     return page.result(rows, lambda r: r.id, render)
@@ -73,7 +82,8 @@ def versions(db: DB, name: str, page: PageDep) -> dict:
     by_version: dict[int, list[str]] = {}
     for a in loss.aliases:
         by_version.setdefault(a.version_id, []).append(a.alias)
-    return page.result(rows, lambda v: v.version, lambda v: version_json(name, v, by_version.get(v.id, [])))
+    return page.result(rows, lambda v: v.version,
+                       lambda v: version_json(name, v, by_version.get(v.id, []), listed=True))
 
 
 @router.get("/{name}/aliases", summary="Aliases of a loss")
@@ -86,8 +96,7 @@ def aliases(db: DB, name: str) -> dict:
 
 @router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version", dependencies=[ADMIN])
 def set_alias(db: DB, name: str, alias: str, body: AliasRequest) -> dict:
-    registry.set_alias(db, name, alias, body.version)
-    db.commit()
+    registry.commit_upsert(db, lambda db: registry.set_alias(db, name, alias, body.version))
     return {"name": name, "alias": alias, "version": body.version, "id": f"{name}@{alias}"}
 
 
@@ -107,8 +116,7 @@ def tags(db: DB, loss_id: str) -> dict:
 @router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version", dependencies=[ADMIN])
 def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
     r = registry.resolve(db, loss_id)
-    registry.set_tag(db, r.id, key, body.value)
-    db.commit()
+    registry.commit_upsert(db, lambda db: registry.set_tag(db, r.id, key, body.value))
     return tags(db, r.ref)
 
 
@@ -159,12 +167,20 @@ def landscape_view(request: Request, db: DB, loss_id: str,
                 options[key] = float(q[key])
         for key in ("points", "classes"):  # classes: a classification loss's landscape over C classes
             if key in q:
-                options[key] = int(q[key])
+                options[key] = parse_int(q[key], key)
     except ValueError as e:
         raise invalid("query", f"numbers expected: {e}") from None
     r = registry.resolve(db, loss_id)
-    torch_threads(request.app.state.settings.api_threads)
-    data = landscape(registry.load_bundle(db, r.id), options)  # ConfigError -> 422
+    settings = request.app.state.settings
+    bundle = registry.load_bundle(db, r.id)
+    arch = bundle.spec["architecture"]
+    # a classification loss is drawn over points x classes logits; the others' grids are a few curves
+    classes = options.get("classes") or bundle.spec["task"].get("classes_per_task") or 100
+    values = options.get("points", 121) * (classes if arch.get("form") == "ce_classwise" else 1)
+    limits.check_request_bytes(limits.loss_bytes(arch, values, grad=False), f"a landscape of {values} values",
+                               settings)
+    torch_threads(settings.api_threads)
+    data = landscape(bundle, options)  # ConfigError -> 422
     if format == "png":
         return Response(landscape_png(data), media_type="image/png")
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
@@ -176,19 +192,20 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
               idempotency_key: IdempotencyKey = None) -> dict:
     body = body or MetaTestRequest()
     settings = request.app.state.settings
-    r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
-    spec = body.model_dump(exclude_none=True, exclude={"device"})
-    limits.check_arrays(spec, settings)
-    seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
-    limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
-    if not DEVICE.fullmatch(body.device):
-        raise invalid("device", "cpu or cuda[:N]")
-    bundle = registry.load_bundle(db, r.id)
-    family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
-    limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
-    request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
-    return create_job(request, response, db, META_TEST, request_body,
-                      {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
-                      f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
-                      progress_total=1, progress_unit="runs")
+    with request.app.state.write_slots.held(key.client, settings):  # 429 beyond max_key_writes at once
+        r = registry.resolve(db, loss_id)  # pinned: the job tests this version even if an alias moves
+        spec = body.model_dump(exclude_none=True, exclude={"device"})
+        limits.check_arrays(spec, settings)
+        seeds = 1 if body.seeds is None else body.seeds  # before the engine builds a list of that many ids
+        limits.at_most(settings, "max_seeds", "seeds", seeds if isinstance(seeds, int) else len(seeds))
+        check_device(body.device, settings)
+        bundle = registry.load_bundle(db, r.id)
+        db.rollback()  # the reads are done: the connection goes back to the pool while the spec is checked
+        family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
+        limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
+        request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
+        return create_job(request, response, db, META_TEST, request_body,
+                          {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
+                          f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
+                          progress_total=1, progress_unit="runs")
 
