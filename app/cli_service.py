@@ -203,7 +203,7 @@ def cmd_losses_list(args) -> int:
     with _client(args) as c:
         rows = [(loss["name"], loss["latest_version"], " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()),
                  loss.get("latest_verdict") or "-") for loss in c.losses()]
-        _table(("NAME", "LATEST", "ALIASES", "VERDICT (LATEST)"), rows)
+        _table(("NAME", "LATEST", "ALIASES", "VERDICT"), rows)  # the latest version's
     return 0
 
 

@@ -39,7 +39,9 @@ def test_sse_follows_a_job_to_success(trained):
     progress = [d for _, e, d in events if e == "progress"]
     assert [d["completed"] for d in progress if d["phase"] == "meta-train"] == [5, 10, 15, 20]
     phases = [d["phase"] for d in progress]  # every phase after meta-training reports too, in order
-    assert sorted(set(phases), key=phases.index) == ["meta-train", "meta-test", "figures"]
+    assert sorted(set(phases), key=phases.index) == ["meta-train", "validation", "meta-test", "figures"]
+    choice = [d for d in progress if d["phase"] == "validation"]  # the publishing choice, to its longest horizon
+    assert choice[-1]["completed"] == choice[-1]["total"] and choice[-1]["unit"] == "steps"
     test = [d for d in progress if d["phase"] == "meta-test"]  # SGD steps of both runs to the longest horizon
     assert test[-1] == {"completed": 40, "total": 40, "unit": "steps", "phase": "meta-test"}
     assert [d["completed"] for d in test] == sorted(d["completed"] for d in test)
@@ -135,7 +137,8 @@ def test_cli_lists_are_headed_tables(server, trained):
     assert jobs[0] == ["ID", "KIND", "STATUS", "PHASE", "PROGRESS", "LOSS"]
     assert [str(trained[0]["id"]), "meta-train", "succeeded", "20/20", "iterations", "e2e:1"] in jobs[1:]
     losses = ml3("losses", "list")
-    assert losses[0] == ["NAME", "LATEST", "ALIASES"] and losses[1][0] == "e2e"
+    assert losses[0] == ["NAME", "LATEST", "ALIASES", "VERDICT"] and losses[1][0] == "e2e"
+    assert " ".join(losses[1][2:]).startswith(("beats a tuned", "no gain"))  # the newest version's verdict
 
 
 def test_cli_problem_is_one_line_with_the_detail_and_the_request(server, trained):
