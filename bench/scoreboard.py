@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,9 @@ def main() -> int:
                           for h, r in row["published"]["vs_tuned"].items())
         print(f"{name:9s} published seed, held-out ratios vs tuned / same lr / both tuned  {cells}   "
               f"({row['wall_s']} s; {row['verdict']})", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print("RESULT " + json.dumps({"bench": "scoreboard", "preset": args.preset or "default", "threads": 1,
+                                  "commit": commit.strip(), "torch": torch.__version__,
                                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                                   "families": rows}))
     return 0
