@@ -144,6 +144,8 @@ def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt:
     learned_objective = count(learned_objective) if count else learned_objective
     learned_factors = factors if tune_learned else sorted(used)
     learned = grid_fit(family, learned_objective, theta, data, opt, learned_factors, record_at)
+    if count is not None and hasattr(count, "finish"):
+        count.finish()
     return Comparison(record_at, factors, learned_factors, opt.lr, plain, learned)
 
 
@@ -165,6 +167,11 @@ class StepCounter:
             return objective(theta, data)
 
         return counted
+
+    def finish(self) -> None:
+        """All steps done (kept plain runs skip theirs, so the count may fall short)."""
+        if self.progress is not None:
+            self.progress(self.total, self.total)
 
 
 PLAIN_RUNS_KEPT = 8

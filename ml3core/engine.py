@@ -459,8 +459,6 @@ class MetaTrainer:
         count = StepCounter(progress, 2 * hs[-1])
         cmp = compare(self.family, learned_objective(self.family, self.spec, phi), theta, data, self.inner, hs,
                       count=count)
-        if progress is not None:
-            progress(2 * hs[-1], 2 * hs[-1])
         tuned = cmp.tuned(cmp.plain, metric)[0][metric].mean(-1)  # (R, S)
         every = ratio(cmp.learned[metric].mean(-1), tuned.unsqueeze(-1))  # (R, S, G): L_phi at each factor
         worst_each = every.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S, G)

@@ -71,8 +71,6 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
     cmp = compare(family, learned_objective(family, spec, phi), theta, data, opt,
                   sorted(set(range(cfg.steps + 1)) | set(cfg.horizons)), cfg.lr_factors, cfg.tune_learned, count, at)
-    if progress is not None:  # done (the plain loss's runs may have been kept from an earlier comparison)
-        progress(2 * horizon, 2 * horizon)
     metric = family.heldout_metric
     li, pi = cmp.index(at, len(seed_ids))
     runs = {"learned": cmp.at_lr(cmp.learned, li), "mse": cmp.at_lr(cmp.plain, pi)}
