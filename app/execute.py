@@ -22,8 +22,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ml3core import ConfigError, Hooks
-from ml3core.engine import checkpoint_iteration
-from ml3core.engine import json_clean as clean
+from ml3core.checkpoint import checkpoint_iteration
+from ml3core.config import json_clean as clean
 
 from . import datasets, registry
 from .core.config import Settings, get_settings

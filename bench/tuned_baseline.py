@@ -35,10 +35,10 @@ import torch
 
 import ml3core.compare as compare_module
 from ml3core.api import parse_spec
-from ml3core.engine import stream_generator
 from ml3core.losses import init_loss_params
 from ml3core.metatest import MetaTestConfig, meta_test
 from ml3core.models import stack_params
+from ml3core.sampling import stream_generator
 
 VARIANTS = {"same lr": {"lr_factors": [1.0]}, "tuned": {"tune_learned": False}, "both tuned": {},
             "tuned, kept": {"tune_learned": False}}

@@ -42,8 +42,7 @@ def one(steps: int, every: int, device: str) -> dict:
     spec = LossSpec.from_dict(None, **family.loss_defaults())
     cfg = TrainConfig(seeds=1, inner_steps=steps, unroll_checkpoint=every, device=device, validation_tasks=1)
     tr = MetaTrainer(family, spec, cfg)
-    data = tr._sample_data(tr.gens, 1, "train")
-    theta = tr._fresh_theta(tr.gens, 1)
+    theta, data = tr.sample_batch(1)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -4,10 +4,12 @@ No web framework, no database: the service (``app``) and workers only schedule t
 """
 
 from .config import ConfigError
-from .engine import Hooks, MetaTrainer, TrainConfig, TrainResult, fit
+from .engine import Hooks, MetaTrainer, TrainResult
 from .losses import LossSpec, apply_loss, init_loss_params
 from .portable import LearnedLoss, LossBundleError, load_loss
+from .rollout import fit
 from .tasks import FAMILIES, TaskFamily, make_family
+from .train_config import TrainConfig
 
 __all__ = [
     "ConfigError", "FAMILIES", "Hooks", "LearnedLoss", "LossBundleError", "LossSpec", "MetaTrainer",

@@ -15,11 +15,12 @@ import torch
 from . import plots
 from .artifact import Bundle
 from .config import ConfigError, check
-from .engine import Hooks, MetaTrainer, TrainConfig, TrainResult
+from .engine import Hooks, MetaTrainer, TrainResult
 from .inner import from_training
 from .losses import LossSpec
 from .metatest import MetaTestConfig, meta_test
 from .tasks import FAMILIES, TaskFamily, make_family
+from .train_config import TrainConfig
 
 
 @dataclass

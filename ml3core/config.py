@@ -72,3 +72,14 @@ def from_dict(cls, data: dict | None, prefix: str):
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def json_clean(obj):
+    """JSON has no NaN/inf: report them as null, in numbers, lists and dicts alike."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    return obj

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .compare import LR_FACTORS, RATIOS, StepCounter, check_factors, compare
-from .config import check, check_range, from_dict
-from .engine import DTYPES, fresh_theta, json_clean, learned_objective, sample_data, stream_generator
+from .config import check, check_range, from_dict, json_clean
 from .inner import InnerOptimizer
 from .losses import LossSpec
+from .sampling import fresh_theta, learned_objective, sample_data, stream_generator
 from .tasks import TaskFamily
+from .train_config import DTYPES
 
 
 @dataclass

@@ -10,7 +10,8 @@ from conftest import ROOT
 LOOP = """
 import resource, sys, torch
 from ml3core import make_family
-from ml3core.engine import fit, fresh_theta, sample_data, stream_generator
+from ml3core.rollout import fit
+from ml3core.sampling import fresh_theta, sample_data, stream_generator
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
     from app.allocator import keep_freed_memory

@@ -59,7 +59,7 @@ def old_checkpoint(t, torch_opt) -> bytes:
 
     from safetensors.torch import load, save
 
-    from ml3core.engine import _safetensors_metadata
+    from ml3core.checkpoint import safetensors_metadata
 
     blob = t.state_bytes()
     tensors = {k: v for k, v in load(blob).items() if not k.startswith("outer.")}
@@ -67,7 +67,7 @@ def old_checkpoint(t, torch_opt) -> bytes:
     for idx, st in opt["state"].items():
         for name, value in st.items():
             tensors[f"adam.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = json.loads(_safetensors_metadata(blob)["json"])
+    meta = json.loads(safetensors_metadata(blob)["json"])
     meta.update(version=1, adam_param_groups=opt["param_groups"])
     return save(tensors, metadata={"json": json.dumps(meta)})
 

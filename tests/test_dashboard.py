@@ -19,10 +19,11 @@ from app.core.config import Settings
 from app.dashboard.views import family_form
 from ml3core import load_loss
 from ml3core.api import parse_spec
-from ml3core.engine import Hooks, MetaTrainer, TrainConfig
+from ml3core.engine import Hooks, MetaTrainer
 from ml3core.losses import LossSpec
 from ml3core.metatest import MetaTestConfig
 from ml3core.tasks import FAMILIES, make_family
+from ml3core.train_config import TrainConfig
 
 CHROMIUM = os.environ.get("ML3_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

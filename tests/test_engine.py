@@ -5,8 +5,8 @@ import torch
 
 from ml3core import LossSpec, MetaTrainer, TrainConfig, make_family
 from ml3core.config import ConfigError
-from ml3core.engine import broadcast_seeds
 from ml3core.losses import apply_loss, init_loss_params
+from ml3core.sampling import broadcast_seeds
 
 SMALL_TASK = {"family": "sine", "points": 12, "heldout_points": 5, "model_hidden": [8],
               "model_activation": "tanh", "train_task": "sampled"}
@@ -21,8 +21,7 @@ def make_trainer(seeds=2, dtype="float64", task=None, loss=None, **train):
 
 
 def batch(tr):
-    data = tr._sample_data(tr.gens, tr.cfg.tasks_per_batch, "train")
-    return tr._fresh_theta(tr.gens, tr.cfg.tasks_per_batch), data
+    return tr.sample_batch()
 
 
 def meta_grads(tr, theta0, data):

@@ -65,8 +65,7 @@ def test_persistent_resume_equals_uninterrupted_run():
 def test_meta_gradient_through_momentum_and_adam_matches_finite_differences(name):
     t = trainer(dtype="float64", inner_optimizer=name, inner_lr=0.02, inner_steps=3, schedule="unrolled",
                 loss={**WEIGHT, "init": "xavier_uniform"})
-    data = t._sample_data(t.gens, 3, "train")
-    theta0 = t._fresh_theta(t.gens, 3)
+    theta0, data = t.sample_batch(3)
 
     def meta_loss():
         return t.meta_objective(theta0, data)[1]
@@ -151,8 +150,7 @@ def test_checkpointed_unroll_gives_the_same_meta_gradient(name):
     for k in (0, 3):
         t = trainer(dtype="float64", inner_optimizer=name, inner_steps=7, unroll_checkpoint=k, schedule="unrolled",
                     loss={**WEIGHT, "init": "xavier_uniform"})
-        data = t._sample_data(t.gens, 2, "train")
-        losses = t.meta_objective(t._fresh_theta(t.gens, 2), data)[1]
+        losses = t.meta_objective(*t.sample_batch(2))[1]
         grads.append(torch.autograd.grad(losses.sum(), list(t.phi.values())))
     for a, b in zip(*grads, strict=True):
         assert a.abs().max() > 1e-4  # a real meta-gradient, not zeros agreeing

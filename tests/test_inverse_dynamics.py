@@ -8,10 +8,11 @@ import torch
 
 from ml3core import ConfigError, make_family
 from ml3core.api import parse_spec
-from ml3core.engine import MetaTrainer, fresh_theta, sample_data
+from ml3core.engine import MetaTrainer
 from ml3core.models import mlp_init
 from ml3core.models_delan import delan_inertia, delan_init, mlp_torque
 from ml3core.robots import make_robot
+from ml3core.sampling import fresh_theta, sample_data
 from ml3core.tasks.inverse_dynamics import sinusoids
 
 SMALL = {"points": 16, "trajectories": 1, "heldout_trajectories": 1, "model_hidden": [16, 16]}
@@ -131,8 +132,7 @@ def test_every_variant_meta_trains_with_finite_second_order_gradients(model, tas
     assert math.isfinite(loss)
     moved = [not torch.equal(before[k], v) for k, v in trainer.phi.items()]
     assert all(moved)
-    theta = trainer._fresh_theta(trainer.gens, 2)
-    data = trainer._sample_data(trainer.gens, 2, "train")
+    theta, data = trainer.sample_batch(2)
     metrics = plan.family.metrics(theta, data)
     assert set(metrics) == {"mse_train", "mse_heldout", "prior_train", "prior_heldout"}
     assert all(v.shape == (2, 2) and torch.isfinite(v).all() for v in metrics.values())
@@ -171,7 +171,7 @@ def test_the_prior_reaches_the_meta_gradient():
 
     trainers = {v: trainer(v) for v in ("mse", "prior", "mixed")}
     t = trainers["mse"]
-    theta0, data = t._fresh_theta(t.gens, 2), t._sample_data(t.gens, 2, "train")
+    theta0, data = t.sample_batch(2)
     heavier = {**data, "M": 1.5 * data["M"], "M_heldout": 1.5 * data["M_heldout"]}
 
     def meta_grad(variant, data):

@@ -9,8 +9,8 @@ from app.cli import build_train_spec, make_parser
 from ml3core.api import landscape, landscape_png, meta_train, parse_spec
 from ml3core.artifact import Bundle
 from ml3core.config import ConfigError
-from ml3core.engine import stream_generator
 from ml3core.losses import init_loss_params
+from ml3core.sampling import stream_generator
 from ml3core.tasks import FAMILIES, make_family
 from ml3core.tasks.shaped_sine import landscape_shape
 

@@ -14,10 +14,10 @@ from fastapi.templating import Jinja2Templates
 
 from ml3core import ConfigError
 from ml3core.api import parse_spec
-from ml3core.engine import TrainConfig
 from ml3core.losses import LossSpec
 from ml3core.metatest import MetaTestConfig
 from ml3core.tasks import FAMILIES
+from ml3core.train_config import TrainConfig
 
 from ..errors import not_found
 from ..spec_flags import TRAIN_FLAGS

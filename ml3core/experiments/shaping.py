@@ -27,18 +27,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..api import parse_spec
-from ..config import check, check_range, from_dict
-from ..engine import (
-    Hooks,
-    MetaTrainer,
-    broadcast_seeds,
-    fit,
-    fresh_theta,
-    json_clean,
-    learned_objective,
-    sample_data,
-    stream_generator,
-)
+from ..config import check, check_range, from_dict, json_clean
+from ..engine import Hooks, MetaTrainer
+from ..rollout import fit
+from ..sampling import broadcast_seeds, fresh_theta, learned_objective, sample_data, stream_generator
 
 METHODS = ("shaped", "learned_mse", "mse")
 LABELS = {"shaped": "L_φ meta-trained with (ω − v)²", "learned_mse": "L_φ meta-trained with MSE",

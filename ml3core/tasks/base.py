@@ -11,9 +11,28 @@ metrics are cross-entropy and error rate (the helpers at the end of this module)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..config import check, check_range
+
+
+@dataclass(frozen=True)
+class TaskLoss:
+    """L_T of review eq. 5 under one name: beta * the family's fit loss (MSE or cross-entropy) +
+    gamma * its extra loss, measured on the points the inner steps train on ("train") or on the
+    task's held-out points ("heldout": L_phi is then meta-trained for predictions on new points)."""
+
+    points: str = "train"
+    beta: float = 1.0
+    gamma: float = 0.0
+
+    def __call__(self, family: TaskFamily, theta: dict, data: dict):
+        part = "_heldout" if self.points == "heldout" else ""
+        fit, extra = family.task_terms(theta, data, part, bool(self.beta), bool(self.gamma))
+        out = self.beta * fit if self.beta else 0.0
+        return out + self.gamma * extra if self.gamma else out
 
 
 class TaskFamily:
@@ -72,24 +91,33 @@ class TaskFamily:
         """(pred, target, x) on the train points: what L_phi sees."""
         return self.predict(theta, data["x"]), data["y"], data["x"]
 
-    def extra_loss(self, theta: dict, data: dict):
+    def objective(self) -> TaskLoss:
+        """L_T of this family's config: which loss, on which points (the families' spec fields for it
+        differ by history: ``meta_objective``, ``objective``, ``task_loss``, ``beta``, ``gamma``)."""
+        c = self.config
+        return TaskLoss(getattr(c, "meta_objective", "train"), getattr(c, "beta", 1.0), getattr(c, "gamma", 0.0))
+
+    def fit_loss(self, pred, target):
+        """The loss a model is fit with, per task: MSE here, cross-entropy for classification."""
+        return mse(pred, target)
+
+    def task_terms(self, theta: dict, data: dict, part: str, fit: bool, extra: bool) -> tuple:
+        """(fit loss, extra loss) on the train (``part`` "") or held-out ("_heldout") points; a
+        term not asked for is None. Families whose forward yields both at once override this."""
+        out_fit = self.fit_loss(self.predict(theta, data["x" + part]), data["y" + part]) if fit else None
+        return out_fit, self.extra_loss(theta, data, part) if extra else None
+
+    def extra_loss(self, theta: dict, data: dict, part: str = ""):
         """L_extra of eq. 5: information only available at meta-train time."""
         raise NotImplementedError(f"{self.name} has no extra task loss")
 
     def task_loss(self, theta: dict, data: dict):
-        """L_T, one value per task: beta * MSE + gamma * extra. The MSE is on the train points, or on
-        the held-out points when the config's ``meta_objective`` is "heldout": then L_phi is
-        meta-trained for predictions on new points, not for how fast a model fits its own."""
-        beta, gamma = self.config.beta, getattr(self.config, "gamma", 0.0)
-        part = "_heldout" if getattr(self.config, "meta_objective", "train") == "heldout" else ""
-        out = beta * mse(self.predict(theta, data["x" + part]), data["y" + part]) if beta else 0.0
-        if gamma:
-            out = out + gamma * self.extra_loss(theta, data)
-        return out
+        """L_T, one value per task (``objective()``)."""
+        return self.objective()(self, theta, data)
 
     def plain_loss(self, theta: dict, data: dict):
-        """The baseline a learned loss is compared with: plain MSE on the train points."""
-        return mse(self.predict(theta, data["x"]), data["y"])
+        """The baseline a learned loss is compared with: the fit loss on the train points."""
+        return self.fit_loss(self.predict(theta, data["x"]), data["y"])
 
     def metrics(self, theta: dict, data: dict) -> dict:
         return {

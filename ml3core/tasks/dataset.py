@@ -36,6 +36,7 @@ from .base import (
     classification_metrics,
     cross_entropy,
     margin_landscape,
+    mse,
 )
 
 FORMAT = "ml3-tasks"
@@ -361,13 +362,9 @@ class DatasetFamily(TaskFamily):
                 out["y" + key].append(p.y[rows])
         return {k: torch.stack(v) for k, v in out.items()}
 
-    def task_loss(self, theta, data):
-        """Cross-entropy for a classification data set (on the held-out rows by default); otherwise the
-        base's MSE, which honours ``meta_objective`` too."""
-        if not self.classification:
-            return super().task_loss(theta, data)
-        key = "" if self.config.meta_objective == "train" else "_heldout"
-        return cross_entropy(self.predict(theta, data["x" + key]), data["y" + key])
+    def fit_loss(self, pred, target):
+        """Cross-entropy for a classification data set, MSE otherwise (L_T on the held-out rows by default)."""
+        return cross_entropy(pred, target) if self.classification else mse(pred, target)
 
     def input_scales(self) -> dict | None:
         """The standardisation's stds: a bundle keeps them, so ``load_loss(..., raw_units=True)``
@@ -383,11 +380,6 @@ class DatasetFamily(TaskFamily):
             return None
         out = {"pred": norm.get(f"y_{stat}"), "target": norm.get(f"y_{stat}"), "x": norm.get(f"x_{stat}")}
         return {k: v for k, v in out.items() if v is not None} or None
-
-    def plain_loss(self, theta, data):
-        if self.classification:
-            return cross_entropy(self.predict(theta, data["x"]), data["y"])
-        return super().plain_loss(theta, data)
 
     def metrics(self, theta, data):
         return classification_metrics(self, theta, data) if self.classification else super().metrics(theta, data)

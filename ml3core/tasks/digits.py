@@ -30,6 +30,7 @@ from ..portable import ACTIVATIONS
 from .base import (
     CLASSIFICATION_LOSS,
     TaskFamily,
+    TaskLoss,
     classification_loss_defaults,
     classification_metrics,
     cross_entropy,
@@ -220,13 +221,12 @@ class DigitsFamily(TaskFamily):
     def loss_inputs(self, theta, data):
         return self.predict(theta, data["x"]), data["y"], None
 
-    def task_loss(self, theta, data):
+    def objective(self):
         """L_T: cross-entropy on the held-out images of each task (or on its train images)."""
-        key = "_heldout" if self.config.objective == "heldout" else ""
-        return self.config.beta * cross_entropy(self.predict(theta, data["x" + key]), data["y" + key])
+        return TaskLoss(self.config.objective, self.config.beta)
 
-    def plain_loss(self, theta, data):
-        return cross_entropy(self.predict(theta, data["x"]), data["y"])
+    def fit_loss(self, pred, target):
+        return cross_entropy(pred, target)
 
     def metrics(self, theta, data):
         return classification_metrics(self, theta, data)

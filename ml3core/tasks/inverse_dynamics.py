@@ -39,7 +39,7 @@ from ..losses import apply_loss
 from ..models import mlp_forward, mlp_init
 from ..models_delan import DERIVATIVES, delan_gravity, delan_inertia, delan_init, mlp_torque
 from ..robots import JOINTS, ROBOTS, make_robot
-from .base import TaskFamily, check_task_loss_weights, mse, uniform
+from .base import TaskFamily, TaskLoss, check_task_loss_weights, mse, uniform
 
 TASK_LOSSES = ("mse", "prior", "mixed")
 MODELS = ("delan", "mlp")
@@ -203,16 +203,19 @@ class InverseDynamicsFamily(TaskFamily):
         x = data["x"]
         return self.predict(theta, x), data["y"], x / self.scales[2].to(x)
 
-    def extra_loss(self, theta, data):
-        return self.prior(self.forward(theta, data["x"])[1], data["M"])
+    def extra_loss(self, theta, data, part=""):
+        return self.task_terms(theta, data, part, False, True)[1]
 
-    def task_loss(self, theta, data):
+    def objective(self):
         c = self.config
         beta, gamma = {"mse": (1.0, 0.0), "prior": (0.0, 1.0), "mixed": (c.beta, c.gamma)}[c.task_loss]
-        part = "_heldout" if c.meta_objective == "heldout" else ""
+        return TaskLoss(c.meta_objective, beta, gamma)
+
+    def task_terms(self, theta, data, part, fit, extra):
+        """Torque MSE and the physics prior from one forward (it yields torques and inertia at once)."""
         pred, inertia = self.forward(theta, data["x" + part])
-        out = beta * mse(pred, data["y" + part]) if beta else 0.0
-        return out + gamma * self.prior(inertia, data["M" + part]) if gamma else out
+        return (mse(pred, data["y" + part]) if fit else None,
+                self.prior(inertia, data["M" + part]) if extra else None)
 
     def metrics(self, theta, data):
         out = {}

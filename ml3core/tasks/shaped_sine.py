@@ -26,7 +26,7 @@ import torch
 
 from ..config import check, check_interval, check_range
 from ..losses import apply_loss
-from .base import TaskFamily, check_task_loss_weights, mse, uniform
+from .base import TaskFamily, TaskLoss, check_task_loss_weights, mse, uniform
 
 TASK_LOSSES = ("mse", "shaping", "mixed")
 
@@ -99,17 +99,14 @@ class ShapedSineFamily(TaskFamily):
         return {"x": x, "y": torch.sin(v * x), "x_heldout": xh, "y_heldout": torch.sin(v * xh),
                 "frequency": v.view(S, n)}
 
-    def extra_loss(self, theta, data):
+    def extra_loss(self, theta, data, part=""):
+        """(ω − v)²: the true frequency, known at meta-train time only."""
         return (theta["omega"].squeeze(-1) - data["frequency"]).pow(2)
 
-    def task_loss(self, theta, data):
+    def objective(self):
         c = self.config
-        out = 0.0
-        if c.task_loss in ("mse", "mixed"):
-            out = c.beta * mse(self.predict(theta, data["x"]), data["y"])
-        if c.task_loss in ("shaping", "mixed"):
-            out = out + c.gamma * self.extra_loss(theta, data)
-        return out
+        return TaskLoss("train", c.beta if c.task_loss in ("mse", "mixed") else 0.0,
+                        c.gamma if c.task_loss in ("shaping", "mixed") else 0.0)
 
     def metrics(self, theta, data):
         error = (theta["omega"].squeeze(-1) - data["frequency"]).abs()
