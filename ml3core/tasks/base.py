@@ -11,7 +11,9 @@ metrics are cross-entropy and error rate (the helpers at the end of this module)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 
 import torch
 
@@ -68,8 +70,9 @@ class TaskFamily:
     @classmethod
     def presets(cls) -> dict:
         """Named partial specs a job can start from (``"preset": name``); "default" applies when a
-        spec names none. Every family has "paper", the settings of the paper's code."""
-        return {"default": {}, "paper": {}}
+        spec names none. Every family has "paper", the settings of the paper's code. Data, not
+        code: ml3core/presets.json, where each says why."""
+        return {name: p["spec"] for name, p in preset_entries(cls.name).items()}
 
     def train_defaults(self) -> dict:
         """TrainConfig fields this family's official setting uses where a spec gives none."""
@@ -226,6 +229,13 @@ def margin_landscape(spec, params: dict, options: dict, classes: int) -> dict:
     return {"kind": "margin", "grid": grid.tolist(), "xlabel": "true class's logit margin", "classes": int(classes),
             "curves": {f"learned, C={classes}": learned.tolist(), f"cross-entropy, C={classes}": ce.tolist()},
             "markers": [0.0], "title": "Learned loss vs cross-entropy"}
+
+
+def preset_entries(family: str) -> dict:
+    """{name: {"why": ..., "spec": {...}}} of a family's presets (ml3core/presets.json)."""
+    table = json.loads(resources.files("ml3core").joinpath("presets.json").read_text())
+    blank = {"why": "", "spec": {}}
+    return {"default": blank, "paper": {**blank, "why": "The paper's code."}, **table.get(family, {})}
 
 
 def mse(pred, target):

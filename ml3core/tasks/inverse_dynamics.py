@@ -44,9 +44,6 @@ from .base import TaskFamily, TaskLoss, check_task_loss_weights, mse, uniform
 TASK_LOSSES = ("mse", "prior", "mixed")
 MODELS = ("delan", "mlp")
 REFERENCE_SEED, REFERENCE_TASKS = 20_200_503, 16
-# the default preset's loss: mean_j w_φ,j(τ, x)·(τ̂_j − τ_j)², w = exp(tanh net), exactly MSE at the start
-DEFAULT_LOSS = {"form": "weighted_se", "weights": "per_output", "inputs": ["target", "x"], "hidden": [32],
-                "activation": "tanh", "bias": True, "output": "exp", "init": "baseline"}
 
 
 @dataclass
@@ -117,17 +114,6 @@ class InverseDynamicsFamily(TaskFamily):
         steer M_theta (without x, the prior-shaped loss lowered the 2-link inertia error about
         half as much in our runs)."""
         return {"inputs": ["pred", "target", "x"], "pred_dim": self.n, "x_dim": 3 * self.n}
-
-    @classmethod
-    def presets(cls) -> dict:
-        """"default": a learned weight per joint torque error, w_φ,j(q, q̇, q̈)·(τ̂_j − τ_j)², that starts
-        as plain MSE (its minimum is always the data), meta-trained through whole 100-step trainings
-        (checkpointed every 10 steps) and judged on held-out trajectories (bench/RESULTS.md has the
-        search). "paper": the paper's form, a net over (τ̂, τ, x) updated after every inner step."""
-        default = {"loss": DEFAULT_LOSS, "task": {"meta_objective": "heldout"}, "schedule": "unrolled",
-                   "inner_steps": 100, "unroll_checkpoint": 10, "outer_iterations": 40, "outer_lr": 0.003,
-                   "seeds": 3, "meta_test": {"horizons": [10, 100]}}
-        return {"default": default, "paper": {}}
 
     def train_defaults(self) -> dict:
         """A phi update after every inner step along 100-step trainings (``online``): the loss

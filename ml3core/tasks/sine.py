@@ -63,22 +63,6 @@ class SineFamily(TaskFamily):
     def loss_defaults(self) -> dict:
         return {"pred_dim": 1, "x_dim": 1}
 
-    @classmethod
-    def presets(cls) -> dict:
-        """"paper": the official code (one fixed task, the 2->50->50->1 net, M = 1): it wins at 100
-        steps and loses from 1000 on. "default": what bench/scoreboard.py shows paying off at every
-        horizon up to 5000 steps: a learned weight exp(a·y + b) on each point's squared error that
-        starts as MSE, tasks from the meta-test distribution judged on held-out points, and a long
-        500-step unroll (checkpointed every 25 steps, so its memory stays small) whose meta-gradient
-        sees what a loss does over hundreds of steps; short or persistent truncated unrolls of 10-100
-        steps learned a smaller, safer scale (bench/RESULTS.md)."""
-        default = {"task": {"train_task": "sampled", "train_x_range": [-5.0, 5.0], "meta_objective": "heldout"},
-                   "loss": {"form": "weighted_se", "inputs": ["target"], "hidden": [], "output": "exp", "bias": True,
-                            "init": "baseline"},
-                   "schedule": "unrolled", "inner_steps": 500, "unroll_checkpoint": 25, "tasks_per_batch": 4,
-                   "train_horizon": 5000, "outer_iterations": 60, "outer_lr": 0.05}
-        return {"default": default, "paper": {}}
-
     def init_theta(self, generators, n):
         return mlp_init([1, *self.config.model_hidden, 1], generators, n)
 
