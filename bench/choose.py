@@ -15,7 +15,6 @@ settings are), the published seed's ratio at each horizon and the verdict. The l
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import subprocess
@@ -28,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import emit  # noqa: E402  (bench/machine.py: the RESULT line names its machine)
 from scoreboard import task_of  # noqa: E402
 
 from app.spec_flags import apply_sets  # noqa: E402
@@ -69,9 +69,9 @@ def main() -> int:
               f"({row['wall_s']} s)", flush=True)
     rows.sort(key=lambda r: math.inf if r["mean_worst"] is None else r["mean_worst"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print("RESULT " + json.dumps({"bench": "choose", "family": args.family, "seeds": args.seeds, "candidates": rows,
+    emit({"bench": "choose", "family": args.family, "seeds": args.seeds, "candidates": rows,
                                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                                  "torch": torch.__version__, "threads": 1, "commit": commit.strip()}))
+                                  "torch": torch.__version__, "threads": 1, "commit": commit.strip()})
     return 0
 
 

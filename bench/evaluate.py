@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from machine import emit  # bench/machine.py: the RESULT line names its machine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -158,7 +159,7 @@ def main() -> None:
               "post_vs_echo": round(post_ratio, 3), "batch_values_per_s": round(batch["base64"]),
               "batch_json_values_per_s": round(batch["json"]),
               "endpoints": {k: {m: round(v, 3) for m, v in s.items()} for k, s in stats.items()}}
-    print("RESULT " + json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import tempfile
 import time
 import urllib.request
 
+from machine import emit  # bench/machine.py: the RESULT line names its machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"task": {"family": "sine"}, "preset": "paper", "seeds": 4, "outer_iterations": 100, "eval_every": 50,
         "meta_test": {"tasks": 4, "steps": 100, "horizons": [100, 1000]}, "register_as": "gpu-check"}
@@ -111,7 +113,7 @@ def main() -> int:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    print("RESULT " + json.dumps(result))
+    emit(result)
     return 0 if result.get("ok") else 1
 
 

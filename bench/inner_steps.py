@@ -8,10 +8,10 @@ wall time. Usage: python bench/inner_steps.py [--steps 1,10,100] [--outer-iters 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
+from machine import emit  # bench/machine.py: the RESULT line names its machine
 
 from ml3core.api import meta_train
 
@@ -41,7 +41,7 @@ def main():
         rows.append(row)
         print(f"M={m:>3}: {seconds:7.1f} s  learned wins {row['wins_at_100']}/{args.seeds} at 100 steps; "
               + "  ".join(f"k={k}: {a:.3f} vs {b:.3f}" for k, (a, b) in row["horizon"].items()), flush=True)
-    print("RESULT " + json.dumps(rows))
+    emit({"bench": "inner_steps", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from evaluate import seed_database, start_server  # noqa: E402  (seed: one registered loss "bench")
+from machine import emit  # noqa: E402  (bench/machine.py: the RESULT line names its machine)
 
 JOB = {"task": {"family": "sine", "points": 10, "heldout_points": 10, "model_hidden": [10]},
        "loss": {"hidden": [10]}, "seeds": 1, "outer_iterations": 1, "eval_every": 1, "eval_steps": 1,
@@ -193,7 +194,7 @@ def main() -> None:
         proc.wait(60)
     if args.record:
         record(ev, jobs, (load_before, os.getloadavg()[0]))
-    print("RESULT " + json.dumps({"evaluate": ev, "jobs": jobs}))
+    emit({"evaluate": ev, "jobs": jobs})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ M = 1, alpha = eta = 1e-3, 100 points) on one thread, side by side in this one p
 * the whole `ml3 train sine --seeds 5 --preset paper` command in a fresh process (meta-training,
   the horizon report, bundles, figures) against the same reference protocol.
 
-Usage: python bench/meta_train.py [--quick] [--parts seed,protocol,command]
+Usage: python bench/meta_train.py [--quick] [--parts seed,protocol,command] [--repeat 3]
        python bench/meta_train.py --device cuda --parts gpu,device-protocol --gpu-seeds 1000,10000
 The last line is `RESULT {json}`. Needs the bench extra: pip install -e '.[bench]'.
 """
@@ -22,10 +22,10 @@ The last line is `RESULT {json}`. Needs the bench extra: pip install -e '.[bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,7 @@ import time
 
 import torch
 import torch.nn as nn
+from machine import emit  # bench/machine.py: the RESULT line names its machine
 
 from ml3core import LossSpec, MetaTrainer, TrainConfig, make_family
 
@@ -188,13 +189,36 @@ def main():
                          "device-protocol (ours on --device against ours on the CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpu-seeds", default="1000,10000")
+    ap.add_argument("--repeat", type=int, default=1, help="run everything this many times: median and range")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     torch.set_num_threads(1)
     iters = 100 if args.quick else 500
     n = 10 if args.quick else 30
-    result = {"machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-              "protocol_iterations": iters}
+    runs = []
+    for r in range(args.repeat):
+        if args.repeat > 1:
+            print(f"-- run {r + 1} of {args.repeat}", flush=True)
+        runs.append(measure(args, parts, iters, n))
+    result = runs[0] if args.repeat == 1 else {**summarize(runs), "runs": runs}
+    emit(result)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Each speedup as the median and range over the runs (what the README quotes is the median)."""
+    out = {"repeat": len(runs)}
+    for k in runs[0]:
+        if k.endswith("speedup") or k.startswith("per_seed_speedup"):
+            vals = sorted(r[k] for r in runs)
+            out[k] = {"median": round(statistics.median(vals), 2), "min": vals[0], "max": vals[-1]}
+    print("median (range): " + ", ".join(f"{k} {v['median']}x ({v['min']}-{v['max']})" for k, v in out.items()
+                                         if isinstance(v, dict)), flush=True)
+    return out
+
+
+def measure(args, parts: set, iters: int, n: int) -> dict:
+    """One side-by-side run of every part asked for."""
+    result = {"protocol_iterations": iters}
 
     if "seed" in parts:  # rounds alternate reference and ours; each side's fastest round counts
         ref1, ours1 = Reference(0), ours(1)
@@ -251,7 +275,7 @@ def main():
               f"(one thread)", flush=True)
         result["device_protocol"] = {"device": args.device, **{k: round(v, 3) if isinstance(v, float) else v
                                                                 for k, v in times.items()}}
-    print("RESULT " + json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

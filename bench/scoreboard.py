@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import platform
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import emit  # bench/machine.py: the RESULT line names its machine
 
 from ml3core.api import meta_train
 from ml3core.tasks import FAMILIES
@@ -107,10 +107,10 @@ def main() -> int:
         print(f"{name:9s} published seed, held-out ratios vs tuned / same lr / both tuned  {cells}   "
               f"({row['wall_s']} s; {row['verdict']})", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print("RESULT " + json.dumps({"bench": "scoreboard", "preset": args.preset or "default", "threads": 1,
+    emit({"bench": "scoreboard", "preset": args.preset or "default", "threads": 1,
                                   "commit": commit.strip(), "torch": torch.__version__,
                                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                                  "families": rows}))
+                                  "families": rows})
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from evaluate import start_server  # noqa: E402
+from machine import emit  # noqa: E402  (bench/machine.py: the RESULT line names its machine)
 
 JOB = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "preset": "paper", "seeds": 1,
        "outer_iterations": 2, "eval_every": 1, "eval_steps": 2, "validation_tasks": 1,
@@ -113,7 +113,7 @@ def main() -> int:
         ("every 429 says Retry-After", all(ra for code, _, ra in answers if code == 429)),
         ("/healthz p99 under 1 s", result["healthz"]["p99_s"] < 1.0)) if not ok]
     result["failed"] = failed
-    print("RESULT " + json.dumps(result))
+    emit(result)
     return 1 if failed else 0
 
 

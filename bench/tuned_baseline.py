@@ -24,7 +24,6 @@ The last line is `RESULT {json}` with each variant's median time and its ratio t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import emit  # bench/machine.py: the RESULT line names its machine
 
 import ml3core.compare as compare_module
 from ml3core.api import parse_spec
@@ -75,13 +75,13 @@ def main() -> int:
     ratio = {name: round(median[name] / median["same lr"], 2) for name in VARIANTS}
     print(f"meta-test of {args.seeds} seeds x {args.tasks} tasks to {args.horizon} steps, median of {args.rounds}: "
           + ", ".join(f"{n} {median[n]:.1f} s ({ratio[n]}x)" for n in VARIANTS))
-    print("RESULT " + json.dumps({
+    emit({
         "bench": "tuned_baseline", "commit": commit(), "seeds": args.seeds, "tasks": args.tasks,
         "horizon": args.horizon,
         "grid": len(MetaTestConfig().lr_factors), "median_s": {n: round(v, 2) for n, v in median.items()},
         "range_s": {n: [round(min(t), 2), round(max(t), 2)] for n, t in times.items()}, "vs_same_lr": ratio,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
-        "threads": 1}))
+        "threads": 1})
     return 0
 
 

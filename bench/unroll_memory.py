@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from machine import emit  # bench/machine.py: the RESULT line names its machine
+
 
 def peak_mb(device: str) -> float:
     if device.startswith("cuda"):
@@ -83,8 +85,8 @@ def main() -> int:
         print(f"M={m:5d}: full {f['peak_mb']:8.1f} MB {f['seconds']:7.2f} s | checkpoint every {c['every']:3d}: "
               f"{c['peak_mb']:8.1f} MB {c['seconds']:7.2f} s | memory x{row['memory_ratio']}, "
               f"time x{row['time_ratio']}, same meta-gradient: {row['same_gradient']}", flush=True)
-    print("RESULT " + json.dumps({"bench": "unroll_memory", "device": args.device, "threads": 1,
-                                  "machine": platform.machine(), "rows": rows}))
+    emit({"bench": "unroll_memory", "device": args.device, "threads": 1,
+                                  "machine": platform.machine(), "rows": rows})
     return 0
 
 
