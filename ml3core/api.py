@@ -76,7 +76,7 @@ def with_preset(spec: dict) -> dict:
         return spec  # no family to take a preset from: make_family says what is wrong with it
     presets = FAMILIES[name].presets()
     check(isinstance(preset, str) and preset in presets, "preset", f"one of {sorted(presets)}")
-    return _merge(presets[preset], spec)
+    return _merge(_merge(presets[preset], FAMILIES[name].preset_overlay(preset, task)), spec)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -169,6 +169,12 @@ def losing_horizons(test: dict, chosen: int, metric: str) -> list[str]:
             lr = row["tuned_lr"][chosen]
             out.append(f"after {row['steps']} steps the published loss's {metric} is {shown} the plain loss's "
                        f"at its best lr ({lr:.3g})")
+        if "ratio_vs_best_per_seed" in row:  # noisy train points: the best of the tuned plain and robust losses
+            ratio, best = row["ratio_vs_best_per_seed"][chosen], row["best_baseline_per_seed"][chosen]
+            if ratio is None or ratio > 1:
+                shown = "not finite" if ratio is None else f"{ratio:.3f}x"
+                out.append(f"after {row['steps']} steps the published loss's {metric} is {shown} the best tuned "
+                           f"baseline's ({best['name']} at lr {best['lr']:.3g})")
     return out
 
 

@@ -26,8 +26,10 @@ from .portable import (
 
 def bundle_format_version(spec: LossSpec) -> int:
     """The oldest format that reads this loss right: older loaders refuse what they would misread."""
+    if spec.form == "weighted_ce" or "abs_error" in spec.inputs:
+        return FORMAT_VERSION  # 4
     if spec.weights != "shared":
-        return FORMAT_VERSION
+        return 3
     return 1 if spec.form == "net" else 2
 
 

@@ -12,6 +12,11 @@ recorded step, per seed (below 1: the learned loss wins):
 
 One divergence rule everywhere: a run whose metric is not finite is infinitely bad, so it is never
 the best lr, and a learned loss that diverges has ratio inf (null in JSON).
+
+A family with noisy train points (``TaskFamily.robust_baselines``) is also judged against
+hand-designed robust losses (ml3core.robust), each at every hyperparameter of its grid and every lr
+of the same grid (``robust_fit``, one batch); ``best_baseline`` picks, per step and seed, the best of
+them and of the tuned plain loss, and its ratio ``vs_best``.
 """
 
 from __future__ import annotations
@@ -176,7 +181,63 @@ class StepCounter:
 
 PLAIN_RUNS_KEPT = 8
 _PLAIN: OrderedDict = OrderedDict()  # key -> the plain loss's runs, {metric: (R, S, G, T)}
+_ROBUST: OrderedDict = OrderedDict()  # key -> the robust baselines' runs, {metric: (R, S, B, G, T)}
 _LOCK = threading.Lock()
+
+
+def robust_fit(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer, factors: list[float],
+               record_at: list[int], count=None) -> tuple[list, dict]:
+    """Every robust baseline of ``family`` (none for a family without noise: ([], {}), no cost) at every
+    lr factor, as one batch: (baselines, {metric: (R, S, B, G, T)}). Kept like the plain loss's runs."""
+    from . import robust
+
+    baselines = family.robust_baselines()
+    if not baselines:
+        return [], {}
+    factors, record_at = sorted({float(f) for f in factors}), sorted(set(record_at))
+    key = _plain_key(family, theta, data, opt, factors, record_at) + repr([b.name for b in baselines])
+    with _LOCK:
+        runs = _ROBUST.get(key)
+    if runs is None:
+        B, G = len(baselines), len(factors)
+        S, T = next(iter(theta.values())).shape[:2]
+        scale = torch.tensor(factors, dtype=torch.float64).repeat(B).repeat_interleave(T).expand(S, B * G * T)
+        objective = robust.objective(family, baselines)
+        curves = fit(family, count(objective) if count else objective, tile(theta, B * G), tile(data, B * G),
+                     max(record_at), opt, record_at, lr_scale=scale)
+        runs = {m: c.view(c.shape[0], S, B, G, T) for m, c in curves.items()}
+        with _LOCK:
+            _ROBUST[key] = runs
+            while len(_ROBUST) > PLAIN_RUNS_KEPT:
+                _ROBUST.popitem(last=False)
+    return baselines, runs
+
+
+def best_baseline(cmp: Comparison, baselines: list, runs: dict, steps: list[int], metric: str,
+                  at: list[float] | None = None) -> dict:
+    """The best tuned baseline per step and seed: the plain loss and every robust baseline (``robust_fit``'s
+    runs, recorded at ``steps``, R of them), each at its best lr factor for that step. Returns {"names": C
+    candidate names (the plain loss first), "metric": (R, S, C) each one's mean ``metric`` at its best lr,
+    "lr": (R, S, C) that lr, "best": (R, S) the best candidate, "vs_best": (R, S) learned (at ``at``) / the best}."""
+    rows = [cmp.row(h) for h in steps]
+    cmp = Comparison(list(steps), cmp.factors, cmp.learned_factors, cmp.lr,
+                     {m: c[rows] for m, c in cmp.plain.items()}, {m: c[rows] for m, c in cmp.learned.items()})
+    S = next(iter(cmp.plain.values())).shape[1]
+    check(all(c.shape[3] == len(cmp.factors) for c in runs.values()), "lr_factors", "the plain loss's grid")
+    plain_name = "cross_entropy" if baselines and baselines[0].loss in ("gce", "label_smoothing", "sce") else "mse"
+    tuned, idx = cmp.tuned(cmp.plain, metric)
+    lrs = cmp.lrs(cmp.factors)
+    values, chosen = [tuned[metric].mean(-1)], [lrs[idx]]
+    for b in range(len(baselines)):
+        best_b, idx_b = cmp.tuned({m: c[:, :, b] for m, c in runs.items()}, metric)
+        values.append(best_b[metric].mean(-1))
+        chosen.append(lrs[idx_b])
+    value = torch.stack(values, -1).nan_to_num(nan=math.inf, posinf=math.inf)  # (R, S, C)
+    best = value.argmin(-1)
+    li, _ = cmp.index(at, S)
+    learned = cmp.at_lr(cmp.learned, li)[metric].mean(-1)
+    return {"names": [plain_name, *(b.name for b in baselines)], "metric": value, "lr": torch.stack(chosen, -1),
+            "best": best, "vs_best": ratio(learned, value.gather(-1, best.unsqueeze(-1)).squeeze(-1))}
 
 
 def _plain_key(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer, factors, record_at) -> str:

@@ -8,9 +8,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .config import ConfigError, check, check_layers, from_dict
-from .portable import ACTIVATIONS, CLASS_INPUTS, FORMS, OUTPUTS, mlp_loss
+from .portable import ACTIVATIONS, CLASS_INPUTS, EXAMPLE_INPUTS, FORMS, OUTPUTS, mlp_loss
 
-INPUT_NAMES = ("pred", "target", "x", "level")  # level: log of the batch's MSE (weighted_se only)
+# level: log of the batch's MSE; abs_error: |pred − target| per output (both weighted_se only, and constant for
+# the gradient of the loss: a weight of the error can turn an outlier's weight down)
+INPUT_NAMES = ("pred", "target", "x", "level", "abs_error")
 WEIGHTS = ("shared", "per_output")
 # "baseline": hidden layers Xavier-uniform, the last layer zero, so the output is a constant; the
 # output bias makes that constant 1 (exp(0) = 1 needs none), and weighted_se at weight 1 is MSE.
@@ -45,33 +47,34 @@ class LossSpec:
         self.hidden = [int(h) for h in self.hidden]
         check(len(self.inputs) > 0 and len(set(self.inputs)) == len(self.inputs), "loss.inputs",
               "a non-empty list without repeats")
-        names = CLASS_INPUTS if self.form == "ce_classwise" else INPUT_NAMES
+        names = {"ce_classwise": CLASS_INPUTS, "weighted_ce": EXAMPLE_INPUTS}.get(self.form, INPUT_NAMES)
         for name in self.inputs:
             check(name in names, "loss.inputs", f"unknown input {name!r} for form {self.form}; choose from {names}")
         check_layers(self.hidden, "loss.hidden")
         check(self.activation in ACTIVATIONS, "loss.activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.output in OUTPUTS, "loss.output", f"one of {sorted(OUTPUTS)}")
         check(self.form in FORMS, "loss.form", f"one of {FORMS}")
-        if self.form == "weighted_se":  # the weight must not see pred, nor go below zero
+        if self.form in ("weighted_se", "weighted_ce"):  # the weight must not see pred, nor go below zero
             check("pred" not in self.inputs, "loss.inputs", "without pred: a weighted_se loss weighs (pred − target)²")
             check(self.output in ("softplus", "square", "exp"), "loss.output",
-                  "softplus, square or exp for weighted_se")
+                  f"softplus, square or exp for {self.form}")
         else:
             check("level" not in self.inputs, "loss.inputs", "level (the batch's log MSE) needs form weighted_se")
+            check("abs_error" not in self.inputs, "loss.inputs", "abs_error (|pred − target|) needs form weighted_se")
         check(self.weights in WEIGHTS, "loss.weights", f"one of {WEIGHTS}")
         if self.weights == "per_output":  # one net, pred_dim weights: not with one net per dimension
             check(self.form == "weighted_se", "loss.weights", "per_output needs loss.form weighted_se")
             check(not self.per_output, "loss.weights", "per_output weights need loss.per_output false")
         check(self.reduction in ("mean", "sum"), "loss.reduction", "mean or sum")
         check(self.init in INITS, "loss.init", f"one of {INITS}")
-        if self.form == "ce_classwise":
-            check(not self.per_output, "loss.per_output", "false for ce_classwise (it is per class already)")
+        if self.form in ("ce_classwise", "weighted_ce"):
+            check(not self.per_output, "loss.per_output", f"false for {self.form} (it is per example already)")
         if self.init == "baseline" and self.form == "ce_classwise":  # g = 0: exactly cross-entropy
             check(self.output == "linear", "loss.init", "baseline for ce_classwise needs loss.output linear")
         elif self.init == "baseline":  # phi starts as the plain loss, so meta-training improves from parity
-            check(self.form == "weighted_se", "loss.init",
+            check(self.form in ("weighted_se", "weighted_ce"), "loss.init",
                   "baseline needs a form that contains the plain loss: weighted_se (weight 1 is MSE), "
-                  "ce_classwise (g = 0 is cross-entropy)")
+                  "weighted_ce (weight 1 is cross-entropy), ce_classwise (g = 0 is cross-entropy)")
             check(self.output == "exp" or (self.bias and self.output in BASELINE_BIAS), "loss.init",
                   "baseline needs loss.output exp, or loss.bias true with output softplus or square")
 
@@ -85,8 +88,8 @@ class LossSpec:
 
     @property
     def in_features(self) -> int:
-        if self.form == "ce_classwise":
-            return len(self.inputs)  # per class: the same network for any number of classes
+        if self.form in ("ce_classwise", "weighted_ce"):
+            return len(self.inputs)  # per class or per example: the same network for any number of classes
         per_point = 1 if self.per_output else self.pred_dim
         return sum(self.x_dim if n == "x" else per_point for n in self.inputs)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .compare import LR_FACTORS, RATIOS, StepCounter, check_factors, compare
+from .compare import LR_FACTORS, RATIOS, StepCounter, best_baseline, check_factors, compare, robust_fit
 from .config import check, check_range, from_dict, json_clean
 from .inner import InnerOptimizer
 from .losses import LossSpec
@@ -68,16 +68,24 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     phi = {k: v.to(device, dt) for k, v in phi.items()}
     phi = {k: v.unsqueeze(1) for k, v in phi.items()} if per_seed_phi else phi
     horizon = max([cfg.steps, *cfg.horizons])
-    count = StepCounter(progress, 2 * horizon)
+    noisy = bool(family.robust_baselines())  # noisy train points: the robust baselines train too (a third run)
+    count = StepCounter(progress, (3 if noisy else 2) * horizon)
     at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
+    record_at = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
+    if noisy:
+        baselines, robust = robust_fit(family, theta, data, opt, sorted(set(cfg.lr_factors) | set(at)),
+                                       sorted(set(cfg.horizons)), count)
     cmp = compare(family, learned_objective(family, spec, phi), theta, data, opt,
-                  sorted(set(range(cfg.steps + 1)) | set(cfg.horizons)), cfg.lr_factors, cfg.tune_learned, count, at)
+                  record_at, cfg.lr_factors, cfg.tune_learned, count, at)
     metric = family.heldout_metric
     li, pi = cmp.index(at, len(seed_ids))
     runs = {"learned": cmp.at_lr(cmp.learned, li), "mse": cmp.at_lr(cmp.plain, pi)}
     tuned, _ = cmp.tuned(cmp.plain, metric)
     ratios = cmp.ratios(metric, at)
     curve_rows = [cmp.row(k) for k in range(cfg.steps + 1)]
+    if noisy:
+        hs = sorted(set(cfg.horizons))
+        best = best_baseline(cmp, baselines, robust, hs, metric, at)
     report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
               "learned_lr": [float(f"{f * opt.lr:.4g}") for f in at],  # per seed: the lr L_phi trains at
               "seed_ids": list(seed_ids), "lr_grid": cmp.lrs(cmp.factors).tolist(), "curves": {},
@@ -102,8 +110,31 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
             row[f"ratio_{name}"] = _overall(ratios[name][i])
         row["heldout_ratio"] = _ratio(row["learned"].get(metric), row["mse"].get(metric))  # same lr, as before
         row["heldout_ratio_per_seed"] = row["ratio_same_lr_per_seed"]
+        if noisy:
+            row.update(_best_rows(best, hs.index(h), metric, baselines))
         report["horizon"].append(row)
     return report
+
+
+def _best_rows(best: dict, i: int, metric: str, baselines: list) -> dict:
+    """A horizon row's fields for the best tuned baseline (ml3core.compare.best_baseline) at step index ``i``:
+    every candidate at its best lr, the best one over all seeds' tasks and per seed, and ratio_vs_best."""
+    names, value, lr = best["names"], best["metric"][i], best["lr"][i]  # (S, C)
+    params = [{}, *(b.params for b in baselines)]
+    losses = [names[0], *(b.loss for b in baselines)]
+
+    def entry(c: int, seeds) -> dict:
+        return {"name": names[c], "loss": losses[c], "params": dict(params[c]),
+                "lr": lr[seeds, c].tolist(), metric: json_clean(value[seeds, c].mean().tolist())}
+
+    S = value.shape[0]
+    overall = int(value.mean(0).argmin())  # the candidate best over all seeds' tasks (inf if one seed diverged)
+    return {"baselines": {names[c]: {metric: json_clean(value[:, c].mean().item()), "lr": lr[:, c].tolist()}
+                          for c in range(len(names))},
+            "best_baseline": entry(overall, slice(None)),
+            "best_baseline_per_seed": [entry(int(best["best"][i, s]), s) for s in range(S)],
+            "ratio_vs_best_per_seed": json_clean(best["vs_best"][i].tolist()),
+            "ratio_vs_best": _overall(best["vs_best"][i])}
 
 
 def _overall(per_seed) -> float | None:

@@ -30,8 +30,9 @@ from safetensors.torch import load as load_safetensors
 
 FORMAT = "ml3-loss"
 # 2 added architecture "form" (a form-"net" bundle is still written as 1); 3 added "weights" (a bundle with
-# shared weights is still written as 2), so an older loader refuses a weight per output it would misread
-FORMAT_VERSION = 3
+# shared weights is still written as 2), so an older loader refuses a weight per output it would misread;
+# 4 added form "weighted_ce" and the input "abs_error" (only bundles that use them are written as 4)
+FORMAT_VERSION = 4
 WEIGHTS_FILE = "loss.safetensors"
 SPEC_FILE = "loss.json"
 
@@ -55,8 +56,17 @@ OUTPUTS = {"softplus": F.softplus, "linear": lambda h: h, "square": torch.square
 #   L = CE(logits, y) + sum_c g_phi(p_c, y_c, log p_c)   (per example; inputs chosen by name)
 # one small network g shared by every class, so a loss meta-trained on 2-way tasks applies to
 # 4- or 10-way ones; with g's last layer zero it is exactly cross-entropy.
-FORMS = ("net", "weighted_se", "ce_classwise")
+# "weighted_ce" (classification, the Meta-Weight-Net idea): a learned weight on each example's
+#   cross-entropy, L = mean_i w_phi(features_i)·CE_i, w >= 0 from EXAMPLE_INPUTS of the example (its
+#   CE, the target class's probability, the largest probability); with the last layer zero and the
+#   output bias at out⁻¹(1), w = 1 and L is exactly cross-entropy.
+# The weight of "weighted_ce", and of "weighted_se" when it reads "abs_error" (|pred − target| per output),
+# depends on the model's prediction; it is held constant in the gradient of the loss (the model is
+# trained on w·CE_i or w·(pred − target)², never on how w changes), while a meta-gradient through an
+# unroll still follows how w moves with the model (``_weigh``).
+FORMS = ("net", "weighted_se", "ce_classwise", "weighted_ce")
 CLASS_INPUTS = ("prob", "target", "logprob")
+EXAMPLE_INPUTS = ("ce", "target_prob", "max_prob")
 
 
 class LossBundleError(ValueError):
@@ -83,6 +93,9 @@ def loss_features(arch: dict, pred, target, x=None):
             if per_output:
                 x = x.unsqueeze(-2).expand(*pred.shape, x.shape[-1])
             parts.append(x.to(pred.dtype))
+        elif name == "abs_error":  # per output; held constant in the loss's gradient by _weigh
+            t = (pred - target).abs()
+            parts.append(t.unsqueeze(-1) if per_output else t)
         else:
             t = pred if name == "pred" else target
             if name == "level":
@@ -103,6 +116,39 @@ def _network(params: dict, arch: dict, h):
             h = h + params[f"layers.{i}.bias"].unsqueeze(-2)
         h = act(h) if i < n - 1 else OUTPUTS[arch["output"]](h)
     return h.squeeze(-1)  # (..., P), or (..., P, D) with D weights per point
+
+
+class _Weigh(torch.autograd.Function):
+    """w·v with a gradient to v only (w·dv): the weight is a constant for the loss's gradient; the ops of
+    that gradient are recorded (create_graph), so a gradient of it sees w's own dependencies."""
+
+    @staticmethod
+    def forward(ctx, w, v):
+        ctx.save_for_backward(w)
+        return w * v
+
+    @staticmethod
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return None, grad * w
+
+
+def _weigh(w, v):
+    return _Weigh.apply(w, v)
+
+
+def weighted_ce_loss(params: dict, arch: dict, logits, target, reduction: str = "mean"):
+    """Form weighted_ce: mean_i w_phi(features_i)·CE_i. logits, target: (..., N, C); target one-hot or soft."""
+    if logits.shape != target.shape:
+        raise ValueError(f"logits shape {tuple(logits.shape)} != target shape {tuple(target.shape)}")
+    logp = F.log_softmax(logits, dim=-1)
+    target = target.to(logp.dtype)
+    ce = -(target * logp).sum(-1)  # (..., N)
+    p = logp.exp()
+    feats = {"ce": ce, "target_prob": (target * p).sum(-1), "max_prob": p.max(-1).values}
+    h = torch.stack([feats[name] for name in arch["inputs"]], dim=-1)  # (..., N, F)
+    w = _network(params, arch, h)  # (..., N)
+    return _reduce(_weigh(w, ce), reduction or arch.get("reduction", "mean"))
 
 
 def _reduce(values, reduction: str):
@@ -140,6 +186,8 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
     """
     if arch.get("form", "net") == "ce_classwise":
         return classwise_loss(params, arch, pred, target, reduction)
+    if arch.get("form") == "weighted_ce":
+        return weighted_ce_loss(params, arch, pred, target, reduction)
     h = loss_features(arch, pred, target, x)
     per_output = arch.get("per_output", False)
     if per_output:
@@ -148,10 +196,11 @@ def mlp_loss(params: dict, arch: dict, pred, target, x=None, reduction: str = "m
     values = _network(params, arch, h)  # (..., P)
     if arch.get("form", "net") == "weighted_se":
         se = (pred - target).square()
+        mul = _weigh if "abs_error" in arch["inputs"] else torch.mul  # a weight of the error: constant for its gradient
         if arch.get("weights", "shared") == "per_output":  # (..., N, D) weights, one per output
-            values = (values.reshape(se.shape) * se).mean(-1)
+            values = mul(values.reshape(se.shape), se).mean(-1)
         else:
-            values = values * (se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
+            values = mul(values, se.reshape(*se.shape[:-2], -1) if per_output else se.sum(-1))
     reduction = reduction or arch.get("reduction", "mean")
     if reduction == "none" and per_output:
         return values.reshape(pred.shape)
@@ -208,7 +257,7 @@ class LearnedLoss(torch.nn.Module):
         return {name: getattr(self, f"p{i}") for i, name in enumerate(self._names)}
 
     def forward(self, pred, target, x=None, reduction: str | None = None):
-        if self.arch.get("form") == "ce_classwise":  # called like F.cross_entropy(logits, labels)
+        if self.arch.get("form") in ("ce_classwise", "weighted_ce"):  # called like F.cross_entropy(logits, labels)
             return mlp_loss(self.params, self.arch, pred, class_targets(pred, target), None,
                             reduction or self.arch.get("reduction", "mean"))
         squeeze = pred.dim() == 1 and self.arch.get("pred_dim", 1) == 1

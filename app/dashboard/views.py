@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from pathlib import Path
 
@@ -54,6 +55,8 @@ FAMILY_SET = {"pred_dim", "x_dim"}  # loss fields the task family fills in
 
 
 def _kind(hint) -> str:
+    if isinstance(hint, types.UnionType):  # e.g. task.label_noise: float | dict: the form takes the number
+        hint = typing.get_args(hint)[0]
     if typing.get_origin(hint) in (list, tuple):
         (arg, *_) = typing.get_args(hint) or (str,)
         return f"list[{getattr(arg, '__name__', 'str')}]"

@@ -74,9 +74,22 @@ class TaskFamily:
         code: ml3core/presets.json, where each says why."""
         return {name: p["spec"] for name, p in preset_entries(cls.name).items()}
 
+    @classmethod
+    def preset_overlay(cls, preset: str, task: dict) -> dict:
+        """A partial spec laid over preset ``preset`` for the spec's ``task`` object (under what the
+        spec states): e.g. a loss form that suits noisy train points. {}: the preset as it is."""
+        return {}
+
     def train_defaults(self) -> dict:
         """TrainConfig fields this family's official setting uses where a spec gives none."""
         return {}
+
+    def robust_baselines(self) -> list:
+        """The hand-designed robust losses every meta-test of this family also tunes (ml3core.robust):
+        those of its task type when its train points are noisy (task.label_noise, task.outliers); else none."""
+        from ..robust import baselines_for
+
+        return baselines_for(self)
 
     def init_theta(self, generators: list, n: int) -> dict:
         """n fresh models per generator (one generator per seed), stacked (S, n, ...)."""
@@ -187,9 +200,15 @@ CLASSIFICATION_LOSS = {"form": "ce_classwise", "inputs": ["prob", "target", "log
                        "activation": "tanh", "bias": True, "output": "linear", "init": "baseline"}
 
 
+# the per-example weighting of cross-entropy (Meta-Weight-Net's idea): w_phi(CE_i, p_y,i)·CE_i, w = 1 at the start
+WEIGHTED_CE_LOSS = {"form": "weighted_ce", "inputs": ["ce", "target_prob"], "hidden": [16], "activation": "tanh",
+                    "bias": True, "output": "softplus", "init": "baseline"}
+
+
 def classification_loss_defaults(form: str) -> dict:
-    check(form in ("net", "ce_classwise"), "loss.form", "ce_classwise for a classification family")
-    return dict(CLASSIFICATION_LOSS)
+    check(form in ("net", "ce_classwise", "weighted_ce"), "loss.form",
+          "ce_classwise or weighted_ce for a classification family")
+    return dict(WEIGHTED_CE_LOSS if form == "weighted_ce" else CLASSIFICATION_LOSS)
 
 
 def cross_entropy(logits, onehot):

@@ -38,6 +38,7 @@ from .base import (
     margin_landscape,
     mse,
 )
+from .noise import add_outliers, flip_labels, label_noise, outliers
 
 FORMAT = "ml3-tasks"
 SPLITS = ("train", "validation", "test")
@@ -203,6 +204,8 @@ class DatasetConfig:
     model_activation: str = "relu"
     meta_objective: str = "heldout"  # L_T on the held-out rows of meta-train tasks, or on the "train" rows
     beta: float = 1.0
+    label_noise: float | dict = 0.0  # classification: a fraction of train labels flipped (tasks/noise.py)
+    outliers: float | dict = 0.0  # regression: a fraction of train targets replaced by outliers
 
     def __post_init__(self):
         ok = isinstance(self.dataset, (str, int)) and not isinstance(self.dataset, bool) and str(self.dataset) != ""
@@ -219,6 +222,13 @@ class DatasetConfig:
         check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
         check(self.meta_objective in ("heldout", "train"), "task.meta_objective", "heldout or train")
         check(self.beta == 1.0, "task.beta", "the dataset family has only the MSE task loss (beta = 1)")
+        noisy = label_noise(self.label_noise).rate > 0 or outliers(self.outliers).rate > 0
+        check(not noisy or self.meta_objective == "heldout", "task.meta_objective",
+              "heldout with noisy train rows: L_T must judge on the clean held-out rows")
+
+    @property
+    def noisy(self) -> bool:
+        return label_noise(self.label_noise).rate > 0 or outliers(self.outliers).rate > 0
 
 
 @dataclass
@@ -260,6 +270,10 @@ class DatasetFamily(TaskFamily):
         counts = data.counts()
         small = [n for n, k in zip(data.names, counts, strict=True) if k < 2]
         check(not small, "task.dataset", f"every task needs at least 2 rows (train + held out); {small[:3]} have fewer")
+        check(label_noise(c.label_noise).rate == 0 or data.classes is not None, "task.label_noise",
+              "for a classification data set; a regression data set takes task.outliers")
+        check(outliers(c.outliers).rate == 0 or data.classes is None, "task.outliers",
+              "for a regression data set; a classification data set takes task.label_noise")
         g = torch.Generator().manual_seed(c.split_seed)
         T = len(data.names)
         n_val, n_test = (max(1, round(f * T)) for f in c.split[1:])
@@ -331,15 +345,19 @@ class DatasetFamily(TaskFamily):
         if self.classification:
             return classification_loss_defaults(form or "ce_classwise")
         if form is None:
-            return {**super().loss_defaults_for("weighted_se"), "hidden": [16], "activation": "tanh",
-                    "output": "exp", "bias": True, "init": "baseline"}
+            d = super().loss_defaults_for("weighted_se")
+            if self.config.noisy:  # the weight also reads each point's error size: it can turn an outlier down
+                d = {**d, "inputs": [*d["inputs"], "abs_error"]}
+            return {**d, "hidden": [16], "activation": "tanh", "output": "exp", "bias": True, "init": "baseline"}
         return super().loss_defaults_for(form)
 
     def train_defaults(self) -> dict:
+        # noise is memorised with training time: with noisy train rows the published seed is judged at 100, 1000 steps
+        noisy = {"validation_horizons": [100, 1000]} if self.config.noisy else {}
         if self.classification:
-            return {"tasks_per_batch": 4, "inner_lr": 0.1, "eval_tasks": 4}
+            return {"tasks_per_batch": 4, "inner_lr": 0.1, "eval_tasks": 4, **noisy}
         return {"tasks_per_batch": 8, "inner_lr": 0.01, "eval_tasks": 4, "schedule": "persistent", "inner_steps": 10,
-                "train_horizon": 1000, "outer_iterations": 300, "outer_lr": 3e-3}
+                "train_horizon": 1000, "outer_iterations": 300, "outer_lr": 3e-3, **noisy}
 
     def init_theta(self, generators, n):
         p = self.prepared  # classification: one output (logit) per class
@@ -360,6 +378,11 @@ class DatasetFamily(TaskFamily):
                 rows = _draw(pad[order], count[order], size, g)
                 out["x" + key].append(p.x[rows])
                 out["y" + key].append(p.y[rows])
+            if c.noisy:  # after this seed's draws: a run without noise is what it was
+                if self.classification:
+                    out["y"][-1] = flip_labels(out["y"][-1], label_noise(c.label_noise), g)
+                else:
+                    out["y"][-1] = add_outliers(out["y"][-1], outliers(c.outliers), g)
         return {k: torch.stack(v) for k, v in out.items()}
 
     def fit_loss(self, pred, target):
@@ -397,7 +420,7 @@ class DatasetFamily(TaskFamily):
     def landscape(self, spec, params, options):
         """A per-output loss is one scalar function, whatever the number of outputs; a classification
         loss is drawn against the true class's logit margin (no data needed)."""
-        if spec.form == "ce_classwise":
+        if spec.form in ("ce_classwise", "weighted_ce"):
             return margin_landscape(spec, params, options, 2)
         return super().landscape(replace(spec, pred_dim=1) if spec.per_output else spec, params, options)
 

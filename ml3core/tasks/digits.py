@@ -36,6 +36,7 @@ from .base import (
     cross_entropy,
     margin_landscape,
 )
+from .noise import flip_labels, label_noise
 
 SIDE = 8  # images are 8x8
 SPLITS = ("train", "validation", "test")
@@ -55,6 +56,7 @@ class DigitsConfig:
     model_channels: list[int] = field(default_factory=lambda: [8, 16])
     model_activation: str = "relu"
     beta: float = 1.0
+    label_noise: float | dict = 0.0  # a fraction of train labels flipped (tasks/noise.py)
 
     def __post_init__(self):
         for name in ("train_classes", "test_classes"):
@@ -76,6 +78,8 @@ class DigitsConfig:
               "task.model_channels", "two channel counts in 1..256")
         check(self.model_activation in ACTIVATIONS, "task.model_activation", f"one of {sorted(ACTIVATIONS)}")
         check_range(self.beta, "task.beta", 1e-6, 1e6)
+        check(label_noise(self.label_noise).rate == 0 or self.objective == "heldout", "task.objective",
+              "heldout with task.label_noise: L_T must judge on the clean held-out images, not the noisy ones")
 
 
 @lru_cache(maxsize=1)
@@ -216,6 +220,9 @@ class DigitsFamily(TaskFamily):
                 per["classes"].append(torch.tensor([digits[i] for i in chosen.tolist()]))
             for key in out:
                 out[key].append(torch.stack(per[key]))
+            noise = label_noise(c.label_noise)
+            if noise.rate > 0:  # after this seed's draws: a run without noise is what it was
+                out["y"][-1] = flip_labels(out["y"][-1], noise, g)
         return {key: torch.stack(v) for key, v in out.items()}
 
     def loss_inputs(self, theta, data):
