@@ -89,4 +89,5 @@ SCHEDULES = ("unrolled", "online", "persistent")
 LATER_DEFAULTS = {"inner_optimizer": "sgd", "inner_momentum": 0.9, "inner_betas": [0.9, 0.999], "train_horizon": 100,
                   "unroll_checkpoint": 0, "validation_horizons": []}
 LATER_LOSS_DEFAULTS = {"weights": "shared"}
-LATER_TASK_DEFAULTS = {"inverse-dynamics": {"meta_objective": "train"}}
+LATER_TASK_DEFAULTS = {"inverse-dynamics": {"meta_objective": "train"}, "sine": {"outliers": 0.0},
+                       "digits": {"label_noise": 0.0}, "dataset": {"label_noise": 0.0, "outliers": 0.0}}

@@ -17,11 +17,12 @@ from ml3core.api import losing_horizons, parse_spec
 from ml3core.artifact import Bundle
 from ml3core.compare import Comparison, best_baseline, robust_fit
 from ml3core.config import ConfigError
-from ml3core.engine import MetaTrainer, fresh_theta, sample_data, stream_generator
+from ml3core.engine import MetaTrainer
 from ml3core.inner import InnerOptimizer
 from ml3core.losses import LossSpec, apply_loss, init_loss_params
 from ml3core.metatest import MetaTestConfig, meta_test
 from ml3core.rollout import fit
+from ml3core.sampling import fresh_theta, sample_data, stream_generator
 from ml3core.tasks import dataset, make_family
 from ml3core.tasks.base import cross_entropy
 
@@ -75,8 +76,15 @@ def test_runs_without_noise_are_bit_for_bit_what_they_were(task, split, field, w
     assert fingerprint(make_family({**task, field: {"rate": 0.0}}), split) == want
 
 
-def _changed_rows(clean, noisy):
-    return (clean != noisy).flatten(-1).any(-1) if clean.dim() > 3 else (clean != noisy).any(-1)
+def test_a_checkpoint_written_before_noise_existed_still_belongs_to_a_noise_free_run():
+    from ml3core.checkpoint import identity
+
+    for task, field in ((SINE, "outliers"), ({"family": "digits"}, "label_noise")):
+        plan = parse_spec({"task": task, "seeds": 1, "validation_tasks": 1})
+        trainer = MetaTrainer(plan.family, plan.loss, plan.train)
+        assert field not in identity(trainer)["task"]
+        noisy = parse_spec({"task": {**task, field: 0.2}, "seeds": 1, "validation_tasks": 1})
+        assert identity(MetaTrainer(noisy.family, noisy.loss, noisy.train))["task"][field] == 0.2
 
 
 @pytest.mark.parametrize("spec", [0.3, {"rate": 0.3, "kind": "student_t"},
