@@ -16,18 +16,19 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from app import dashboard
+from app.api import openapi
+from app.api.routes import datasets as dataset_routes
+from app.api.routes import evaluate as evaluate_routes
+from app.api.routes import health, jobs, losses
+from app.core.config import Settings, get_settings
+from app.core.errors import Problem, invalid, problem_body
+from app.db.session import get_engine, get_sessionmaker, upgrade
+from app.jobs.runner import make_runner
+from app.services import datasets, limits, security
+from app.services.evaluate import LossCache
+from app.services.registry import FastResolver
 from ml3core import ConfigError
-
-from . import dashboard, datasets, limits, openapi, security
-from .api.routes import datasets as dataset_routes
-from .api.routes import evaluate as evaluate_routes
-from .api.routes import health, jobs, losses
-from .core.config import Settings, get_settings
-from .db import get_engine, get_sessionmaker, upgrade
-from .errors import Problem, invalid, problem_body
-from .evaluate import LossCache
-from .registry import FastResolver
-from .runner import make_runner
 
 log = logging.getLogger("ml3.api")
 PROBLEM = "application/problem+json"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from app.cli import make_parser
-from app.cli_service import cmd_db_upgrade, cmd_serve, cmd_worker
+from app.cli.main import make_parser
+from app.cli.service import cmd_db_upgrade, cmd_serve, cmd_worker
 from app.core.config import Settings
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -80,7 +80,7 @@ def test_no_download_host_is_written_into_the_container_files():
 
 
 def test_a_gpu_worker_refuses_to_run_two_jobs_at_once(capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     assert main(["worker", "--queues", "gpu", "--concurrency", "2"]) == 2
     assert "one job at a time" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import PROBLEM_KEYS, ROOT, SMALL, TINY, Server, wait_for
 
-from app.client import ApiError, Client
+from app.cli.client import ApiError, Client
 from ml3core import load_loss
 
 

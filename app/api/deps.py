@@ -11,10 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
-from ..errors import invalid
-from ..ids import Digits, is_digits
-from ..models import MAX_ID
-from ..security import Principal, authorize
+from app.core.errors import invalid
+from app.db.models import MAX_ID
+from app.services.ids import Digits, is_digits
+from app.services.security import Principal, authorize
 
 
 def get_db(request: Request) -> Iterator[Session]:

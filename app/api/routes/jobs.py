@@ -15,13 +15,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ml3core.api import parse_spec
-
-from ... import datasets, limits, registry
-from ...db import lock_row
-from ...errors import Problem, invalid, not_found
-from ...ids import Digits, is_digits
-from ...models import (
+from app.api.deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
+from app.api.head import head_of
+from app.api.schemas import JobSpec, job_json
+from app.core.errors import Problem, invalid, not_found
+from app.db.models import (
     CANCELED,
     FINAL,
     MAX_ID,
@@ -35,10 +33,11 @@ from ...models import (
     JobFile,
     utcnow,
 )
-from ...runner import check_device
-from ...schemas import JobSpec, job_json
-from ..deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
-from ..head import head_of
+from app.db.session import lock_row
+from app.jobs.runner import check_device
+from app.services import datasets, limits, registry
+from app.services.ids import Digits, is_digits
+from ml3core.api import parse_spec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 log = logging.getLogger("ml3.api")

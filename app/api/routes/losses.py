@@ -11,18 +11,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy import and_, func, or_, select
 
+from app.api.deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
+from app.api.head import head_of
+from app.api.routes.jobs import IdempotencyKey, create_job
+from app.api.schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
+from app.core.errors import invalid
+from app.db.models import META_TEST, Loss, LossAlias, LossVersion
+from app.jobs.runner import check_device
+from app.services import limits, registry
+from app.services.evaluate import torch_threads
+from app.services.ids import parse_int
 from ml3core.api import landscape, landscape_png, parse_meta_test
-
-from ... import limits, registry
-from ...errors import invalid
-from ...evaluate import torch_threads
-from ...ids import parse_int
-from ...models import META_TEST, Loss, LossAlias, LossVersion
-from ...runner import check_device
-from ...schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
-from ..deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
-from ..head import head_of
-from .jobs import IdempotencyKey, create_job
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from app.core.config import Settings
+from app.core.errors import Problem, invalid
+from app.db.models import QUEUED, RUNNING, Job
 from ml3core.compare import LR_FACTORS
-
-from .core.config import Settings
-from .errors import Problem, invalid
-from .models import QUEUED, RUNNING, Job
 
 
 def exceeded(name: str, status: int, what: str, allowed, headers: dict | None = None, loc: str | None = None):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.openapi.utils import get_openapi
 
-from .security import SCOPES
+from app.services.security import SCOPES
 
 DOCS_STATIC = "/static-offline-docs"  # where fastapi-offline (FastAPIOffline) mounts Swagger UI and ReDoc
 PROBLEM = {

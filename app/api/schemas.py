@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import MAX_ID, Job, LossVersion
+from app.db.models import MAX_ID, Job, LossVersion
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -99,7 +99,7 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
 def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: bool = False) -> dict:
     """A version; one whose stored loss.json no longer parses is refused (bundle_corrupt), or in a list
     (``listed``) shown with status ``corrupt``, so one damaged row does not break the list."""
-    from .registry import corrupt, readable
+    from app.services.registry import corrupt, readable
 
     ref = f"{name}:{v.version}"
     base = f"/v1/losses/{ref}"
