@@ -59,8 +59,8 @@ def test_runner_process_does_not_outlive_a_killed_server(tmp_path):
     parent = textwrap.dedent(f"""
         import os, signal, sys, time
         from app.core.config import Settings
-        from app.db import upgrade
-        from app.runner import LocalRunner
+        from app.db.session import upgrade
+        from app.jobs.runner import LocalRunner
         settings = Settings(data_dir={str(tmp_path)!r})
         upgrade(settings.db_url)
         runner = LocalRunner(settings)

@@ -1,5 +1,5 @@
 """End to end: a real ``ml3 serve`` process on a free port with a temporary data directory,
-driven over HTTP by ``app.client``: train, follow SSE, evaluate, download, meta-test, move an
+driven over HTTP by ``app.cli.client``: train, follow SSE, evaluate, download, meta-test, move an
 alias; then stop the server mid-job (SIGTERM, then SIGKILL) and restart it."""
 
 import json

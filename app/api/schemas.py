@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.models import MAX_ID, Job, LossVersion
+from app.db.models import MAX_ID, Job, LossVersion, iso
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -74,10 +75,6 @@ class TagRequest(BaseModel):
     value: str = Field(max_length=256)
 
 
-def iso(t) -> str | None:
-    return None if t is None else t.isoformat(timespec="milliseconds") + "Z"
-
-
 def job_json(job: Job, files: list[str] | None = None) -> dict:
     out = {
         "id": job.id, "kind": job.kind, "status": job.status, "spec": job.spec,
@@ -94,6 +91,13 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
             out["links"]["report"] = f"/v1/jobs/{job.id}/report"
         out["links"]["figures"] = {n: f"/v1/jobs/{job.id}/figures/{n}" for n in files if n.endswith(".png")}
     return out
+
+
+def accepted(response: Response, job: Job) -> dict:
+    """The answer to a submit: 202, Location: the job, and the job."""
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_json(job)
 
 
 def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: bool = False) -> dict:

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
-from app.api.schemas import iso
 from app.core.config import Settings
 from app.core.errors import Problem, invalid, not_found
-from app.db.models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion
+from app.db.models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion, iso
 from app.db.session import get_sessionmaker, lock_row
 from app.services.ids import is_digits
 from ml3core import ConfigError

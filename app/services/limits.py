@@ -246,7 +246,7 @@ def check_request_bytes(need: int, what: str, settings: Settings) -> None:
 
 def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
     """Queued + running jobs of one key. Exact only while the key's row is locked (``db.lock_row``)
-    from before this count until the new job is committed, as ``create_job`` does; else two
+    from before this count until the new job is committed, as ``app.services.jobs.create_job`` does; else two
     concurrent submits can both pass."""
     if api_key_id is None:
         return

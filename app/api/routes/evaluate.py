@@ -44,7 +44,7 @@ router = APIRouter(prefix="/v1/losses", tags=["losses"])
 INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
 LOSS_ID = {"name": "loss_id", "in": "path", "required": True, "schema": {"type": "string", "title": "Loss Id"},
            "description": "name, name:version or name@alias"}
-READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/openapi.py marks it optional where reads need no key
+READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/api/openapi.py marks it optional where reads need no key
 
 
 def _loaded(request: Request, loss_id: str):

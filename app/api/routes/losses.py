@@ -11,16 +11,16 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy import and_, func, or_, select
 
-from app.api.deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
+from app.api.deps import ADMIN, DB, READ, IdempotencyKey, PageDep, SubmitKey, reject_unknown_query
 from app.api.head import head_of
-from app.api.routes.jobs import IdempotencyKey, create_job
-from app.api.schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
+from app.api.schemas import AliasRequest, MetaTestRequest, TagRequest, accepted, version_json
 from app.core.errors import invalid
-from app.db.models import META_TEST, Loss, LossAlias, LossVersion
+from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
 from app.services import limits, registry
 from app.services.evaluate import torch_threads
 from app.services.ids import parse_int
+from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
@@ -203,8 +203,9 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
         family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
         limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
         request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
-        return create_job(request, response, db, META_TEST, request_body,
-                          {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
-                          f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
-                          progress_total=1, progress_unit="runs")
+        job = create_job(db, settings, request.app.state.runner, META_TEST, request_body,
+                         {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
+                         f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
+                         progress_total=1, progress_unit="runs")
+        return accepted(response, job)
 
