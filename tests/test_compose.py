@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from app.cli.main import make_parser
+from app.cli.commands import make_parser
 from app.cli.service import cmd_db_upgrade, cmd_serve, cmd_worker
 from app.core.config import Settings
 
@@ -80,7 +80,7 @@ def test_no_download_host_is_written_into_the_container_files():
 
 
 def test_a_gpu_worker_refuses_to_run_two_jobs_at_once(capsys):
-    from app.cli.main import main
+    from app.cli import main
 
     assert main(["worker", "--queues", "gpu", "--concurrency", "2"]) == 2
     assert "one job at a time" in capsys.readouterr().err

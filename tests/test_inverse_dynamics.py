@@ -302,7 +302,7 @@ TINY = ["--seeds", "1", "--outer-iters", "1", "--inner-steps", "3", "--eval-step
 
 
 def test_cli_train_and_experiment(tmp_path, capsys):
-    from app.cli.main import main
+    from app.cli import main
 
     assert main(["train", "inverse-dynamics", "--robot", "2link", "--task-loss", "prior", "--model", "mlp",
                  "--out", str(tmp_path / "run"), *TINY]) == 0

@@ -176,7 +176,7 @@ def test_the_start_says_loudly_how_the_server_is_protected(Session, caplog):
 
 
 def test_keys_cli_create_list_revoke(tmp_path, monkeypatch, capsys):
-    from app.cli.main import main
+    from app.cli import main
     from app.core.config import get_settings
 
     env = {**os.environ, "ML3_DATA_DIR": str(tmp_path)}

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from app.cli.main import build_train_spec, make_parser
+from app.cli.commands import build_train_spec, make_parser
 from ml3core.api import landscape, landscape_png, meta_train, parse_spec
 from ml3core.artifact import Bundle
 from ml3core.config import ConfigError
@@ -142,7 +142,7 @@ def test_a_job_adds_the_landscape_and_reports_parameter_error():
 
 
 def test_experiment_config_errors_change_nothing(tmp_path, capsys):
-    from app.cli.main import main
+    from app.cli import main
     from ml3core.experiments.shaping import ShapingConfig
 
     for bad, loc in [({"task": {"task_loss": "mse"}}, "task.task_loss"), ({"steps": -1}, "steps"),
