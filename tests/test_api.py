@@ -395,6 +395,17 @@ def test_openapi_lists_the_routes(client):
     assert {"/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/losses/{loss_id}/evaluate"} <= set(paths)
 
 
+def test_openapi_documents_the_job_and_loss_version_answers(client):
+    doc = client.get("/openapi.json").json()
+    ok = {("/v1/jobs", "post", "202"): "JobOut", ("/v1/losses/{loss_id}/meta-test", "post", "202"): "JobOut",
+          ("/v1/losses/{loss_id}", "get", "200"): "LossVersionOut"}
+    for (path, method, status), name in ok.items():
+        schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{name}"}
+    job = doc["components"]["schemas"]["JobOut"]["properties"]
+    assert list(job)[:3] == ["id", "kind", "status"] and "links" in job
+
+
 def test_client_module_imports_neither_fastapi_nor_sqlalchemy():
     code = ("import sys, app.cli.client; bad = [m for m in ('fastapi', 'sqlalchemy', 'starlette') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")

@@ -93,6 +93,51 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
     return out
 
 
+class JobProgress(BaseModel):
+    completed: int
+    total: int
+    unit: str
+
+
+class JobOut(BaseModel):
+    """A job as ``job_json`` renders it: the answer to a submit (the fields in this order)."""
+
+    id: int
+    kind: str
+    status: str
+    spec: dict[str, Any] = Field(description="the request as submitted")
+    progress: JobProgress
+    metrics: dict[str, Any] | None = Field(description="the latest metrics")
+    error: dict[str, Any] | None = Field(description="{code, detail} of a failed job")
+    result: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    links: dict[str, Any] = Field(description="self, events, metrics")
+
+
+class LossVersionOut(BaseModel):
+    """A loss version as ``version_json`` renders it (the fields in this order)."""
+
+    id: str = Field(description="name:version")
+    name: str
+    version: int
+    sha256: str
+    status: str
+    job_id: int | None
+    created_at: str | None
+    aliases: list[str]
+    tags: dict[str, str]
+    metrics: dict[str, Any] | None
+    verdict: Any = Field(description="where the loss beats the plain loss at its best lr (None: an older version)")
+    architecture: Any
+    task: Any
+    training: Any
+    links: dict[str, str]
+
+
 def accepted(response: Response, job: Job) -> dict:
     """The answer to a submit: 202, Location: the job, and the job."""
     response.status_code = 202

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from app.api.deps import DB, READ, Id, IdempotencyKey, PageDep, ReadKey, SubmitKey
 from app.api.head import head_of
-from app.api.schemas import JobSpec, accepted, job_json
+from app.api.schemas import JobOut, JobSpec, accepted, job_json
 from app.core.errors import Problem, invalid, not_found
 from app.db.models import (
     CANCELED,
@@ -38,7 +38,7 @@ from ml3core.api import parse_spec
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 
 
-@router.post("", status_code=202, summary="Submit a meta-train job")
+@router.post("", status_code=202, summary="Submit a meta-train job", response_model=JobOut)
 def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobSpec, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
     settings = request.app.state.settings

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, select
 
 from app.api.deps import ADMIN, DB, READ, IdempotencyKey, PageDep, SubmitKey, reject_unknown_query
 from app.api.head import head_of
-from app.api.schemas import AliasRequest, MetaTestRequest, TagRequest, accepted, version_json
+from app.api.schemas import AliasRequest, JobOut, LossVersionOut, MetaTestRequest, TagRequest, accepted, version_json
 from app.core.errors import invalid
 from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
@@ -65,7 +65,7 @@ def list_losses(db: DB, page: PageDep) -> dict:
     return page.result(rows, lambda r: r.id, render)
 
 
-@router.get("/{loss_id}", summary="A loss version (latest, :version or @alias)")
+@router.get("/{loss_id}", summary="A loss version (latest, :version or @alias)", response_model=LossVersionOut)
 def show(db: DB, loss_id: str) -> dict:
     r, v = _version(db, loss_id)
     return version_json(r.name, v, _aliases_of(db, v))
@@ -185,7 +185,8 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
 
 
-@router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)")
+@router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)",
+             response_model=JobOut)
 def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss_id: str,
               body: Annotated[MetaTestRequest | None, Body()] = None,
               idempotency_key: IdempotencyKey = None) -> dict:
