@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import emit  # noqa: E402  (bench/machine.py: the RESULT line names its machine)
 from scoreboard import task_of  # noqa: E402
 
-from app.spec_flags import apply_sets  # noqa: E402
+from app.cli.spec_flags import apply_sets  # noqa: E402
 from ml3core.api import meta_train  # noqa: E402
 
 NO_META_TEST = {"tasks": 1, "steps": 0, "horizons": [0], "lr_factors": [1], "tune_learned": False}

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 def seed_database(data_dir: Path) -> None:
     """One registered loss, written through the registry like a finished job would."""
-    from app import registry
     from app.core.config import Settings
-    from app.db import get_sessionmaker, upgrade
+    from app.db.session import get_sessionmaker, upgrade
+    from app.services import registry
     from ml3core import init_loss_params, make_family
     from ml3core.artifact import Bundle
     from ml3core.losses import LossSpec

@@ -43,9 +43,9 @@ FINAL = ("succeeded", "failed", "canceled")
 
 
 def make_keys(data_dir: Path, readers: int) -> tuple[list[str], str]:
-    from app import security
     from app.core.config import Settings
-    from app.db import get_sessionmaker
+    from app.db.session import get_sessionmaker
+    from app.services import security
 
     with get_sessionmaker(Settings(data_dir=data_dir).db_url).begin() as db:
         reads = [security.create_key(db, "read", f"load-client-{i}")[1] for i in range(readers)]

@@ -39,9 +39,9 @@ JOB = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "preset":
 
 
 def make_keys(data_dir: Path, n: int) -> list[str]:
-    from app import security
     from app.core.config import Settings
-    from app.db import get_sessionmaker, upgrade
+    from app.db.session import get_sessionmaker, upgrade
+    from app.services import security
 
     url = Settings(data_dir=data_dir).db_url
     upgrade(url)

@@ -66,7 +66,7 @@ def heldout_table(report: dict) -> list[str]:
 
 
 def main() -> int:
-    from app.client import Client
+    from app.cli.client import Client
     from ml3core import load_loss
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

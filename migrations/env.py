@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import pool
 
-from app.db import get_engine
-from app.models import Base
+from app.db.models import Base
+from app.db.session import get_engine
 
 config = context.config
 target_metadata = Base.metadata

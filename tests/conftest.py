@@ -69,7 +69,7 @@ def table_counts(Session) -> dict:
 def register_loss(Session, name: str, seed: int = 0) -> int:
     """A new version of ``name`` (a random sine loss from ``seed``) committed directly, as the runner
     would: its id."""
-    from app import registry
+    from app.services import registry
     from ml3core.artifact import Bundle
     from ml3core.losses import LossSpec, init_loss_params
 
@@ -82,7 +82,7 @@ def register_loss(Session, name: str, seed: int = 0) -> int:
 
 def new_key(Session, scope: str, revoked: bool = False) -> dict:
     """Headers carrying a fresh API key of ``scope`` (revoked at once if asked)."""
-    from app import security
+    from app.services import security
 
     with Session.begin() as db:
         key, token = security.create_key(db, scope, "test")
@@ -104,7 +104,7 @@ def postgres_database(prefix: str):
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from app.db import get_engine
+    from app.db.session import get_engine
 
     default = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     base = make_url(os.environ.get("ML3_TEST_DATABASE_URL", default))
@@ -140,7 +140,7 @@ def client(settings):
 @pytest.fixture(scope="module")
 def Session(settings, client):
     """A sessionmaker on the database of the module's app."""
-    from app.db import get_sessionmaker
+    from app.db.session import get_sessionmaker
 
     return get_sessionmaker(settings.db_url)
 

@@ -14,7 +14,7 @@ from ml3core.rollout import fit
 from ml3core.sampling import fresh_theta, sample_data, stream_generator
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
-    from app.allocator import keep_freed_memory
+    from app.jobs.allocator import keep_freed_memory
     assert keep_freed_memory()
 family = make_family({"family": "sine"})
 gens = [stream_generator(s, "test") for s in range(5)]

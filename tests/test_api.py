@@ -1,4 +1,4 @@
-"""The REST API on a temporary SQLite database. Jobs run through ``app.execute.run_job`` (the one
+"""The REST API on a temporary SQLite database. Jobs run through ``app.jobs.execute.run_job`` (the one
 execution path) called in the test process, so every step is deterministic."""
 
 import base64
@@ -16,10 +16,10 @@ from conftest import SMALL, assert_problem, table_counts, wait_for
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import registry
 from app.core.config import Settings
-from app.execute import run_job
-from app.models import Checkpoint, Job, JobEvent, LossVersion, utcnow
+from app.db.models import Checkpoint, Job, JobEvent, LossVersion, utcnow
+from app.jobs.execute import run_job
+from app.services import registry
 from ml3core import load_loss
 from ml3core.artifact import Bundle
 
@@ -395,8 +395,19 @@ def test_openapi_lists_the_routes(client):
     assert {"/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/losses/{loss_id}/evaluate"} <= set(paths)
 
 
+def test_openapi_documents_the_job_and_loss_version_answers(client):
+    doc = client.get("/openapi.json").json()
+    ok = {("/v1/jobs", "post", "202"): "JobOut", ("/v1/losses/{loss_id}/meta-test", "post", "202"): "JobOut",
+          ("/v1/losses/{loss_id}", "get", "200"): "LossVersionOut"}
+    for (path, method, status), name in ok.items():
+        schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{name}"}
+    job = doc["components"]["schemas"]["JobOut"]["properties"]
+    assert list(job)[:3] == ["id", "kind", "status"] and "links" in job
+
+
 def test_client_module_imports_neither_fastapi_nor_sqlalchemy():
-    code = ("import sys, app.client; bad = [m for m in ('fastapi', 'sqlalchemy', 'starlette') if m in sys.modules];"
+    code = ("import sys, app.cli.client; bad = [m for m in ('fastapi', 'sqlalchemy', 'starlette') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
@@ -405,8 +416,8 @@ def test_migrations_match_the_models(settings):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from app.db import get_engine
-    from app.models import Base
+    from app.db.models import Base
+    from app.db.session import get_engine
 
     with get_engine(settings.db_url).connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

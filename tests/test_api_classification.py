@@ -1,4 +1,4 @@
-"""A digits job through the REST API (run by ``app.execute.run_job``, the one execution path), then
+"""A digits job through the REST API (run by ``app.jobs.execute.run_job``, the one execution path), then
 its classification loss served: evaluate with logits and labels, landscape, meta-test, bad bodies."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import assert_problem, register_loss, table_counts
 
 from app.core.config import Settings
-from app.execute import run_job
+from app.jobs.execute import run_job
 from ml3core import load_loss
 
 DIGITS = {"task": {"family": "digits", "classes_per_task": 2, "heldout_per_class": 10}, "seeds": 2,

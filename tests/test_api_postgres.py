@@ -6,7 +6,7 @@ from conftest import postgres_database
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.execute import run_job
+from app.jobs.execute import run_job
 from app.main import create_app
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,8 @@ def test_migrations_and_a_job_on_postgresql(pg_url, tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from app.db import get_engine
-    from app.models import Base
+    from app.db.models import Base
+    from app.db.session import get_engine
 
     settings = Settings(data_dir=tmp_path, database_url=pg_url, runner="none", checkpoint_every=5)
     with TestClient(create_app(settings)) as c:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from app.cli import make_parser
-from app.cli_service import cmd_db_upgrade, cmd_serve, cmd_worker
+from app.cli.commands import make_parser
+from app.cli.service import cmd_db_upgrade, cmd_serve, cmd_worker
 from app.core.config import Settings
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

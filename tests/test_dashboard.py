@@ -343,8 +343,8 @@ def test_cancel_from_the_job_page(page, server):
 
 def test_a_failed_job_shows_its_error_plainly(page, server):
     # a device the runner cannot serve is refused at submit now: the row is written as a runner fails a job
-    from app.db import get_sessionmaker
-    from app.models import FAILED, META_TRAIN, Job, utcnow
+    from app.db.models import FAILED, META_TRAIN, Job, utcnow
+    from app.db.session import get_sessionmaker
 
     spec = {"task": {"family": "sine"}, "seeds": 1, "outer_iterations": 5}
     error = {"code": "execution_error", "detail": "RuntimeError: CUDA error: invalid device ordinal"}

@@ -1,7 +1,7 @@
 """Data sets through the service on a temporary SQLite database: upload (CSV multipart, NPZ raw
 body), list, show, delete (refused while a job uses it), malformed files (4xx, nothing stored),
 and the diabetes example end to end: upload -> meta-train -> meta-test (also on another
-optimizee) -> download. Jobs run through ``app.execute.run_job``, the one execution path."""
+optimizee) -> download. Jobs run through ``app.jobs.execute.run_job``, the one execution path."""
 
 import importlib.util
 import io
@@ -13,7 +13,7 @@ from conftest import ROOT, assert_problem, postgres_database, table_counts
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.execute import run_job
+from app.jobs.execute import run_job
 from app.main import create_app
 from ml3core import load_loss
 
@@ -238,7 +238,7 @@ def migrate(url: str, direction: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from app.db import MIGRATIONS, get_engine
+    from app.db.session import MIGRATIONS, get_engine
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -251,7 +251,7 @@ def migrate(url: str, direction: str, revision: str) -> None:
 def tables(url: str) -> set[str]:
     from sqlalchemy import inspect
 
-    from app.db import get_engine
+    from app.db.session import get_engine
 
     return set(inspect(get_engine(url)).get_table_names())
 

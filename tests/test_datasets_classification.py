@@ -1,6 +1,6 @@
 """Classification data sets through the service (SQLite): upload with ``task_type=classification``
 (CSV label column, NPZ labels), strict 4xx checks that store nothing, and a job on the upload that
-meta-trains a classification loss. Jobs run through ``app.execute.run_job``."""
+meta-trains a classification loss. Jobs run through ``app.jobs.execute.run_job``."""
 
 import io
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_problem, table_counts
 
 from app.core.config import Settings
-from app.execute import run_job
+from app.jobs.execute import run_job
 from ml3core.tasks.dataset import MAX_CLASSES
 
 JOB = {"seeds": 1, "outer_iterations": 4, "inner_steps": 2, "eval_every": 2, "eval_steps": 5, "validation_tasks": 2,

@@ -114,7 +114,7 @@ def test_evaluate_still_follows_a_new_version_and_gives_the_module_s_numbers(cli
 def test_json_numbers_become_the_float32_values_torch_would_make():
     """Flat lists go through array("f"), not torch.tensor: the same float32 for every double (ties and
     values between two float32 included), ints and bools; anything else is torch.tensor's to refuse."""
-    from app.evaluate import to_tensor
+    from app.services.evaluate import to_tensor
 
     g = torch.Generator().manual_seed(0)
     doubles = (torch.randn(5000, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-30, 30, (5000,),

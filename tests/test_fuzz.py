@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
+from app.db.session import get_sessionmaker
 from app.main import create_app
 
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,

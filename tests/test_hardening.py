@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
+from app.db.models import Job, LossVersion
+from app.db.session import get_sessionmaker
 from app.main import create_app
-from app.models import Job, LossVersion
 from ml3core.artifact import Bundle
 from ml3core.losses import LossSpec, init_loss_params
 
@@ -188,7 +188,7 @@ def test_a_loss_that_overflows_float32_is_a_422_not_infinity(client, Session):
     spec = LossSpec(pred_dim=1, x_dim=1, form="weighted_se", inputs=("target",), output="softplus")
     bundle = Bundle.build(init_loss_params(spec, torch.Generator().manual_seed(0)), spec, {"family": "sine"},
                           {"inner_lr": 1e-3}, {})
-    from app import registry
+    from app.services import registry
 
     with Session.begin() as db:
         registry.register(db, "overflow", bundle, None, None)
@@ -247,7 +247,7 @@ def test_the_default_jobs_fit_the_default_limits(client, submit, loss):
 
 
 def test_the_estimate_counts_parameters_held_out_points_and_every_phase():
-    from app.limits import RunSize, job_size
+    from app.services.limits import RunSize, job_size
     from ml3core.api import parse_spec
 
     plan = parse_spec({"task": {"family": "sine", "points": 7, "heldout_points": 3, "model_hidden": [8]},
@@ -393,15 +393,15 @@ def test_a_stream_slot_is_freed_however_the_stream_ends(client, Session, submit)
     {"x": [float(i) for i in range(300_000)], "target": [0.0] * 5, "pred": [1.0] * 5},  # pieces of 1 MiB
 ])
 def test_the_big_body_parser_reads_what_json_reads(body):
-    from app.evaluate import parse_big_json
+    from app.services.evaluate import parse_big_json
 
     raw = json.dumps(body).encode()
     assert parse_big_json(raw) == json.loads(raw)
 
 
 def test_the_big_body_parser_refuses_what_json_refuses():
-    from app.errors import Problem
-    from app.evaluate import parse_big_json
+    from app.core.errors import Problem
+    from app.services.evaluate import parse_big_json
 
     for raw in (b'{"pred": [1,], "target": [2]}', b'{"pred": [1, 2', b'{"pred": [1] "target": [2]}', b"\xff"):
         with pytest.raises(Problem):

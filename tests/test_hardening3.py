@@ -8,9 +8,9 @@ from conftest import TINY, assert_problem, new_key, register_loss, table_counts
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
+from app.db.session import get_sessionmaker
+from app.jobs.runner import NoRunner
 from app.main import create_app
-from app.runner import NoRunner
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def register_classifier(Session, name: str) -> None:
     the runner would."""
     import torch
 
-    from app import registry
+    from app.services import registry
     from ml3core.artifact import Bundle
     from ml3core.losses import LossSpec, init_loss_params
 
@@ -219,7 +219,7 @@ def base64_of(t) -> str:
 def test_the_big_body_parser_keeps_integers_integers(body):
     import json
 
-    from app.evaluate import parse_big_json
+    from app.services.evaluate import parse_big_json
 
     raw = json.dumps(body).encode()
     parsed = parse_big_json(raw)
@@ -312,7 +312,7 @@ def test_a_cached_loss_whose_stored_weights_are_damaged_stops_being_served(tmp_p
 
     from sqlalchemy import update
 
-    from app.models import LossVersion
+    from app.db.models import LossVersion
 
     s = Settings(data_dir=tmp_path, runner="none", auth="on", loss_recheck_seconds=0.2)
     with TestClient(create_app(s)) as c:
@@ -337,7 +337,7 @@ def test_cancel_stops_a_running_meta_test(tmp_path):
 
     from conftest import wait_for
 
-    from app.execute import run_job
+    from app.jobs.execute import run_job
 
     s = Settings(data_dir=tmp_path, runner="none", auth="off", lease_seconds=3)
     with TestClient(create_app(s)) as c:
@@ -505,9 +505,9 @@ def test_a_key_s_writes_beyond_max_key_writes_are_a_429_at_once(tmp_path):
 
     from sqlalchemy import select
 
-    from app import security
-    from app.db import lock_row
-    from app.models import ApiKey
+    from app.db.models import ApiKey
+    from app.db.session import lock_row
+    from app.services import security
 
     s = Settings(data_dir=tmp_path, runner="none", auth="on", max_key_writes=1)
     with TestClient(create_app(s)) as c, ThreadPoolExecutor(1) as pool:

@@ -165,10 +165,10 @@ def test_a_zero_iteration_job_through_the_service_registers_nothing(tmp_path):
     from sqlalchemy import func, select
 
     from app.core.config import Settings
-    from app.db import get_sessionmaker
+    from app.db.models import LossVersion
+    from app.db.session import get_sessionmaker
+    from app.jobs.runner import serve
     from app.main import create_app
-    from app.models import LossVersion
-    from app.runner import serve
 
     settings = Settings(data_dir=tmp_path, runner="none", poll_seconds=0.05, lease_seconds=5)
     spec = {"task": dict(TASK), "loss": dict(WEIGHT), "seeds": 1, "outer_iterations": 0, "eval_steps": 2,

@@ -95,7 +95,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 40 and "app.cli" in graph and "ml3core.engine" in graph  # the walk found the house
+    assert len(graph) > 40 and "app.cli.commands" in graph and "ml3core.engine" in graph  # the walk found the house
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -112,8 +112,49 @@ def test_layers_point_one_way():
     for name, edges in graph.items():
         if name.startswith("ml3core"):
             assert not {e for e in edges if e.startswith(("app", "worker"))}, name
-        if name.startswith("app") and name != "app.cli_service":
+        if name.startswith("app") and name != "app.cli.service":
             assert not {e for e in edges if e.startswith("worker")}, name
         if name.startswith("ml3core.tasks"):
             above = {"ml3core.api", "ml3core.engine", "ml3core.metatest", "ml3core.experiments"}
             assert not {e for e in edges if e in above or e.startswith("ml3core.experiments.")}, name
+
+
+# app/ in layers: a layer may import those below it, never one above it (core is below them all)
+FORBIDDEN = {
+    "app.core": ("app.db", "app.services", "app.jobs", "app.api", "app.cli", "app.dashboard", "app.main"),
+    "app.db": ("app.services", "app.jobs", "app.api", "app.cli", "app.dashboard", "app.main"),
+    "app.services": ("app.api", "app.cli", "app.dashboard", "app.main"),
+    "app.jobs": ("app.api", "app.cli", "app.dashboard", "app.main"),
+    "app.api": ("app.cli", "app.dashboard", "app.main"),
+}
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for name, edges in sorted(graph.items()):
+        for layer, above in FORBIDDEN.items():
+            if _within(name, layer):
+                out += [f"{name} -> {e}" for e in sorted(edges) if any(_within(e, a) for a in above)]
+    return out
+
+
+def test_app_layers_point_down():
+    graph = import_graph()
+    assert {"app.api.deps", "app.services.jobs", "app.jobs.runner", "app.db.models", "app.cli.commands"} <= set(graph)
+    assert not layer_violations(graph), "imports against the layers: " + "; ".join(layer_violations(graph))
+    # routes share through services, not through each other (job creation: app/services/jobs.py)
+    routes = {n for n in graph if n.startswith("app.api.routes.")}
+    assert not {(n, e) for n in routes for e in graph[n] if e in routes}
+    # no module is left at the top of app/ but the application itself (app/main.py)
+    assert {n for n in graph if n.count(".") == 1 and n.startswith("app.")} - {"app.main"} == {
+        "app.api", "app.cli", "app.core", "app.dashboard", "app.db", "app.jobs", "app.services"}
+
+
+def test_the_layer_check_sees_a_wrong_import():
+    assert layer_violations({"app.db.models": {"app.services.registry"}, "app.services.registry": {"app.db.models"}}) \
+        == ["app.db.models -> app.services.registry"]
+    assert layer_violations({"app.services.jobs": {"app.api.schemas"}}) == ["app.services.jobs -> app.api.schemas"]

@@ -11,11 +11,11 @@ from conftest import TINY, new_key, postgres_database
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
 
-from app import datasets
 from app.core.config import Settings
-from app.db import get_sessionmaker, lock_row
+from app.db.models import META_TRAIN, QUEUED, Dataset, Job
+from app.db.session import get_sessionmaker, lock_row
 from app.main import create_app
-from app.models import META_TRAIN, QUEUED, Dataset, Job
+from app.services import datasets
 
 LIMIT = 3
 CSV = "task,x,y\n" + "".join(f"t{t},{r},{t * r}\n" for t in range(4) for r in range(6))

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from app.core.config import Settings
-from app.db import get_engine, get_sessionmaker
+from app.db.session import get_engine, get_sessionmaker
 from app.main import create_app
 
 Q = {"pred": "0.3,1.5", "target": "0,1"}

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
+from app.db.models import Job, LossVersion
+from app.db.session import get_sessionmaker
+from app.jobs.runner import CeleryRunner, LocalRunner, next_job, serve
 from app.main import create_app
-from app.models import Job, LossVersion
-from app.runner import CeleryRunner, LocalRunner, next_job, serve
 
 SMALL = {"task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
          "outer_iterations": 10,
@@ -59,8 +59,8 @@ def test_runner_process_does_not_outlive_a_killed_server(tmp_path):
     parent = textwrap.dedent(f"""
         import os, signal, sys, time
         from app.core.config import Settings
-        from app.db import upgrade
-        from app.runner import LocalRunner
+        from app.db.session import upgrade
+        from app.jobs.runner import LocalRunner
         settings = Settings(data_dir={str(tmp_path)!r})
         upgrade(settings.db_url)
         runner = LocalRunner(settings)
@@ -79,7 +79,7 @@ def test_runner_process_does_not_outlive_a_killed_server(tmp_path):
 
 def test_local_runner_reports_and_restarts_a_dead_process(tmp_path):
     settings = Settings(data_dir=tmp_path)
-    from app.db import upgrade
+    from app.db.session import upgrade
 
     upgrade(settings.db_url)
     runner = LocalRunner(settings)

@@ -14,11 +14,11 @@ from conftest import ROOT, TINY, assert_problem, new_key, register_loss, table_c
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app import security
 from app.core.config import Settings
-from app.db import get_sessionmaker
+from app.db.models import Job, LossVersion
+from app.db.session import get_sessionmaker
 from app.main import create_app
-from app.models import Job, LossVersion
+from app.services import security
 from ml3core import load_loss
 from ml3core.artifact import Bundle
 from ml3core.portable import LossBundleError
@@ -251,7 +251,7 @@ def test_job_size_limits(client, Session, settings, name, status, body):
 
 
 def test_the_unroll_estimate_grows_with_every_factor_it_names():
-    from app.limits import job_size
+    from app.services.limits import job_size
     from ml3core.api import parse_spec
 
     def unroll(**changes) -> int:
@@ -329,7 +329,7 @@ def test_evaluate_rate_per_key(client, Session, loss):
 
 
 def test_token_bucket_refills_at_the_rate():
-    from app.limits import RateLimiter
+    from app.services.limits import RateLimiter
 
     bucket = RateLimiter(rate=10.0, burst=2)
     assert bucket.take("a") == 0.0 and bucket.take("a") == 0.0

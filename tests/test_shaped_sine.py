@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from app.cli import build_train_spec, make_parser
+from app.cli.commands import build_train_spec, make_parser
 from ml3core.api import landscape, landscape_png, meta_train, parse_spec
 from ml3core.artifact import Bundle
 from ml3core.config import ConfigError
@@ -232,7 +232,7 @@ def test_landscape_endpoint_serves_a_registered_shaped_sine_loss(tmp_path):
     from fastapi.testclient import TestClient
 
     from app.core.config import Settings
-    from app.execute import run_job
+    from app.jobs.execute import run_job
     from app.main import create_app
 
     settings = Settings(data_dir=tmp_path, runner="none")

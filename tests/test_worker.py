@@ -20,9 +20,9 @@ from conftest import ROOT, Server, free_port, postgres_database, require_service
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.db import get_sessionmaker
-from app.models import FINAL, Checkpoint, Job, JobEvent, LossVersion
-from app.runner import TASK, CeleryRunner
+from app.db.models import FINAL, Checkpoint, Job, JobEvent, LossVersion
+from app.db.session import get_sessionmaker
+from app.jobs.runner import TASK, CeleryRunner
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The Celery worker: task ``ml3.run_job(job_id)`` runs a job through ``app.execute.run_job``, the
+"""The Celery worker: task ``ml3.run_job(job_id)`` runs a job through ``app.jobs.execute.run_job``, the
 same path as the embedded runner. Only the job id travels; the job row is the truth (no result
 backend) and its lease turns a duplicate delivery into a no-op.
 
@@ -21,8 +21,8 @@ from celery import Celery, signals
 from celery.exceptions import Reject
 
 from app.core.config import get_settings
-from app.models import QUEUED
-from app.runner import TASK, CeleryRunner, celery_config, new_owner
+from app.db.models import QUEUED
+from app.jobs.runner import TASK, CeleryRunner, celery_config, new_owner
 
 log = logging.getLogger("ml3.worker")
 settings = get_settings()
@@ -39,7 +39,7 @@ def _shutting_down(**_) -> None:
 
 @app.task(name=TASK, ignore_result=True)
 def run_job(job_id) -> str | None:
-    from app.execute import run_job as execute  # torch loads in the process that runs jobs
+    from app.jobs.execute import run_job as execute  # torch loads in the process that runs jobs
 
     if not isinstance(job_id, int):
         log.error("dropped a message with job id %r: not an integer", job_id)

@@ -6,15 +6,15 @@ import base64
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request, Security
+from fastapi import Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
-from ..errors import invalid
-from ..ids import Digits, is_digits
-from ..models import MAX_ID
-from ..security import Principal, authorize
+from app.core.errors import invalid
+from app.db.models import MAX_ID
+from app.services.ids import Digits, is_digits
+from app.services.security import Principal, authorize
 
 
 def get_db(request: Request) -> Iterator[Session]:
@@ -25,9 +25,11 @@ def get_db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_db)]
 # a row id in a path: ASCII digits ('+1', ' 1' and '1\n' are no id), too large is a 422, not a database error
 Id = Annotated[int, Digits, Path(ge=1, le=MAX_ID)]
+# the Idempotency-Key header of the routes that submit a job (app/services/jobs.py scopes it per API key)
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 # -- access: every /v1 router reads with ``dependencies=[READ]``; each write route names its scope.
-# The scope also lands in each route's OpenAPI security requirement (see app/openapi.py). Async: no
+# The scope also lands in each route's OpenAPI security requirement (see app/api/openapi.py). Async: no
 # thread hop on the evaluate hot path; with keys on, the lookup is one indexed query, run in the event
 # loop like evaluate's own resolving of the loss id.
 bearer = HTTPBearer(auto_error=False, description="an API key: `ml3 keys create --scope read|submit|admin`")

@@ -49,13 +49,13 @@ class Settings(BaseSettings):
     resolve_cache_seconds: float = Field(1.0, ge=0, le=60)
     page_limit: int = Field(100, ge=1)  # most items per page
 
-    # access (app/security.py): auto = keys required unless the server listens on loopback only
+    # access (app/services/security.py): auto = keys required unless the server listens on loopback only
     auth: Literal["auto", "on", "off"] = "auto"
     auth_reads: bool = False  # reads need a key (scope read) too
     host: str = "127.0.0.1"  # the address served on (ml3 serve --host); what auth=auto decides on
     bench_routes: bool = False  # /v1/_echo, the bare route bench/ compares against: off unless asked for
 
-    # job sizes and per-key quotas (app/limits.py); each violation is a 4xx naming the setting
+    # job sizes and per-key quotas (app/services/limits.py); each violation is a 4xx naming the setting
     max_array_items: int = Field(1000, ge=1)  # items in any list of a job or meta-test spec
     max_seeds: int = Field(32, ge=1)
     max_outer_iterations: int = Field(100_000, ge=1)

@@ -1,5 +1,5 @@
 """The web dashboard served at ``/``: jobs, the submit form, the loss registry."""
 
-from .views import router
+from app.dashboard.views import router
 
 __all__ = ["router"]

@@ -13,15 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app.cli.spec_flags import TRAIN_FLAGS
+from app.core.errors import not_found
 from ml3core import ConfigError
 from ml3core.api import parse_spec
 from ml3core.losses import LossSpec
 from ml3core.metatest import MetaTestConfig
 from ml3core.tasks import FAMILIES
 from ml3core.train_config import TrainConfig
-
-from ..errors import not_found
-from ..spec_flags import TRAIN_FLAGS
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 
-from ... import datasets
-from ...db import lock_row
-from ...errors import Problem, not_found
-from ...models import Dataset
-from ..deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
+from app.api.deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
+from app.core.errors import Problem, not_found
+from app.db.models import Dataset
+from app.db.session import lock_row
+from app.services import datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[READ])
 OPTIONS = {"name", "filename", "format", "task_column", "inputs", "outputs", "task_type"}

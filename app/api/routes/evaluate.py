@@ -23,9 +23,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.routing import Match, Route
 
-from ... import limits, registry
-from ...errors import invalid
-from ...evaluate import (
+from app.api.deps import read_key_inline, reject_unknown_query
+from app.api.schemas import EvaluateRequest
+from app.core.errors import invalid
+from app.services import limits, registry
+from app.services.evaluate import (
     CHUNK,
     check_logits,
     evaluate,
@@ -35,16 +37,14 @@ from ...evaluate import (
     parse_big_json,
     to_tensor,
 )
-from ...ids import is_digits
-from ...limits import exceeded
-from ...schemas import EvaluateRequest
-from ..deps import read_key_inline, reject_unknown_query
+from app.services.ids import is_digits
+from app.services.limits import exceeded
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
 INLINE_VALUES = 20_000  # bigger batches are evaluated off the event loop
 LOSS_ID = {"name": "loss_id", "in": "path", "required": True, "schema": {"type": "string", "title": "Loss Id"},
            "description": "name, name:version or name@alias"}
-READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/openapi.py marks it optional where reads need no key
+READ_SECURITY = [{"HTTPBearer": ["read"]}]  # app/api/openapi.py marks it optional where reads need no key
 
 
 def _loaded(request: Request, loss_id: str):

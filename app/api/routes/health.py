@@ -7,10 +7,10 @@ import json
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select, text
 
-from ...errors import Problem, invalid, not_found
-from ...models import STATUSES, Job
-from ...security import authorize
-from ..deps import READ
+from app.api.deps import READ
+from app.core.errors import Problem, invalid, not_found
+from app.db.models import STATUSES, Job
+from app.services.security import authorize
 
 router = APIRouter(tags=["health"])
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import logging
 import time
 from typing import Annotated
 
@@ -13,105 +11,34 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
-from ml3core.api import parse_spec
-
-from ... import datasets, limits, registry
-from ...db import lock_row
-from ...errors import Problem, invalid, not_found
-from ...ids import Digits, is_digits
-from ...models import (
+from app.api.deps import DB, READ, Id, IdempotencyKey, PageDep, ReadKey, SubmitKey
+from app.api.head import head_of
+from app.api.schemas import JobOut, JobSpec, accepted, job_json
+from app.core.errors import Problem, invalid, not_found
+from app.db.models import (
     CANCELED,
     FINAL,
     MAX_ID,
     META_TRAIN,
     QUEUED,
     STATUSES,
-    ApiKey,
     Checkpoint,
     Job,
     JobEvent,
     JobFile,
     utcnow,
 )
-from ...runner import check_device
-from ...schemas import JobSpec, job_json
-from ..deps import DB, READ, Id, PageDep, ReadKey, SubmitKey
-from ..head import head_of
+from app.jobs.runner import check_device
+from app.services import limits, registry
+from app.services.ids import Digits, is_digits
+from app.services.jobs import create_job
+from ml3core.api import parse_spec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
-log = logging.getLogger("ml3.api")
 
 
-def request_hash(route: str, body) -> str:
-    return hashlib.sha256(json.dumps([route, body], sort_keys=True).encode()).hexdigest()
-
-
-def create_job(request: Request, response: Response, db, kind: str, spec: dict, plan: dict,
-               idempotency_key: str | None, route: str, **fields) -> dict:
-    """Insert a queued job and commit, then enqueue it; honour Idempotency-Key, per API key."""
-    digest = request_hash(route, spec)
-    key_id = fields.get("api_key_id")
-    idempotency_key = scoped(key_id, idempotency_key)
-    for _ in range(2):
-        # The key's row stays locked until the transaction ends: concurrent submits with one key take turns
-        # on it, so its count of active jobs holds, and a retry with the same Idempotency-Key waits for the
-        # first and finds its job. Every way out ends the transaction here, not when the request is torn
-        # down (on SQLite the lock is the database's one writer lock, held meanwhile for every writer).
-        try:
-            if key_id is not None:
-                lock_row(db, ApiKey, key_id)
-            if idempotency_key is not None:
-                job = db.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-                if job is not None:
-                    if job.request_hash != digest:
-                        raise Problem(422, "idempotency_key_reused",
-                                      "Idempotency-Key was already used with a different request body")
-                    out = _accepted(response, job)
-                    db.rollback()  # nothing written
-                    return out
-            limits.check_active_jobs(db, key_id, request.app.state.settings)
-            job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
-                      request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
-            datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
-            db.add(job)
-            db.flush()
-            db.add(JobEvent(job_id=job.id, type="status", data={"status": QUEUED}))
-            db.commit()
-            break
-        except IntegrityError:  # the same key raced in from another request: answer with that job
-            db.rollback()
-        except BaseException:  # a refusal (429, 422) or an error: the key's row is free at once
-            db.rollback()
-            raise
-    else:
-        raise Problem(409, "conflict", "could not create the job; retry")
-    try:
-        request.app.state.runner.enqueue(job.id)
-    except Exception:  # the row is the truth: a runner that polls or a later retry still finds it
-        log.exception("enqueue of job %s failed", job.id)
-    return _accepted(response, job)
-
-
-def scoped(key_id: int | None, idempotency_key: str | None) -> str | None:
-    """What the jobs table stores for an Idempotency-Key: a digest of the API key's id and the header,
-    so two keys that pick the same value never see each other's jobs (its unique index holds per key)."""
-    if idempotency_key is None:
-        return None
-    return hashlib.sha256(f"{key_id if key_id is not None else '-'}:{idempotency_key}".encode()).hexdigest()
-
-
-def _accepted(response: Response, job: Job) -> dict:
-    response.status_code = 202
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_json(job)
-
-
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
-
-
-@router.post("", status_code=202, summary="Submit a meta-train job")
+@router.post("", status_code=202, summary="Submit a meta-train job", response_model=JobOut)
 def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobSpec, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
     settings = request.app.state.settings
@@ -125,9 +52,10 @@ def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: A
         limits.check_job(plan, settings)
         check_device(plan.train.device, settings)
         body.setdefault("kind", META_TRAIN)
-        return create_job(request, response, db, META_TRAIN, body, plan.to_dict(), idempotency_key, "jobs",
-                          register_as=register_as or plan.family.name, api_key_id=key.key_id,
-                          progress_total=plan.train.outer_iterations, progress_unit="iterations")
+        job = create_job(db, settings, request.app.state.runner, META_TRAIN, body, plan.to_dict(), idempotency_key,
+                         "jobs", register_as=register_as or plan.family.name, api_key_id=key.key_id,
+                         progress_total=plan.train.outer_iterations, progress_unit="iterations")
+        return accepted(response, job)
 
 
 @router.get("", summary="List jobs, newest first")

@@ -11,18 +11,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy import and_, func, or_, select
 
+from app.api.deps import ADMIN, DB, READ, IdempotencyKey, PageDep, SubmitKey, reject_unknown_query
+from app.api.head import head_of
+from app.api.schemas import AliasRequest, JobOut, LossVersionOut, MetaTestRequest, TagRequest, accepted, version_json
+from app.core.errors import invalid
+from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
+from app.jobs.runner import check_device
+from app.services import limits, registry
+from app.services.evaluate import torch_threads
+from app.services.ids import parse_int
+from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
-
-from ... import limits, registry
-from ...errors import invalid
-from ...evaluate import torch_threads
-from ...ids import parse_int
-from ...models import META_TEST, Loss, LossAlias, LossVersion
-from ...runner import check_device
-from ...schemas import AliasRequest, MetaTestRequest, TagRequest, iso, version_json
-from ..deps import ADMIN, DB, READ, PageDep, SubmitKey, reject_unknown_query
-from ..head import head_of
-from .jobs import IdempotencyKey, create_job
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 
@@ -66,7 +65,7 @@ def list_losses(db: DB, page: PageDep) -> dict:
     return page.result(rows, lambda r: r.id, render)
 
 
-@router.get("/{loss_id}", summary="A loss version (latest, :version or @alias)")
+@router.get("/{loss_id}", summary="A loss version (latest, :version or @alias)", response_model=LossVersionOut)
 def show(db: DB, loss_id: str) -> dict:
     r, v = _version(db, loss_id)
     return version_json(r.name, v, _aliases_of(db, v))
@@ -186,7 +185,8 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
 
 
-@router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)")
+@router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)",
+             response_model=JobOut)
 def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss_id: str,
               body: Annotated[MetaTestRequest | None, Body()] = None,
               idempotency_key: IdempotencyKey = None) -> dict:
@@ -204,8 +204,9 @@ def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss
         family, seed_ids, cfg = parse_meta_test(bundle, spec)  # ConfigError -> 422, nothing stored
         limits.check_meta_test_job(family, bundle.loss_spec(), len(seed_ids), cfg, settings)
         request_body = {"loss": loss_id, **body.model_dump(exclude_unset=True)}
-        return create_job(request, response, db, META_TEST, request_body,
-                          {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
-                          f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
-                          progress_total=1, progress_unit="runs")
+        job = create_job(db, settings, request.app.state.runner, META_TEST, request_body,
+                         {"loss": r.ref, "spec": spec, "device": body.device}, idempotency_key,
+                         f"losses/{loss_id}/meta-test", loss_version_id=r.id, api_key_id=key.key_id,
+                         progress_total=1, progress_unit="runs")
+        return accepted(response, job)
 

@@ -1,5 +1,5 @@
 """The OpenAPI document as the API really answers: every error leaves as RFC 9457
-problem+json (app/main.py), so each operation documents its 4xx answers with the Problem schema
+problem+json (app/api/errors.py), so each operation documents its 4xx answers with the Problem schema
 instead of FastAPI's default HTTPValidationError, which the API never sends; and each operation's
 security names the one API-key scope it needs (optional where this server lets it in without)."""
 
@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html
 from fastapi.openapi.utils import get_openapi
 
-from .security import SCOPES
+from app.services.security import SCOPES
 
 DOCS_STATIC = "/static-offline-docs"  # where fastapi-offline (FastAPIOffline) mounts Swagger UI and ReDoc
 PROBLEM = {

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from app.core.config import Settings
+from app.core.errors import Problem, invalid
+from app.db.models import QUEUED, RUNNING, Job
 from ml3core.compare import LR_FACTORS
-
-from .core.config import Settings
-from .errors import Problem, invalid
-from .models import QUEUED, RUNNING, Job
 
 
 def exceeded(name: str, status: int, what: str, allowed, headers: dict | None = None, loc: str | None = None):
@@ -247,7 +246,7 @@ def check_request_bytes(need: int, what: str, settings: Settings) -> None:
 
 def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
     """Queued + running jobs of one key. Exact only while the key's row is locked (``db.lock_row``)
-    from before this count until the new job is committed, as ``create_job`` does; else two
+    from before this count until the new job is committed, as ``app.services.jobs.create_job`` does; else two
     concurrent submits can both pass."""
     if api_key_id is None:
         return

@@ -21,10 +21,9 @@ from collections import OrderedDict
 import torch
 from pydantic_core import from_json
 
+from app.core.errors import Problem, invalid
+from app.services.limits import exceeded
 from ml3core.portable import LearnedLoss, mlp_loss
-
-from .errors import Problem, invalid
-from .limits import exceeded
 
 CHUNK = 65536
 F32_MAX = float(torch.finfo(torch.float32).max)

@@ -27,6 +27,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def iso(t) -> str | None:
+    """A stored (naive UTC) time as the API shows it: ISO 8601, milliseconds, ``Z``."""
+    return None if t is None else t.isoformat(timespec="milliseconds") + "Z"
+
+
 class Base(DeclarativeBase):
     pass
 

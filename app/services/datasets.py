@@ -30,15 +30,13 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
+from app.core.config import Settings
+from app.core.errors import Problem, invalid, not_found
+from app.db.models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion, iso
+from app.db.session import get_sessionmaker, lock_row
+from app.services.ids import is_digits
 from ml3core import ConfigError
 from ml3core.tasks import dataset as family
-
-from .core.config import Settings
-from .db import get_sessionmaker, lock_row
-from .errors import Problem, invalid, not_found
-from .ids import is_digits
-from .models import FINAL, MAX_ID, META_TEST, Dataset, Job, Loss, LossVersion
-from .schemas import iso
 
 FORMATS = ("csv", "npz", "parquet")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",

@@ -2,7 +2,7 @@
 ``ml3 losses ...``.
 
 The jobs/losses commands talk to a running server (``--server`` or ML3_SERVER, default
-http://127.0.0.1:8000) through ``app.client``; only ``serve`` and ``db`` load the server stack."""
+http://127.0.0.1:8000) through ``app.cli.client``; only ``serve`` and ``db`` load the server stack."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def cmd_serve(args) -> int:
         os.environ["ML3_DATA_DIR"] = args.data_dir
     if args.runner:
         os.environ["ML3_RUNNER"] = args.runner
-    from .core.config import get_settings
-    from .main import create_app
+    from app.core.config import get_settings
+    from app.main import create_app
 
     os.environ["ML3_HOST"] = args.host  # ML3_AUTH=auto requires API keys off loopback
     settings = get_settings()
@@ -44,8 +44,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_db_upgrade(args) -> int:
-    from .core.config import get_settings
-    from .db import upgrade
+    from app.core.config import get_settings
+    from app.db.session import upgrade
 
     url = get_settings().db_url
     upgrade(url, args.revision)
@@ -55,9 +55,9 @@ def cmd_db_upgrade(args) -> int:
 
 def cmd_keys(args) -> int:
     """Create, list and revoke API keys in the database itself (no server needed)."""
-    from . import security
-    from .core.config import get_settings
-    from .db import get_sessionmaker, upgrade
+    from app.core.config import get_settings
+    from app.db.session import get_sessionmaker, upgrade
+    from app.services import security
 
     url = get_settings().db_url
     upgrade(url)
@@ -96,7 +96,7 @@ def add_keys_commands(sub) -> None:
 
 
 def _client(args):
-    from .client import Client
+    from app.cli.client import Client
 
     return Client(args.server)
 
@@ -110,7 +110,7 @@ def _guard(fn):
     line and exit 1 instead of a traceback."""
 
     def run(args):
-        from .client import ApiError, ServerUnreachable
+        from app.cli.client import ApiError, ServerUnreachable
 
         try:
             return fn(args)
@@ -125,7 +125,7 @@ def _guard(fn):
 
 
 def cmd_jobs_submit(args) -> int:
-    from .spec_flags import apply_sets
+    from app.cli.spec_flags import apply_sets
 
     spec = {}
     if args.spec:

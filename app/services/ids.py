@@ -8,8 +8,8 @@ import re
 
 from pydantic import BeforeValidator
 
-from .errors import invalid
-from .models import MAX_ID
+from app.core.errors import invalid
+from app.db.models import MAX_ID
 
 DIGITS = re.compile(r"[0-9]{1,20}")  # fullmatch: "$" would also match before a final newline
 

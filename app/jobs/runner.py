@@ -1,10 +1,10 @@
 """Job runners behind one small interface: ``enqueue(job_id)``, ``start()``, ``stop()``, ``problem()``.
 
-- ``LocalRunner`` (ML3_RUNNER=local, the default): a separate process (``python -m app.runner``)
+- ``LocalRunner`` (ML3_RUNNER=local, the default): a separate process (``python -m app.jobs.runner``)
   that polls the jobs table for queued jobs and expired leases, so a long job never slows a
   request and a restarted server resumes the jobs that were running when it stopped.
 - ``CeleryRunner`` (ML3_RUNNER=celery): sends the task ``ml3.run_job`` by name to queue ``gpu``
-  (device cuda) or ``cpu``; a worker (``worker/``) calls ``app.execute.run_job``, the same function.
+  (device cuda) or ``cpu``; a worker (``worker/``) calls ``app.jobs.execute.run_job``, the same function.
   A sweep thread sends the jobs that have no message (see ``CeleryRunner.sweep``).
 - ``NoRunner`` (ML3_RUNNER=none): jobs wait for runners started elsewhere.
 
@@ -27,11 +27,11 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 
-from .allocator import keep_freed_memory
-from .core.config import Settings, get_settings
-from .db import get_sessionmaker
-from .errors import invalid
-from .models import QUEUED, RUNNING, Job, utcnow
+from app.core.config import Settings, get_settings
+from app.core.errors import invalid
+from app.db.models import QUEUED, RUNNING, Job, utcnow
+from app.db.session import get_sessionmaker
+from app.jobs.allocator import keep_freed_memory
 
 log = logging.getLogger("ml3.runner")
 
@@ -54,7 +54,7 @@ def next_job(settings: Settings) -> int | None:
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     """Run jobs one at a time until ``stop`` is set."""
-    from .execute import run_job
+    from app.jobs.execute import run_job
 
     owner = new_owner()
     log.info("runner %s polling %s", owner, settings.db_url)
@@ -133,7 +133,7 @@ class LocalRunner:
 
     def _spawn(self) -> None:
         env = {**os.environ, **self.settings.env(), "ML3_RUNNER_PARENT": str(os.getpid())}
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.runner"], env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.jobs.runner"], env=env)
         self._started = time.monotonic()
 
     def _restart(self, dead: subprocess.Popen) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .models import MAX_ID, Job, LossVersion
+from app.db.models import MAX_ID, Job, LossVersion, iso
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -74,10 +75,6 @@ class TagRequest(BaseModel):
     value: str = Field(max_length=256)
 
 
-def iso(t) -> str | None:
-    return None if t is None else t.isoformat(timespec="milliseconds") + "Z"
-
-
 def job_json(job: Job, files: list[str] | None = None) -> dict:
     out = {
         "id": job.id, "kind": job.kind, "status": job.status, "spec": job.spec,
@@ -96,10 +93,62 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
     return out
 
 
+class JobProgress(BaseModel):
+    completed: int
+    total: int
+    unit: str
+
+
+class JobOut(BaseModel):
+    """A job as ``job_json`` renders it: the answer to a submit (the fields in this order)."""
+
+    id: int
+    kind: str
+    status: str
+    spec: dict[str, Any] = Field(description="the request as submitted")
+    progress: JobProgress
+    metrics: dict[str, Any] | None = Field(description="the latest metrics")
+    error: dict[str, Any] | None = Field(description="{code, detail} of a failed job")
+    result: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    links: dict[str, Any] = Field(description="self, events, metrics")
+
+
+class LossVersionOut(BaseModel):
+    """A loss version as ``version_json`` renders it (the fields in this order)."""
+
+    id: str = Field(description="name:version")
+    name: str
+    version: int
+    sha256: str
+    status: str
+    job_id: int | None
+    created_at: str | None
+    aliases: list[str]
+    tags: dict[str, str]
+    metrics: dict[str, Any] | None
+    verdict: Any = Field(description="where the loss beats the plain loss at its best lr (None: an older version)")
+    architecture: Any
+    task: Any
+    training: Any
+    links: dict[str, str]
+
+
+def accepted(response: Response, job: Job) -> dict:
+    """The answer to a submit: 202, Location: the job, and the job."""
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_json(job)
+
+
 def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: bool = False) -> dict:
     """A version; one whose stored loss.json no longer parses is refused (bundle_corrupt), or in a list
     (``listed``) shown with status ``corrupt``, so one damaged row does not break the list."""
-    from .registry import corrupt, readable
+    from app.services.registry import corrupt, readable
 
     ref = f"{name}:{v.version}"
     base = f"/v1/losses/{ref}"

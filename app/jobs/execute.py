@@ -21,14 +21,8 @@ from math import gcd
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ml3core import ConfigError, Hooks
-from ml3core.checkpoint import checkpoint_iteration
-from ml3core.config import json_clean as clean
-
-from . import datasets, registry
-from .core.config import Settings, get_settings
-from .db import get_sessionmaker
-from .models import (
+from app.core.config import Settings, get_settings
+from app.db.models import (
     CANCELED,
     FAILED,
     META_TEST,
@@ -42,6 +36,11 @@ from .models import (
     LossVersion,
     utcnow,
 )
+from app.db.session import get_sessionmaker
+from app.services import datasets, registry
+from ml3core import ConfigError, Hooks
+from ml3core.checkpoint import checkpoint_iteration
+from ml3core.config import json_clean as clean
 
 log = logging.getLogger("ml3.execute")
 

@@ -20,13 +20,12 @@ from sqlalchemy import Connection, bindparam, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.errors import Problem, invalid, not_found
+from app.db.models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
+from app.db.session import Unreadable
+from app.services.ids import is_digits
 from ml3core.artifact import Bundle
 from ml3core.portable import LossBundleError, bundle_sha256, parse_bundle
-
-from .db import Unreadable
-from .errors import Problem, invalid, not_found
-from .ids import is_digits
-from .models import MAX_ID, Loss, LossAlias, LossTag, LossVersion
 
 # matched with fullmatch: "$" would also match before a final newline, letting "name\n" through
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -8,9 +8,9 @@ import json
 import os
 import sys
 
-from .allocator import keep_freed_memory
-from .progress import Progress
-from .spec_flags import TRAIN_FLAGS, apply_sets
+from app.cli.progress import Progress
+from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
+from app.jobs.allocator import keep_freed_memory
 
 
 def build_train_spec(args, family_cls) -> dict:
@@ -174,9 +174,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
     add_shaping_experiment(exp_sub)
 
-    from . import cli_service  # the service's commands (serve, db, jobs, losses, worker)
+    from app.cli import service  # the service's commands (serve, db, jobs, losses, worker)
 
-    cli_service.add_commands(sub)
+    service.add_commands(sub)
     return parser
 
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .core.config import Settings
-from .errors import Problem
-from .models import ApiKey, utcnow
+from app.core.config import Settings
+from app.core.errors import Problem
+from app.db.models import ApiKey, utcnow
 
 if TYPE_CHECKING:
     from fastapi import Request

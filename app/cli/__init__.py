@@ -1,0 +1,10 @@
+"""The ``ml3`` command (``[project.scripts] ml3 = "app.cli:main"``): the parser and the local
+commands in app/cli/commands.py, the service's in app/cli/service.py, the Python client in
+app/cli/client.py."""
+
+
+def main(argv=None) -> int:
+    """Run ``ml3``; app/cli/commands.py loads on the call, so ``import app.cli.client`` stays light."""
+    from app.cli.commands import main as run
+
+    return run(argv)
