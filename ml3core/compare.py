@@ -185,16 +185,27 @@ _ROBUST: OrderedDict = OrderedDict()  # key -> the robust baselines' runs, {metr
 _LOCK = threading.Lock()
 
 
+# bounded-gradient losses (L1, Huber, Cauchy, GCE) take larger steps than the plain loss: their grid goes on
+# above the plain loss's top factor, so that a baseline's best lr is not cut off at the grid's edge
+ROBUST_EXTRA = (2.15, 4.64, 10.0)
+
+
+def robust_grid(factors: list[float]) -> list[float]:
+    top = max(factors)
+    return sorted({float(f) for f in factors} | {float(f"{top * x:.4g}") for x in ROBUST_EXTRA})
+
+
 def robust_fit(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer, factors: list[float],
-               record_at: list[int], count=None) -> tuple[list, dict]:
-    """Every robust baseline of ``family`` (none for a family without noise: ([], {}), no cost) at every
-    lr factor, as one batch: (baselines, {metric: (R, S, B, G, T)}). Kept like the plain loss's runs."""
+               record_at: list[int], count=None) -> tuple[list, dict, list[float]]:
+    """Every robust baseline of ``family`` (none for a family without noise: ([], {}, []), no cost) at every
+    lr factor of ``robust_grid(factors)``, as one batch: (baselines, {metric: (R, S, B, G, T)}, the factors).
+    Kept like the plain loss's runs."""
     from . import robust
 
     baselines = family.robust_baselines()
     if not baselines:
-        return [], {}
-    factors, record_at = sorted({float(f) for f in factors}), sorted(set(record_at))
+        return [], {}, []
+    factors, record_at = robust_grid(factors), sorted(set(record_at))
     key = _plain_key(family, theta, data, opt, factors, record_at) + repr([b.name for b in baselines])
     with _LOCK:
         runs = _ROBUST.get(key)
@@ -210,34 +221,37 @@ def robust_fit(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer,
             _ROBUST[key] = runs
             while len(_ROBUST) > PLAIN_RUNS_KEPT:
                 _ROBUST.popitem(last=False)
-    return baselines, runs
+    return baselines, runs, factors
 
 
-def best_baseline(cmp: Comparison, baselines: list, runs: dict, steps: list[int], metric: str,
-                  at: list[float] | None = None) -> dict:
+def best_baseline(cmp: Comparison, baselines: list, runs: dict, robust_factors: list[float], steps: list[int],
+                  metric: str, at: list[float] | None = None) -> dict:
     """The best tuned baseline per step and seed: the plain loss and every robust baseline (``robust_fit``'s
     runs, recorded at ``steps``, R of them), each at its best lr factor for that step. Returns {"names": C
     candidate names (the plain loss first), "metric": (R, S, C) each one's mean ``metric`` at its best lr,
-    "lr": (R, S, C) that lr, "best": (R, S) the best candidate, "vs_best": (R, S) learned (at ``at``) / the best}."""
+    "lr": (R, S, C) that lr, "best": (R, S) the best candidate, "reference": (R, S) its metric, "vs_best": (R, S)
+    learned (at ``at``) / the best}. The robust runs are on their own grid, ``robust_factors``."""
     rows = [cmp.row(h) for h in steps]
     cmp = Comparison(list(steps), cmp.factors, cmp.learned_factors, cmp.lr,
                      {m: c[rows] for m, c in cmp.plain.items()}, {m: c[rows] for m, c in cmp.learned.items()})
     S = next(iter(cmp.plain.values())).shape[1]
-    check(all(c.shape[3] == len(cmp.factors) for c in runs.values()), "lr_factors", "the plain loss's grid")
+    check(all(c.shape[3] == len(robust_factors) for c in runs.values()), "lr_factors", "the robust grid")
     plain_name = "cross_entropy" if baselines and baselines[0].loss in ("gce", "label_smoothing", "sce") else "mse"
     tuned, idx = cmp.tuned(cmp.plain, metric)
     lrs = cmp.lrs(cmp.factors)
     values, chosen = [tuned[metric].mean(-1)], [lrs[idx]]
+    robust_lrs = cmp.lrs(robust_factors)
     for b in range(len(baselines)):
         best_b, idx_b = cmp.tuned({m: c[:, :, b] for m, c in runs.items()}, metric)
         values.append(best_b[metric].mean(-1))
-        chosen.append(lrs[idx_b])
+        chosen.append(robust_lrs[idx_b])
     value = torch.stack(values, -1).nan_to_num(nan=math.inf, posinf=math.inf)  # (R, S, C)
     best = value.argmin(-1)
     li, _ = cmp.index(at, S)
     learned = cmp.at_lr(cmp.learned, li)[metric].mean(-1)
+    reference = value.gather(-1, best.unsqueeze(-1)).squeeze(-1)
     return {"names": [plain_name, *(b.name for b in baselines)], "metric": value, "lr": torch.stack(chosen, -1),
-            "best": best, "vs_best": ratio(learned, value.gather(-1, best.unsqueeze(-1)).squeeze(-1))}
+            "best": best, "reference": reference, "vs_best": ratio(learned, reference)}
 
 
 def _plain_key(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer, factors, record_at) -> str:

@@ -73,7 +73,7 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
     record_at = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
     if noisy:
-        baselines, robust = robust_fit(family, theta, data, opt, sorted(set(cfg.lr_factors) | set(at)),
+        baselines, robust, robust_factors = robust_fit(family, theta, data, opt, sorted(set(cfg.lr_factors) | set(at)),
                                        sorted(set(cfg.horizons)), count)
     cmp = compare(family, learned_objective(family, spec, phi), theta, data, opt,
                   record_at, cfg.lr_factors, cfg.tune_learned, count, at)
@@ -85,11 +85,13 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     curve_rows = [cmp.row(k) for k in range(cfg.steps + 1)]
     if noisy:
         hs = sorted(set(cfg.horizons))
-        best = best_baseline(cmp, baselines, robust, hs, metric, at)
+        best = best_baseline(cmp, baselines, robust, robust_factors, hs, metric, at)
     report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
               "learned_lr": [float(f"{f * opt.lr:.4g}") for f in at],  # per seed: the lr L_phi trains at
               "seed_ids": list(seed_ids), "lr_grid": cmp.lrs(cmp.factors).tolist(), "curves": {},
               "final": {}, "horizon": []}
+    if noisy:  # the robust baselines' own grid: it goes on above the plain loss's (ml3core.compare.robust_grid)
+        report["robust_lr_grid"] = cmp.lrs(robust_factors).tolist()
     for name, curves in runs.items():
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks
         report["curves"][name] = {m: json_clean(v[curve_rows].T.tolist()) for m, v in per_seed.items()}

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .compare import StepCounter, compare, ratio, verdict
+from .compare import StepCounter, best_baseline, compare, ratio, robust_fit, verdict
 from .config import json_clean
 from .inner import InnerOptimizer
 from .losses import LossSpec
@@ -33,18 +33,25 @@ def choose_published(family: TaskFamily, spec: LossSpec, phi: dict, opt: InnerOp
     index and its verdict (JSON)."""
     metric, hs = family.heldout_metric, sorted(set(horizons))
     phi = broadcast_seeds({k: v.detach() for k, v in phi.items()})
-    count = StepCounter(progress, 2 * hs[-1])
+    noisy = bool(family.robust_baselines())
+    count = StepCounter(progress, (3 if noisy else 2) * hs[-1])
     cmp = compare(family, learned_objective(family, spec, phi), theta, data, opt, hs, count=count)
-    tuned = cmp.tuned(cmp.plain, metric)[0][metric].mean(-1)  # (R, S)
-    every = ratio(cmp.learned[metric].mean(-1), tuned.unsqueeze(-1))  # (R, S, G): L_phi at each factor
+    reference = cmp.tuned(cmp.plain, metric)[0][metric].mean(-1)  # (R, S): the tuned plain loss
+    best = None
+    if noisy:  # noisy train points: the best of the tuned plain loss and every tuned robust loss
+        baselines, runs, grid = robust_fit(family, theta, data, opt, cmp.factors, hs, count)
+        best = best_baseline(cmp, baselines, runs, grid, hs, metric)
+        reference = best["reference"]
+    every = ratio(cmp.learned[metric].mean(-1), reference.unsqueeze(-1))  # (R, S, G): L_phi at each factor
     worst_each = every.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S, G)
     factors = [cmp.learned_factors[int(g)] for g in worst_each.argmin(-1)]  # each seed's recommended factor
     r = cmp.ratios(metric, factors)
-    ratios = r["vs_tuned"]  # (R, S)
+    ratios = every.gather(-1, cmp.index(factors, len(factors))[0].expand(len(hs), -1).unsqueeze(-1)).squeeze(-1)
     worst = ratios.max(0).values.nan_to_num(nan=math.inf, posinf=math.inf)  # (S,)
     chosen = int(torch.argmin(worst))
-    return {
-        "metric": f"worst ratio of {metric} (learned at its recommended lr / plain at its best lr for that "
+    against = "the best of the plain and robust losses, each" if noisy else "plain"
+    out = {
+        "metric": f"worst ratio of {metric} (learned at its recommended lr / {against} at its best lr for that "
                   f"horizon) over {hs} {opt.name} steps on {next(iter(theta.values())).shape[1]} "
                   "meta-validation tasks",
         "horizons": hs,
@@ -57,3 +64,7 @@ def choose_published(family: TaskFamily, spec: LossSpec, phi: dict, opt: InnerOp
         "chosen_index": chosen,
         "verdict": verdict({h: json_clean(float(ratios[i, chosen])) for i, h in enumerate(hs)}),
     }
+    if best is not None:
+        out["ratios_vs_tuned"] = {str(h): json_clean(r["vs_tuned"][i].tolist()) for i, h in enumerate(hs)}
+        out["best_baseline"] = {str(h): [best["names"][int(c)] for c in best["best"][i]] for i, h in enumerate(hs)}
+    return out

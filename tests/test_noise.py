@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.spec_flags import apply_sets
+from app.cli.spec_flags import apply_sets
 from ml3core import compare as cmp_module
 from ml3core import load_loss, robust
 from ml3core.api import losing_horizons, parse_spec
@@ -233,10 +233,11 @@ def _sets(task, tasks=3, dtype=torch.float64):
 def test_robust_baselines_train_in_one_batch_as_they_would_alone():
     family, data, theta = _sets({**SINE, "outliers": 0.3})
     opt, factors = InnerOptimizer("sgd", 0.01), [0.5, 1.0, 4.0]
-    baselines, runs = robust_fit(family, theta, data, opt, factors, [3, 7])
-    assert runs["mse_heldout"].shape == (2, 2, 6, 3, 3)  # (R, S, B, G, T)
+    baselines, runs, grid = robust_fit(family, theta, data, opt, factors, [3, 7])
+    assert grid == [0.5, 1.0, 4.0, 8.6, 18.56, 40.0]  # the plain grid, and on above its top (bounded gradients)
+    assert runs["mse_heldout"].shape == (2, 2, 6, 6, 3)  # (R, S, B, G, T)
     for b in (0, 4):
-        for gi, f in enumerate(factors):
+        for gi, f in enumerate(grid):
             alone = fit(family, lambda th, d, b=b: baselines[b](*family.loss_inputs(th, d)[:2]), theta, data, 7,
                         InnerOptimizer("sgd", 0.01 * f), [3, 7])
             torch.testing.assert_close(runs["mse_heldout"][:, :, b, gi], alone["mse_heldout"])
@@ -249,7 +250,7 @@ def test_best_baseline_is_the_best_of_the_tuned_plain_and_every_robust_loss():
     runs = {"m": torch.tensor([[[1.5, 0.5], [math.nan, 1.2]],  # seed 0: huber best at lr 0.2
                                [[4.0, 3.0], [2.0, math.inf]]]).view(1, 2, 2, 2, 1)}  # seed 1: plain best
     baselines = [robust.Baseline("huber", {"delta": 1.0}), robust.Baseline("l1")]
-    best = best_baseline(cmp, baselines, runs, [100], "m")
+    best = best_baseline(cmp, baselines, runs, [1.0, 2.0], [100], "m")
     assert best["names"] == ["mse", "huber(delta=1)", "l1"]
     assert best["best"].tolist() == [[1, 0]] and best["lr"][0, 0].tolist() == [0.2, 0.2, 0.2]
     assert best["lr"][0, 1].tolist() == [0.2, 0.2, 0.1]  # a diverged lr is never the best
@@ -276,7 +277,8 @@ def test_a_noisy_meta_test_reports_the_best_tuned_baseline_and_keeps_its_runs():
         assert best["mse_heldout"] == min(v["mse_heldout"] for v in row["baselines"].values())
         for s in range(2):  # the best includes the tuned plain loss: never easier than it
             assert row["ratio_vs_best_per_seed"][s] >= row["ratio_vs_tuned_per_seed"][s] - 1e-9
-            assert per_seed[s]["lr"] in report["lr_grid"]
+            assert per_seed[s]["lr"] in report["robust_lr_grid"]
+        assert set(report["lr_grid"]) < set(report["robust_lr_grid"])
         assert row["ratio_vs_best"] == pytest.approx(math.exp(sum(map(math.log, row["ratio_vs_best_per_seed"])) / 2))
     warnings = losing_horizons(report, 0, "mse_heldout")
     losing = [r for r in report["horizon"] if r["ratio_vs_best_per_seed"][0] > 1]
@@ -285,6 +287,28 @@ def test_a_noisy_meta_test_reports_the_best_tuned_baseline_and_keeps_its_runs():
     assert len(cmp_module._ROBUST) == 1
     assert [r["ratio_vs_best_per_seed"] for r in again["horizon"]] == [r["ratio_vs_best_per_seed"]
                                                                        for r in report["horizon"]]
+
+
+def test_the_published_seed_of_a_noisy_family_is_judged_against_the_best_tuned_baseline():
+    """On noisy train points the publishing choice divides by the best of the tuned plain loss and every tuned
+    robust loss (never easier than the tuned plain loss alone), and says which baseline was best."""
+    from ml3core.train_config import TrainConfig
+
+    family = make_family({**SINE, "outliers": 0.3})
+    spec = LossSpec.from_dict({"form": "weighted_se", "inputs": ["target", "abs_error"], "hidden": [],
+                               "output": "exp", "init": "baseline", "bias": True}, **family.loss_defaults())
+    cfg = TrainConfig(seeds=2, outer_iterations=1, eval_steps=2, validation_tasks=3, train_horizon=40,
+                      validation_horizons=[10, 40], inner_lr=0.01, dtype="float64")
+    t = MetaTrainer(family, spec, cfg)
+    t.history["baseline"] = t.baseline()
+    t._record_eval(None)
+    v = t.validate()
+    assert "best of the plain and robust losses" in v["metric"]
+    for h in ("10", "40"):
+        for s in range(2):
+            assert v["ratios"][h][s] >= v["ratios_vs_tuned"][h][s] - 1e-12
+        assert all(name in ("mse", "l1") or name.startswith(("huber", "cauchy")) for name in v["best_baseline"][h])
+    assert any(v["ratios"][h][s] > v["ratios_vs_tuned"][h][s] * 1.01 for h in ("10", "40") for s in range(2))
 
 
 def test_a_noise_free_meta_test_is_as_before():
@@ -296,7 +320,7 @@ def test_a_noise_free_meta_test_is_as_before():
     report = meta_test(family, spec, phi, [0], MetaTestConfig(tasks=2, steps=2, horizons=[4], lr_factors=[1.0]), 0.02)
     assert not any(k.startswith(("best_", "ratio_vs_best", "baselines")) for k in report["horizon"][0])
     assert not cmp_module._ROBUST
-    assert robust_fit(family, *_sets(SINE)[2:0:-1], InnerOptimizer("sgd", 0.1), [1.0], [2]) == ([], {})
+    assert robust_fit(family, *_sets(SINE)[2:0:-1], InnerOptimizer("sgd", 0.1), [1.0], [2]) == ([], {}, [])
 
 
 # -- 4. forms that can be robust and start at the baseline -----------------------------------------------
