@@ -60,8 +60,8 @@ def start_server(data_dir: Path, **settings: str) -> tuple[subprocess.Popen, str
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "ML3_DATA_DIR": str(data_dir), "ML3_RUNNER": "none", **settings}
-    env.pop("ML3_DATABASE_URL", None)
+    env = {k: v for k, v in os.environ.items() if k != "ML3_DATABASE_URL"}  # SQLite unless settings name one
+    env.update({"ML3_DATA_DIR": str(data_dir), "ML3_RUNNER": "none", **settings})
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, cwd=ROOT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -533,17 +533,23 @@ def test_a_key_s_writes_beyond_max_key_writes_are_a_429_at_once(tmp_path):
         assert c.app.state.write_slots.counts == {}
 
 
-def test_a_burst_of_one_key_s_submits_leaves_the_server_responsive():
-    """bench/submit_burst.py: 50 concurrent submits, one key, one Idempotency-Key, on a real server."""
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_burst_of_one_key_s_submits_leaves_the_server_responsive(database):
+    """bench/submit_burst.py: 50 concurrent submits, one key, one Idempotency-Key, on a real server, on the
+    embedded database and on PostgreSQL."""
+    import contextlib
     import json
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, postgres_database
 
-    r = subprocess.run([sys.executable, "bench/submit_burst.py", "--clients", "50"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    with postgres_database("burst") if database == "postgresql" else contextlib.nullcontext() as url:
+        extra = ["--postgres", url] if url else []
+        r = subprocess.run([sys.executable, "bench/submit_burst.py", "--clients", "50", *extra], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
     result = json.loads(r.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["database"] == database
     assert r.returncode == 0 and not result["failed"], result
     assert set(result["codes"]) <= {"202", "429"} and result["jobs"] == 1, result
     assert result["healthz"]["p99_s"] < 1.0, result
