@@ -214,3 +214,25 @@ def test_a_weighted_ce_loss_meta_tests(client, weighted, settings):
     assert run_job(r.json()["id"], "runner-a", settings) == "succeeded"
     report = client.get(f"/v1/jobs/{r.json()['id']}/report").json()
     assert report["horizon"][-1]["steps"] == 3 and "error_heldout" in report["curves"]["learned"]
+
+
+@pytest.mark.integration
+def test_trusted_rows_on_postgresql(tmp_path):
+    """On PostgreSQL too: a data set with trusted rows stores and loads its markers; bad ones store nothing."""
+    from conftest import postgres_database
+    from fastapi.testclient import TestClient
+
+    from app.db.session import get_sessionmaker
+    from app.main import create_app
+
+    with postgres_database("ml3_trusted") as url:
+        settings = Settings(data_dir=tmp_path, database_url=url, runner="none")
+        with TestClient(create_app(settings)) as c:
+            ds = upload(c, noisy_csv()).json()
+            assert ds["trusted_rows"] == 40
+            assert int(service.load(url, ds["id"]).trusted.sum()) == 40
+            Session = get_sessionmaker(url)
+            before, files = table_counts(Session), stored_files(settings)
+            for body in (noisy_csv(untrusted_task=1), noisy_csv(trusted_every=1)):
+                assert_problem(upload(c, body), 422, "invalid_dataset")
+            assert table_counts(Session) == before and stored_files(settings) == files
