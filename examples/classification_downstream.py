@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     learned = load_loss(f"{args.server.rstrip('/')}/v1/losses/{args.loss}")
-    if learned.arch.get("form") != "ce_classwise":
+    if learned.arch.get("form") not in ("ce_classwise", "weighted_ce"):
         raise SystemExit(f"{args.loss} is not a classification loss (form {learned.arch.get('form')})")
     lr = learned.spec.get("training", {}).get("inner_lr", 0.1)
     classes = [int(c) for c in args.classes.split(",")]

@@ -228,3 +228,20 @@ def test_restart_mid_job_resumes_from_checkpoint_and_registers_once(tmp_path, si
             assert [(v["version"], v["job_id"]) for v in versions] == [(1, job_id)]
     finally:
         server.stop()
+
+
+def test_noisy_labels_example_quick(server, tmp_path):
+    """examples/noisy_labels.py --quick: upload with a trusted column, meta-train weighted_ce, meta-test
+    against the best tuned baseline, then the side-by-side table of learned, tuned CE and tuned GCE."""
+    out = subprocess.run([sys.executable, "examples/noisy_labels.py", "--server", server.url, "--quick",
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any("trusted" in line and line.startswith("data set") for line in lines), out.stdout
+    assert any("ratio_vs_best" in line and "best tuned baseline" in line for line in lines), out.stdout
+    header = next(line for line in lines if line.split()[:1] == ["steps"])
+    assert header.split() == ["steps", "learned", "cross-entropy", "GCE"]
+    rows = [line.split() for line in lines[lines.index(header) + 1:]]
+    assert [int(r[0]) for r in rows] == [10, 30]
+    errors = [float(r[i]) for r in rows for i in range(1, len(r)) if r[i].replace(".", "", 1).isdigit()]
+    assert len(errors) == 6 and all(0 <= e <= 1 for e in errors), rows  # the three losses at both step counts

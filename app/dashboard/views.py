@@ -41,10 +41,12 @@ HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
                             "tuned baseline every ratio is judged against ([1]: the same lr only)",
     "meta_test.tune_learned": "the learned loss at its own best lr factor too (the 'both tuned' ratio)",
     "loss.inputs": "what L_φ reads: pred, target, x, level (weighted_se: the batch's log MSE, a schedule signal); "
-                   "ce_classwise: prob, target, logprob of each class",
+                   "ce_classwise: prob, target, logprob of each class; weighted_ce: ce, target_prob, max_prob "
+                   "of each example",
     "loss.hidden": "hidden layer widths",
     "loss.form": "net (the network is the loss), weighted_se (a learned weight on the squared error) or "
-                 "ce_classwise (classification: cross-entropy plus a learned per-class correction)",
+                 "ce_classwise (classification: cross-entropy plus a learned per-class correction) or "
+                 "weighted_ce (classification: a learned weight on each example's cross-entropy)",
     "loss.output": "softplus, linear, square or exp",
     "loss.reduction": "mean or sum over the batch",
     "loss.per_output": "one shared net per output dimension",

@@ -14,6 +14,11 @@ NPZ: arrays ``x`` (N,) or (N, X), ``y`` (N,) or (N, Y) and ``task`` (N,) of numb
 ``task_type=classification``: the one output column holds class labels (integers or strings; CSV
 default column ``label``, NPZ ``y`` of shape (N,)). Refused: fewer than 2 or more than
 ``MAX_CLASSES`` classes, and a task whose rows are all of one class (nothing to tell apart).
+
+Trusted rows (noisy data): a CSV column ``trusted`` (NPZ: an array ``trusted`` (N,)) of 0/1 marks
+the rows a user trusts. They become each task's held-out side, so meta-training's objective and
+the meta-test's scores read trusted rows only, and the inner steps train on the others. Refused:
+a value that is not 0 or 1, a task with no trusted row, a task whose every row is trusted.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ FORMATS = ("csv", "npz", "parquet")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/x-npz": "npz",
                "application/zip": "npz", "application/vnd.apache.parquet": "parquet"}
 OUTPUT_NAME = re.compile(r"y([0-9]+|_.*)?")  # full match
+TRUSTED = "trusted"  # the column (NPZ: array) of 0/1 markers of trusted rows
 
 
 def bad(loc: str, msg: str) -> Problem:
@@ -100,18 +106,22 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
         raise bad("header", f"column names must be unique and non-empty; repeated: {dupes}")
     if task_column not in header:
         raise bad("task_column", f"no column {task_column!r} in the header {header}; name it with ?task_column=")
+    marked = TRUSTED in seen and task_column != TRUSTED
+    for loc, cols in (("inputs", inputs), ("outputs", outputs)):
+        if marked and cols and TRUSTED in cols:
+            raise bad(loc, f"column {TRUSTED!r} marks trusted rows (0/1); it is neither an input nor an output")
     if classification:
         outputs = outputs or ["label"]
         if len(outputs) != 1 or outputs[0] not in seen or outputs[0] == task_column:
             raise bad("outputs", f"classification reads one label column (default label) of the header {header}; "
                       "name it with ?outputs=")
     if outputs is None:
-        outputs = [h for h in header if OUTPUT_NAME.fullmatch(h) and h != task_column]
+        outputs = [h for h in header if OUTPUT_NAME.fullmatch(h) and h != task_column and not (marked and h == TRUSTED)]
         if not outputs:
             raise bad("outputs", "no output column: call them y, y1, y2, ... or name them with ?outputs=a,b")
     if inputs is None:
         output_set = set(outputs)
-        inputs = [h for h in header if h != task_column and h not in output_set]
+        inputs = [h for h in header if h != task_column and h not in output_set and not (marked and h == TRUSTED)]
     for loc, cols in (("inputs", inputs), ("outputs", outputs)):
         missing = [c for c in cols if c not in seen or c == task_column]
         if missing or not cols:
@@ -123,7 +133,7 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
                         f"{settings.dataset_max_columns}")
     at = {h: i for i, h in enumerate(header)}
     xi, yi, ti = [at[c] for c in inputs], [at[c] for c in outputs], at[task_column]
-    xs, ys, labels, lines = [], [], [], []
+    xs, ys, labels, lines, trusted = [], [], [], [], []
     for row in rows:
         line = reader.line_num
         if not row or all(not v.strip() for v in row):
@@ -134,6 +144,8 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
             raise too_large("dataset_max_rows", f"more than {settings.dataset_max_rows} rows")
         labels.append(row[ti])
         lines.append(line)
+        if marked:
+            trusted.append(_marker(row[at[TRUSTED]], f"line {line}"))
         xs.append([_number(row[i], line, header[i]) for i in xi])
         if classification:
             ys.append(row[yi[0]])
@@ -142,10 +154,23 @@ def read_csv(body: bytes, task_column: str, inputs: list[str] | None, outputs: l
     if not labels:
         raise bad("file", "no data rows after the header")
     labels = clean_labels(labels, task_column, "task label", lambda i: f"line {lines[i]}")
+    marks = trusted if marked else None
     if classification:
         ys = clean_labels(ys, outputs[0], "class label", lambda i: f"line {lines[i]}")
-        return _class_data(xs, ys, labels, inputs, outputs[0])
-    return _task_data(xs, ys, labels, inputs, outputs)
+        return _class_data(xs, ys, labels, inputs, outputs[0], marks)
+    return _task_data(xs, ys, labels, inputs, outputs, marks)
+
+
+def _marker(text: str, where: str) -> bool:
+    """A trusted marker: 0 or 1 (also written 0.0, 1.0); anything else is a 422 naming the row."""
+    value = text.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number not in (0.0, 1.0):
+        raise bad(TRUSTED, f"{where}: {value!r}; a trusted marker is 0 or 1")
+    return number == 1.0
 
 
 def clean_labels(values: list, loc: str, what: str, where=lambda i: f"row {i + 1}") -> list[str]:
@@ -188,14 +213,16 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
     except zipfile.BadZipFile:
         raise bad("file", "not an NPZ file (a zip of .npy arrays, as numpy.savez writes)") from None
     names = {m.filename for m in members}
-    if not {"x.npy", "y.npy", "task.npy"} <= names or len(names) != 3:
-        raise bad("file", f"an NPZ file holds exactly the arrays x, y and task; this one has {sorted(names)}")
+    if not {"x.npy", "y.npy", "task.npy"} <= names or names - {"x.npy", "y.npy", "task.npy", f"{TRUSTED}.npy"}:
+        raise bad("file", f"an NPZ file holds exactly the arrays x, y and task (and optionally {TRUSTED}); this one "
+                  f"has {sorted(names)}")
     unpacked = sum(m.file_size for m in members)  # checked before anything is decompressed
     if unpacked > settings.dataset_max_bytes:
         raise too_large("dataset_max_bytes", f"arrays of {unpacked} bytes, at most {settings.dataset_max_bytes}")
     try:
         with np.load(io.BytesIO(body), allow_pickle=False) as z:
             x, y, task = z["x"], z["y"], z["task"]
+            marks = z[TRUSTED] if f"{TRUSTED}.npy" in names else None
     except ValueError as e:  # object arrays need pickle, which is never used
         raise bad("file", f"arrays of numbers (task labels may be strings) only: {e}") from None
     except Exception as e:
@@ -212,6 +239,14 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
         raise bad("task", f"integer or string labels, got dtype {task.dtype}")
     if not (len(x) == len(y) == len(task)):
         raise bad("y", f"x, y and task need one row per point: {len(x)}, {len(y)}, {len(task)} rows")
+    if marks is not None:
+        if marks.shape != (len(x),) or marks.dtype.kind not in "biuf":
+            raise bad(TRUSTED, f"one 0/1 marker per row: ({len(x)},) numbers, got {marks.dtype} {marks.shape}")
+        wrong = np.flatnonzero((marks != 0) & (marks != 1))
+        if len(wrong):
+            raise bad(TRUSTED, f"row {wrong[0] + 1}: {marks[wrong[0]]!r}; a trusted marker is 0 or 1 "
+                      f"({len(wrong)} rows are neither)")
+        marks = marks == 1
     if len(x) > settings.dataset_max_rows:
         raise too_large("dataset_max_rows", f"{len(x)} rows, at most {settings.dataset_max_rows}")
     if classification:
@@ -220,7 +255,7 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
             raise too_large("dataset_max_columns", f"{x2.shape[1] + 1} columns, at most {settings.dataset_max_columns}")
         output = (outputs or ["label"])[0]
         return _class_data(x2.astype(np.float64), clean_labels(y.tolist(), "y", "class label"),
-                           clean_labels(task.tolist(), "task", "task label"), inputs, output)
+                           clean_labels(task.tolist(), "task", "task label"), inputs, output, marks)
     x2, y2 = x.reshape(len(x), -1), y.reshape(len(y), -1)
     if x2.shape[1] + y2.shape[1] > settings.dataset_max_columns:
         raise too_large("dataset_max_columns", f"{x2.shape[1] + y2.shape[1]} columns, at most "
@@ -229,19 +264,23 @@ def read_npz(body: bytes, inputs: list[str] | None, outputs: list[str] | None,
         if names_ is not None and len(names_) != a.shape[1]:
             raise bad(loc, f"{len(names_)} names for {a.shape[1]} columns")
     return _task_data(x2.astype(np.float64), y2.astype(np.float64), clean_labels(task.tolist(), "task", "task label"),
-                      inputs, outputs)
+                      inputs, outputs, marks)
 
 
-def _task_data(x, y, labels, inputs, outputs) -> family.TaskData:
+def _trusted(marks) -> torch.Tensor | None:
+    return None if marks is None else torch.as_tensor(np.asarray(marks, dtype=bool))
+
+
+def _task_data(x, y, labels, inputs, outputs, marks=None) -> family.TaskData:
     try:
         return family.TaskData.from_labels(torch.as_tensor(np.asarray(x, dtype=np.float64)),
                                            torch.as_tensor(np.asarray(y, dtype=np.float64)),
-                                           labels, inputs, outputs)
+                                           labels, inputs, outputs, _trusted(marks))
     except ConfigError as e:  # e.g. NaN in an NPZ array: the message names row and column
         raise bad(e.loc, e.msg) from None
 
 
-def _class_data(x, classes, tasks, inputs, output: str) -> family.TaskData:
+def _class_data(x, classes, tasks, inputs, output: str, marks=None) -> family.TaskData:
     names = set(map(str, classes))
     if len(names) > family.MAX_CLASSES:
         raise bad(output, f"{len(names)} classes; at most {family.MAX_CLASSES} (one logit each)")
@@ -249,7 +288,7 @@ def _class_data(x, classes, tasks, inputs, output: str) -> family.TaskData:
         raise bad(output, f"one class ({sorted(names)}): classification needs at least 2")
     try:
         data = family.TaskData.from_class_labels(torch.as_tensor(np.asarray(x, dtype=np.float64)), classes, tasks,
-                                                 inputs, output)
+                                                 inputs, output, _trusted(marks))
     except ConfigError as e:
         raise bad(e.loc, e.msg) from None
     single = [n for n, row in zip(data.names, data.class_counts(), strict=True) if sum(k > 0 for k in row) < 2]
@@ -273,6 +312,10 @@ def check_sizes(data: family.TaskData, settings: Settings) -> None:
         listed = ", ".join(f"{n!r} ({k})" for n, k in small[:5])
         raise bad("task", f"every task needs at least {settings.dataset_min_task_rows} rows; "
                   f"{len(small)} of {tasks} tasks have fewer: {listed}")
+    try:
+        data.check_trusted()  # trusted rows and untrusted rows in every task: whatever the split, none is empty
+    except ConfigError as e:
+        raise bad(e.loc, e.msg) from None
 
 
 def read_upload(body: bytes, options: dict, filename: str | None, media_type: str | None,
@@ -323,8 +366,12 @@ def dataset_json(row: Dataset, full: bool = False) -> dict:
            "task_type": s.get("task_type", "regression"), "links": {"self": f"/v1/datasets/{row.id}"}}
     if "classes" in s:
         out["classes"] = s["classes"]
+    if "trusted_rows" in s:
+        out["trusted_rows"] = s["trusted_rows"]
     if full:
         out.update({k: s[k] for k in ("task_rows", "min_task_rows", "max_task_rows", "stats")})
+        if "task_trusted_rows" in s:
+            out["task_trusted_rows"] = s["task_trusted_rows"]
     return out
 
 

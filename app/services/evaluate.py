@@ -253,9 +253,12 @@ def check_finite(loss, g, inputs: str) -> None:
                       f"JSON): scale {inputs} down")
 
 
-# -- classification losses (form ce_classwise): logits and labels ---------------------------------
+# -- classification losses (forms ce_classwise, weighted_ce): logits and labels ---------------------
+CLASSIFICATION_FORMS = ("ce_classwise", "weighted_ce")
+
+
 def is_classification(module: LearnedLoss) -> bool:
-    return module.arch.get("form") == "ce_classwise"
+    return module.arch.get("form") in CLASSIFICATION_FORMS
 
 
 def labels_tensor(value, logits: torch.Tensor, limit: int) -> torch.Tensor:

@@ -105,7 +105,7 @@ class RunSize:
         else:
             params = _mlp([loss.x_dim, *hidden, outs]) if hidden else outs * (loss.x_dim + 1)
             width, flops = loss.x_dim + sum(hidden) + outs, params
-        # one shared L_phi per output dimension, or per class of a classification loss
+        # one shared L_phi per output dimension, or per class of a ce_classwise loss (weighted_ce: one per example)
         copies = outs if loss.per_output or loss.form == "ce_classwise" else 1
         width += copies * (sum(loss.hidden) + 1)
         loss_params = sum((a + 1) * b for a, b in loss.layer_sizes())

@@ -8,8 +8,11 @@ so a job spec cannot make a server read a path.
 Splits are by task, drawn from ``split_seed`` (the same for every run seed): meta-train tasks
 train L_phi, meta-validation tasks choose the published seed, meta-test tasks are only seen at
 meta-test. Inside each task a fixed fraction of the rows is held out; models train on the
-rest. Inputs and outputs are standardised per feature with the mean/std of the meta-train
-tasks' rows, so no statistic leaks from the validation or test tasks.
+rest; a data set whose rows carry a ``trusted`` marker (0/1) holds out exactly its trusted rows
+instead, so the meta-objective and the meta-test's scores read trusted rows only and the inner
+steps train on the others (the noisy ones). Inputs and outputs are standardised per feature
+with the mean/std of the meta-train tasks' rows, so no statistic leaks from the validation or
+test tasks.
 
 Tasks differ in size but the engine stacks them to (S, n, N, dim): each draw takes ``points``
 train rows and ``heldout_points`` held-out rows of a task, without replacement when the task
@@ -64,6 +67,7 @@ class TaskData:
     inputs: list[str]  # X column names
     outputs: list[str]  # Y column names
     classes: list[str] | None = None  # classification: y is one column of indices into these class names
+    trusted: torch.Tensor | None = None  # (N,) bool: the rows held out (meta-objective, meta-test scores)
 
     def __post_init__(self):
         x, y, t = self.x, self.y, self.task
@@ -87,10 +91,34 @@ class TaskData:
             check(len(set(self.classes)) == c, "classes", "class names must be unique")
             check(y.shape[1] == 1 and bool(((y >= 0) & (y < c) & (y == y.round())).all()), "y",
                   "one column of class indices into the class names")
+        if self.trusted is not None:
+            tr = self.trusted
+            check(tr.dtype == torch.bool and tr.dim() == 1 and tr.shape[0] == x.shape[0], "trusted",
+                  f"one 0/1 marker per row ({x.shape[0]})")
+
+    def check_trusted(self) -> None:
+        """Every task needs trusted rows (its held-out side: the meta-objective and the meta-test's
+        scores) and untrusted ones (what the inner steps train on); a ConfigError names the tasks."""
+        if self.trusted is None:
+            return
+        T = len(self.names)
+        trusted = torch.bincount(self.task[self.trusted], minlength=T).tolist()
+        counts = self.counts()
+        none = [n for n, k in zip(self.names, trusted, strict=True) if k == 0]
+        every = [n for n, k, m in zip(self.names, trusted, counts, strict=True) if k == m]
+        if none:
+            raise ConfigError("trusted", f"{len(none)} of {T} tasks have no trusted row: "
+                              f"{', '.join(map(repr, none[:5]))}; every task needs trusted rows (1), its held-out "
+                              "side that the meta-objective and the meta-test score on")
+        if every:
+            what = "every row is trusted" if len(every) == T else f"{len(every)} of {T} tasks have only trusted rows"
+            raise ConfigError("trusted", f"{what}: {', '.join(map(repr, every[:5]))}; every task also needs "
+                              "untrusted rows (0), the ones the inner steps train on")
 
     @classmethod
-    def from_labels(cls, x, y, labels, inputs=None, outputs=None) -> TaskData:
-        """Rows with one task label each (any values; compared as text). 1-D x or y is one column."""
+    def from_labels(cls, x, y, labels, inputs=None, outputs=None, trusted=None) -> TaskData:
+        """Rows with one task label each (any values; compared as text). 1-D x or y is one column.
+        trusted: None, or one 0/1 (bool) marker per row."""
         x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
         x, y = x.reshape(len(x), -1) if x.dim() == 1 else x, y.reshape(len(y), -1) if y.dim() == 1 else y
         labels = [str(v) for v in labels]
@@ -99,18 +127,22 @@ class TaskData:
         task = torch.tensor([index[v] for v in labels], dtype=torch.int64)
         inputs = list(inputs) if inputs is not None else [f"x{i + 1}" for i in range(x.shape[-1])]
         outputs = list(outputs) if outputs is not None else [f"y{i + 1}" for i in range(y.shape[-1])]
-        return cls(x, y, task, names, inputs, outputs)
+        if trusted is not None:
+            trusted = torch.as_tensor(trusted)
+            check(bool(((trusted == 0) | (trusted == 1)).all()), "trusted", "0 or 1 per row")
+            trusted = trusted != 0
+        return cls(x, y, task, names, inputs, outputs, trusted=trusted)
 
     @classmethod
-    def from_class_labels(cls, x, labels, tasks, inputs=None, output: str = "label") -> TaskData:
+    def from_class_labels(cls, x, labels, tasks, inputs=None, output: str = "label", trusted=None) -> TaskData:
         """Classification rows: x, one class label per row (ints or strings, compared as text) and
         one task label per row. Classes are indexed in sorted order (numerically when all are integers)."""
         labels = [str(v) for v in labels]
         names = sorted(set(labels), key=lambda v: (0, int(v), "") if _is_int(v) else (1, 0, v))
         index = {n: i for i, n in enumerate(names)}
         y = torch.tensor([[float(index[v])] for v in labels], dtype=torch.float64)
-        data = cls.from_labels(x, y, tasks, inputs, [output])
-        return cls(data.x, data.y, data.task, data.names, data.inputs, data.outputs, names)
+        data = cls.from_labels(x, y, tasks, inputs, [output], trusted)
+        return cls(data.x, data.y, data.task, data.names, data.inputs, data.outputs, names, data.trusted)
 
     def class_counts(self) -> list[list[int]]:
         """Rows per (task, class) of a classification data set."""
@@ -129,6 +161,8 @@ class TaskData:
         if self.classes is not None:
             meta["classes"] = self.classes
         tensors = {"x": self.x.contiguous(), "y": self.y.contiguous(), "task": self.task.contiguous()}
+        if self.trusted is not None:  # absent otherwise: a data set without markers keeps its bytes (and sha256)
+            tensors["trusted"] = self.trusted.to(torch.uint8).contiguous()
         return save(tensors, metadata={"json": json.dumps(meta)})
 
     @classmethod
@@ -140,7 +174,9 @@ class TaskData:
             meta = json.loads(json.loads(blob[8 : 8 + n])["__metadata__"]["json"])
             t = load(blob)
             check(meta.get("format") == FORMAT, "dataset", "not an ml3 task file")
-            return cls(t["x"], t["y"], t["task"], meta["names"], meta["inputs"], meta["outputs"], meta.get("classes"))
+            trusted = t["trusted"].to(torch.bool) if "trusted" in t else None
+            return cls(t["x"], t["y"], t["task"], meta["names"], meta["inputs"], meta["outputs"], meta.get("classes"),
+                       trusted)
         except ConfigError:
             raise
         except Exception as e:
@@ -158,6 +194,10 @@ class TaskData:
                         "min": float(a[:, i].min()), "max": float(a[:, i].max())} for i, c in enumerate(cols)}
 
         extra = {} if self.classes is None else {"task_type": "classification", "classes": self.classes}
+        if self.trusted is not None:
+            per_task = torch.bincount(self.task[self.trusted], minlength=len(self.names)).tolist()
+            extra.update({"trusted_rows": int(self.trusted.sum()),
+                          "task_trusted_rows": dict(zip(self.names, per_task, strict=True))})
         return {**extra, "rows": self.x.shape[0], "tasks": len(self.names), "x_dim": self.x.shape[1],
                 "y_dim": self.y.shape[1], "inputs": self.inputs, "outputs": self.outputs,
                 "task_rows": dict(zip(self.names, counts, strict=True)),
@@ -274,6 +314,10 @@ class DatasetFamily(TaskFamily):
               "for a classification data set; a regression data set takes task.outliers")
         check(outliers(c.outliers).rate == 0 or data.classes is None, "task.outliers",
               "for a regression data set; a classification data set takes task.label_noise")
+        if data.trusted is not None:
+            data.check_trusted()
+            check(c.meta_objective == "heldout", "task.meta_objective",
+                  "heldout for a data set with trusted rows: L_T judges on the trusted rows only")
         g = torch.Generator().manual_seed(c.split_seed)
         T = len(data.names)
         n_val, n_test = (max(1, round(f * T)) for f in c.split[1:])
@@ -284,9 +328,13 @@ class DatasetFamily(TaskFamily):
         tasks = {"train": sorted(order[:n_train]), "validation": sorted(order[n_train : n_train + n_val]),
                  "test": sorted(order[n_train + n_val :])}
         held = {}
-        for t in range(T):  # each task's rows, shuffled once: the first part is held out
+        for t in range(T):  # each task's rows, shuffled once: the first part is held out (or its trusted rows)
             rows = (data.task == t).nonzero().squeeze(1)
             rows = rows[torch.randperm(len(rows), generator=g)]
+            if data.trusted is not None:
+                mark = data.trusted[rows]
+                held[t] = (rows[~mark], rows[mark])
+                continue
             k = min(len(rows) - 1, max(1, round(c.heldout_fraction * len(rows))))
             held[t] = (rows[k:], rows[:k])
         x, y = data.x, data.y
@@ -323,6 +371,26 @@ class DatasetFamily(TaskFamily):
         return self.prepared.data.classes is not None
 
     @property
+    def trusted(self) -> bool:
+        """The data set marks trusted rows: they are the held-out side, the other rows count as noisy."""
+        return self.prepared.data.trusted is not None
+
+    @property
+    def noisy(self) -> bool:
+        """Noise injected (task.label_noise, task.outliers) or a data set with trusted rows."""
+        return self.config.noisy or self.trusted
+
+    def robust_baselines(self) -> list:
+        """Those of the task type when noise is injected, and also for a data set with trusted rows
+        (its untrusted rows are the user's noisy ones)."""
+        from ..robust import grid
+
+        found = super().robust_baselines()
+        if found or not self.trusted:
+            return found
+        return grid("classification" if self.classification else "regression")
+
+    @property
     def heldout_metric(self) -> str:
         return "error_heldout" if self.classification else "mse_heldout"
 
@@ -346,14 +414,14 @@ class DatasetFamily(TaskFamily):
             return classification_loss_defaults(form or "ce_classwise")
         if form is None:
             d = super().loss_defaults_for("weighted_se")
-            if self.config.noisy:  # the weight also reads each point's error size: it can turn an outlier down
+            if self.noisy:  # the weight also reads each point's error size: it can turn an outlier down
                 d = {**d, "inputs": [*d["inputs"], "abs_error"]}
             return {**d, "hidden": [16], "activation": "tanh", "output": "exp", "bias": True, "init": "baseline"}
         return super().loss_defaults_for(form)
 
     def train_defaults(self) -> dict:
         # noise is memorised with training time: with noisy train rows the published seed is judged at 100, 1000 steps
-        noisy = {"validation_horizons": [100, 1000]} if self.config.noisy else {}
+        noisy = {"validation_horizons": [100, 1000]} if self.noisy else {}
         if self.classification:
             return {"tasks_per_batch": 4, "inner_lr": 0.1, "eval_tasks": 4, **noisy}
         return {"tasks_per_batch": 8, "inner_lr": 0.01, "eval_tasks": 4, "schedule": "persistent", "inner_steps": 10,
@@ -412,6 +480,8 @@ class DatasetFamily(TaskFamily):
         """Which tasks are in which split and the standardisation L_phi was trained under."""
         p = self.prepared
         extra = {} if p.data.classes is None else {"classes": p.data.classes}
+        if p.data.trusted is not None:
+            extra["heldout"] = "trusted rows"
         return {**extra, "dataset": self.config.dataset, "sha256": p.data.sha256(), "inputs": p.data.inputs,
                 "outputs": p.data.outputs,
                 "tasks": {s: [p.data.names[t] for t in members] for s, members in p.tasks.items()},

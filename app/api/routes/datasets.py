@@ -1,6 +1,7 @@
 """Data sets of tasks for the ``dataset`` family: upload (CSV or NPZ), list, show, delete.
 
-A meta-train job names one with ``{"task": {"family": "dataset", "dataset": ID}}``."""
+A meta-train job names one with ``{"task": {"family": "dataset", "dataset": ID}}``. A column (NPZ: an
+array) ``trusted`` of 0/1 marks trusted rows: each task's held-out side (app/services/datasets.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ UPLOAD_DOC = {
          "description": "classification: one label column (CSV default: label; integers or strings), "
                         "NPZ: y holds the labels"},
     ],
-    "requestBody": {"required": True, "content": {
+    "requestBody": {"required": True, "description": "a CSV or NPZ file of tasks; an optional column (NPZ: "
+                    "array) trusted of 0/1 marks trusted rows: the held-out side of each task (meta-objective, "
+                    "meta-test scores), the other rows are trained on", "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
             "file": {"type": "string", "format": "binary"}, **{k: {"type": "string"} for k in sorted(OPTIONS)}}}},
         "text/csv": {"schema": {"type": "string"}},

@@ -99,7 +99,7 @@ async def _evaluate(request: Request, loss_id: str, pred, target, x, reduction, 
 
 async def _evaluate_classification(request: Request, loss_id: str, logits, labels, reduction, return_grad,
                                    encoding) -> Response:
-    """Evaluate a classification loss (form ce_classwise) on (N, C) logits and labels."""
+    """Evaluate a classification loss (form ce_classwise or weighted_ce) on (N, C) logits and labels."""
     r, module = _loaded(request, loss_id)
     if not is_classification(module):
         raise invalid("pred", "required: this loss is not a classification loss; send pred and target")

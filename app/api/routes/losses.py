@@ -18,7 +18,7 @@ from app.core.errors import invalid
 from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
 from app.services import limits, registry
-from app.services.evaluate import torch_threads
+from app.services.evaluate import CLASSIFICATION_FORMS, torch_threads
 from app.services.ids import parse_int
 from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
@@ -175,7 +175,7 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     arch = bundle.spec["architecture"]
     # a classification loss is drawn over points x classes logits; the others' grids are a few curves
     classes = options.get("classes") or bundle.spec["task"].get("classes_per_task") or 100
-    values = options.get("points", 121) * (classes if arch.get("form") == "ce_classwise" else 1)
+    values = options.get("points", 121) * (classes if arch.get("form") in CLASSIFICATION_FORMS else 1)
     limits.check_request_bytes(limits.loss_bytes(arch, values, grad=False), f"a landscape of {values} values",
                                settings)
     torch_threads(settings.api_threads)

@@ -106,7 +106,7 @@
     // landscape
     ml3.loadImage($("#landscape"), `${base}/landscape?format=png`)
       .catch((e) => { $("#landscape-note").textContent = `No landscape: ${e.message}`; });
-    const classification = arch.form === "ce_classwise";
+    const classification = arch.form === "ce_classwise" || arch.form === "weighted_ce";
     $("#landscape-note").textContent = classification
       ? "The learned loss of one example against the true class's logit margin, beside cross-entropy."
       : "The learned loss over a grid, beside MSE, as its task family draws it.";
