@@ -78,7 +78,7 @@ class SineFamily(TaskFamily):
 
     def train_defaults(self) -> dict:
         # noise is memorised with training time: with outliers the published seed is judged at 100 and 1000 steps
-        return {"validation_horizons": [100, 1000]} if outliers(self.config.outliers).rate > 0 else {}
+        return {"validation_horizons": [100, 1000]} if outliers(getattr(self.config, "outliers", 0.0)).rate > 0 else {}
 
     def init_theta(self, generators, n):
         return mlp_init([1, *self.config.model_hidden, 1], generators, n)
