@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     openapi.install(app)
     app.add_middleware(Guard, state=app.state)
     app.include_router(health.router)
+    health.add_echo_route(app)  # bench/evaluate.py's bare route, served like the next one
     evaluate_routes.add_plain_route(app)  # the hot path, matched next, without FastAPI's per-request work
     for module in (evaluate_routes, jobs, losses):
         app.include_router(module.router)

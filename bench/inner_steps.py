@@ -1,8 +1,10 @@
 """M = 1 or M = 100? The review cannot tell which the paper meant; we measure both.
 
-Runs the sine experiment with the official settings for each M (inner SGD steps unrolled per
-meta-gradient) and prints held-out meta-test MSE (learned loss vs MSE) at each horizon, with the
-wall time. Usage: python bench/inner_steps.py [--steps 1,10,100] [--outer-iters 500] [--seeds 5]
+Runs the sine experiment with the official settings (``preset: paper``: one fixed task, the
+2-50-50-1 loss net, alpha = eta = 1e-3) for each M (inner SGD steps unrolled per meta-gradient),
+and prints held-out meta-test MSE, learned loss vs MSE at the same lr (``lr_factors: [1]``, the
+paper's comparison; no tuned baseline), at each horizon, with the wall time.
+Usage: python bench/inner_steps.py [--steps 1,10,100] [--outer-iters 500] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ def main():
     rows = []
     for m in [int(s) for s in args.steps.split(",")]:
         t = time.perf_counter()
-        out = meta_train({"task": {"family": "sine"}, "seeds": args.seeds, "outer_iterations": args.outer_iters,
-                          "inner_steps": m, "first_order": args.first_order, "eval_every": 50,
-                          "meta_test": {"horizons": [10, 100, 1000, 5000]}})
+        out = meta_train({"task": {"family": "sine"}, "preset": "paper", "seeds": args.seeds,
+                          "outer_iterations": args.outer_iters, "inner_steps": m, "first_order": args.first_order,
+                          "eval_every": 50, "meta_test": {"horizons": [10, 100, 1000, 5000], "lr_factors": [1],
+                                                          "tune_learned": False}})
         seconds = time.perf_counter() - t
         final = out.report["meta_test"]["final"]
         learned, plain = final["learned"]["mse_heldout"], final["mse"]["mse_heldout"]

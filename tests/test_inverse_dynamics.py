@@ -296,6 +296,23 @@ def test_prior_shaped_loss_on_the_two_link_arm():
     assert out["figure"].startswith(b"\x89PNG")
 
 
+def test_mean_weights_per_seed_and_joint():
+    """The "mean weights" of bench/RESULTS.md's search table: each joint's weight w_φ,j averaged over the
+    meta-test tasks' held-out points, per seed; exactly 1 before meta-training (baseline init), moved
+    after it, and None for the paper's net, which has no weights."""
+    from ml3core.experiments.inverse_dynamics import VARIANT_LABELS, experiment
+
+    spec = {"task": {"robot": "2link", "model_hidden": [8], "points": 8}, "seeds": 2, "outer_iterations": 0,
+            "inner_steps": 3, "eval_steps": 3, "validation_tasks": 1,
+            "meta_test": {"tasks": 2, "steps": 3, "horizons": [3]}}
+    label = VARIANT_LABELS["mse"]
+    assert experiment(spec, ("mse",))["summary"]["mean_weights"] == {label: [[1.0, 1.0], [1.0, 1.0]]}
+    moved = experiment({**spec, "outer_iterations": 2}, ("mse",))["summary"]["mean_weights"][label]
+    assert len(moved) == 2 and all(len(seed) == 2 and 0 < min(seed) and seed != [1.0, 1.0] for seed in moved)
+    paper = experiment({**spec, "preset": "paper", "outer_iterations": 1}, ("mse",))
+    assert paper["summary"]["mean_weights"] == {label: None}
+
+
 TINY = ["--seeds", "1", "--outer-iters", "1", "--inner-steps", "3", "--eval-steps", "3", "--meta-test-tasks", "2",
         "--meta-test-steps", "3", "--horizons", "3", "--set", "task.points=8", "--set", "task.model_hidden=[8]",
         "--set", "validation_tasks=1", "--threads", "1"]

@@ -4,11 +4,16 @@ below (api, engine, metatest) lives here, above the task family it runs."""
 
 from __future__ import annotations
 
+import torch
+
 from ..api import parse_spec
 from ..config import check
 from ..engine import MetaTrainer
 from ..metatest import meta_test
+from ..portable import _network, loss_features
+from ..sampling import fresh_theta, sample_data, stream_generator
 from ..tasks.inverse_dynamics import TASK_LOSSES, InverseDynamicsFamily
+from ..train_config import DTYPES
 
 VARIANT_LABELS = {"mse": "L_φ learned with torque MSE", "prior": "L_φ learned with the prior",
                   "mixed": "L_φ learned with β·MSE + γ·prior"}
@@ -26,7 +31,7 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
     spec = dict(spec or {})
     task = {**spec.pop("task", {}), "family": InverseDynamicsFamily.name}
     check(len(variants) > 0 and all(v in TASK_LOSSES for v in variants), "variants", f"some of {TASK_LOSSES}")
-    reports = {}
+    reports, weights = {}, {}
     for variant in variants:
         plan = parse_spec({**spec, "task": {**task, "task_loss": variant}})
         cfg = plan.train
@@ -34,6 +39,7 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
         progress = (lambda d, t, v=variant: on_phase(f"meta-test {v}", d, t)) if on_phase else None
         reports[variant] = meta_test(plan.family, plan.loss, result.phi, cfg.seed_ids, plan.meta_test,
                                      cfg.inner_lr, cfg.device, cfg.dtype, progress=progress)
+        weights[VARIANT_LABELS[variant]] = mean_weights(plan, result.phi)
     robot = plan.family.config.robot
     first = reports[variants[0]]
     plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)] for m, rows in first["curves"]["mse"].items()
@@ -47,8 +53,28 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
                "horizon": [{"steps": row["steps"], "MSE": row["mse"],
                             **{VARIANT_LABELS[v]: r["horizon"][i]["learned"] for v, r in reports.items()}}
                            for i, row in enumerate(first["horizon"])],
-               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, r) for v, r in reports.items()}}
+               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, r) for v, r in reports.items()},
+               # per seed, each joint's learned weight averaged over the meta-test tasks' held-out points
+               "mean_weights": weights}
     return {"summary": summary, "reports": reports, "figure": _figure7(curves, first["steps"], robot)}
+
+
+def mean_weights(plan, phi: dict) -> list[list[float]] | None:
+    """Per seed, the mean over the held-out points of its meta-test tasks (the tasks ``meta_test``
+    draws) of each joint's weight w_phi,j, for a ``weighted_se`` loss with one weight per joint whose
+    inputs do not include pred (then the weight depends on the data alone); None for other forms."""
+    arch = plan.loss.architecture()
+    if arch.get("form") != "weighted_se" or arch.get("weights") != "per_output" or "pred" in arch["inputs"]:
+        return None
+    cfg, family = plan.train, plan.family
+    gens = [stream_generator(s, "test") for s in cfg.seed_ids]
+    data = sample_data(family, gens, plan.meta_test.tasks, "test", cfg.device, DTYPES[cfg.dtype])
+    theta = fresh_theta(family, gens, plan.meta_test.tasks, cfg.device, DTYPES[cfg.dtype])
+    pred, target, x = family.loss_inputs(theta, {"x": data["x_heldout"], "y": data["y_heldout"]})
+    params = {k: v.to(cfg.device, DTYPES[cfg.dtype]).unsqueeze(1) for k, v in phi.items()}  # (S, 1, ...): per seed
+    with torch.no_grad():
+        w = _network(params, arch, loss_features(arch, pred, target, x))  # (S, tasks, N, joints)
+    return [[round(float(v), 4) for v in seed] for seed in w.flatten(1, 2).mean(1)]
 
 
 def _at_equal_torque(plain: dict, report: dict) -> dict | None:

@@ -1,4 +1,5 @@
-"""Liveness, readiness, Prometheus metrics, and a bare echo route the benchmark compares against."""
+"""Liveness, readiness, Prometheus metrics, and a bare echo route the benchmark compares against
+(``add_echo_route``: a plain Starlette route, like the evaluate route it is compared with)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select, text
+from starlette.routing import Route
 
 from app.api.deps import READ
 from app.core.errors import Problem, invalid, not_found
@@ -72,17 +74,22 @@ def _bench_on(request: Request) -> None:
         authorize(request, "read", header[7:] if header[:7].lower() == "bearer " else None)
 
 
-@router.get("/v1/_echo", include_in_schema=False)
-async def echo_get(request: Request) -> Response:
-    """Parses and returns its query: the cost of HTTP and the framework alone (see bench/)."""
+async def echo(request: Request) -> Response:
+    """Parses and returns its query (GET) or JSON body (POST): the cost of HTTP and the framework alone
+    (see bench/)."""
     _bench_on(request)
-    return Response(json.dumps(dict(request.query_params)), media_type="application/json")
-
-
-@router.post("/v1/_echo", include_in_schema=False)
-async def echo_post(request: Request) -> Response:
-    _bench_on(request)
+    if request.method == "GET":
+        return Response(json.dumps(dict(request.query_params)), media_type="application/json")
     try:
         return Response(json.dumps(json.loads(await request.body())), media_type="application/json")
     except (ValueError, RecursionError) as e:  # malformed, or nested deeper than the parser goes
         raise invalid("body", f"not a JSON document: {type(e).__name__}") from None
+
+
+def add_echo_route(app) -> None:
+    """Serve the echo the way evaluate is served (``add_plain_route`` in routes/evaluate.py): a plain
+    Starlette route at the app's top level, added just before it, so bench/evaluate.py's ratio compares
+    the handlers, not two ways of routing."""
+    route = Route("/v1/_echo", echo, methods=["GET", "POST"], name="echo", include_in_schema=False)
+    route.methods.discard("HEAD")
+    app.router.routes.append(route)
