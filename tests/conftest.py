@@ -46,6 +46,28 @@ def wait_for(predicate, timeout: float, what: str = "condition", logs=lambda: ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
 
 
+def meta_gradient_checked(trainer, theta: dict, data: dict, eps: float = 1e-6) -> int:
+    """Assert the meta-gradient of ``trainer``'s per-seed L_T matches central finite differences at the first and
+    last entry of every phi tensor (float64); returns how many of those entries have a non-zero gradient."""
+    _, loss = trainer.meta_objective(theta, data)
+    grads = torch.autograd.grad(loss.sum(), list(trainer.phi.values()), allow_unused=True)
+    checked = 0
+    for (name, p), grad in zip(trainer.phi.items(), grads, strict=True):
+        grad = torch.zeros_like(p) if grad is None else grad  # e.g. an output bias that shifts L_phi only
+        for idx in [(0,) + tuple(0 for _ in p.shape[1:]), (0,) + tuple(s - 1 for s in p.shape[1:])]:
+            def at(value, p=p, idx=idx):
+                with torch.no_grad():
+                    p[idx] = value
+                return trainer.meta_objective(theta, data)[1].sum().item()
+
+            old = p[idx].item()
+            fd = (at(old + eps) - at(old - eps)) / (2 * eps)
+            at(old)
+            assert grad[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), (name, idx)
+            checked += abs(fd) > 1e-8
+    return checked
+
+
 def assert_problem(r, status: int, code: str | None = None) -> dict:
     """An RFC 9457 problem of ``status`` (and ``code`` when given) with a detail and a code: its body."""
     assert r.status_code == status, r.text
