@@ -1,6 +1,7 @@
 """Load a learned ML3 loss for your own training: one self-contained file.
 
 Copy this file into any project; it needs only ``torch`` and ``safetensors``.
+A loss loaded by URL is cached under ``~/.cache/ml3`` (``ML3_CACHE``; ``ML3_OFFLINE=1``: cache only).
 
     from portable import load_loss
     loss_fn = load_loss("my-loss/")            # bundle dir, .zip, zip bytes or server URL
@@ -17,11 +18,15 @@ canonical JSON of the spec, so an edited ``loss.json`` is refused too; bundles w
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 
 import torch
@@ -311,9 +316,12 @@ def _read_zip(data: bytes) -> dict:
         raise LossBundleError(f"not a loss bundle zip: {e}") from e
 
 
-def read_bundle_files(source) -> dict:
+def read_bundle_files(source, cache_dir=None) -> dict:
     """Return {'loss.safetensors': bytes, 'loss.json': bytes} from a dir, zip path, zip bytes or URL
-    (from a URL also 'sha256': the server's ETag, the checksum registered with the version)."""
+    (from a URL also 'sha256': the server's ETag, the checksum registered with the version).
+
+    A URL goes through the local cache (see ``BundleCache``): cache_dir, else $ML3_CACHE, else
+    ~/.cache/ml3; ``cache_dir=False`` turns it off."""
     if isinstance(source, (bytes, bytearray)):
         return _read_zip(bytes(source))
     source = os.fspath(source)
@@ -321,11 +329,13 @@ def read_bundle_files(source) -> dict:
         url = source.rstrip("/")
         if not url.endswith("/artifact"):
             url += "/artifact"
-        body, etag = _fetch(url)
-        files = _read_zip(body)
-        if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
-            files["sha256"] = etag  # what the registry holds for this version: the bundle must match it
-        return files
+        if cache_dir is False:
+            body, etag = _fetch(url)
+            files = _read_zip(body)
+            if _is_sha256(etag):
+                files["sha256"] = etag  # what the registry holds for this version: the bundle must match it
+            return files
+        return BundleCache(cache_dir).files(url)
     if os.path.isdir(source):
         files = {}
         for name in (WEIGHTS_FILE, SPEC_FILE):
@@ -341,13 +351,138 @@ def read_bundle_files(source) -> dict:
         return _read_zip(f.read())
 
 
-def _fetch(url: str) -> tuple[bytes, str]:
-    """GET a bundle zip: (body, ETag); a failure names the URL and passes on the server's problem detail."""
-    req = urllib.request.Request(url, headers=_auth_headers())
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def default_cache_dir() -> str:
+    """$ML3_CACHE, else ~/.cache/ml3 (under $XDG_CACHE_HOME when that is set)."""
+    if os.environ.get("ML3_CACHE"):
+        return os.path.expanduser(os.environ["ML3_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ml3")
+
+
+def offline() -> bool:
+    """ML3_OFFLINE=1 (or true/yes/on): a URL is served from the cache only, never from the network."""
+    return os.environ.get("ML3_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class BundleCache:
+    """Bundles fetched by URL, kept like the Hugging Face Hub's cache:
+
+    ``bundles/<sha256>.zip``  the bundle as served, named by its checksum (the server's ETag);
+    ``urls/<sha256 of the URL>.json``  the last bundle seen at a URL: {url, sha256, zip_sha256, fetched_at}.
+
+    A later load sends ``If-None-Match`` and uses the cached copy on 304; with the server unreachable
+    (or answering 502/503/504) it loads the last bundle cached for that URL and warns once; with
+    ML3_OFFLINE=1 it never touches the network. A cached copy is checked against its checksums on
+    every read: one that fails is deleted and fetched again."""
+
+    FALLBACK_STATUSES = (502, 503, 504)
+
+    def __init__(self, cache_dir=None):
+        self.root = os.fspath(cache_dir) if cache_dir else default_cache_dir()
+
+    def _index_path(self, url: str) -> str:
+        return os.path.join(self.root, "urls", hashlib.sha256(url.encode()).hexdigest() + ".json")
+
+    def _bundle_path(self, sha256: str) -> str:
+        return os.path.join(self.root, "bundles", sha256 + ".zip")
+
+    def cached(self, url: str) -> tuple[dict, dict] | None:
+        """(index entry, files) of the last bundle cached for url, checked; None when there is none
+        or it fails its checksums (then it is removed, so the next fetch replaces it)."""
+        try:
+            with open(self._index_path(url), "rb") as f:
+                entry = json.loads(f.read())
+            sha = entry["sha256"]
+            if not _is_sha256(sha):
+                raise ValueError("bad index entry")
+            with open(self._bundle_path(sha), "rb") as f:
+                data = f.read()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            if hashlib.sha256(data).hexdigest() != entry.get("zip_sha256"):
+                raise LossBundleError("the cached zip does not match its recorded sha256")
+            files = _read_zip(data)
+            files["sha256"] = sha
+            parse_bundle(files, sha)  # the bundle's own checksums, and the registry's
+        except LossBundleError:
+            for path in (self._bundle_path(sha), self._index_path(url)):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+            return None
+        return entry, files
+
+    def files(self, url: str) -> dict:
+        hit = self.cached(url)
+        if offline():
+            if hit is None:
+                raise LossBundleError(
+                    f"ML3_OFFLINE=1 and no cached copy of {url} in {self.root}: load it once with the "
+                    f"server reachable (ML3_OFFLINE unset), set ML3_CACHE to the cache that holds it, "
+                    f"or load a downloaded bundle (.zip or directory) instead")
+            return hit[1]
+        headers = {"If-None-Match": f'"{hit[0]["sha256"]}"'} if hit else {}
+        try:
+            body, etag = _fetch(url, headers)
+        except LossBundleError as e:
+            status = getattr(e, "status", None)
+            if hit and status == 304:
+                return hit[1]
+            if hit and (status is None or status in self.FALLBACK_STATUSES):
+                warnings.warn(f"{e}; using the copy of {url} cached at {hit[0].get('fetched_at', '?')} "
+                              f"(sha256 {hit[0]['sha256'][:12]}…)", stacklevel=4)
+                return hit[1]
+            raise
+        files = _read_zip(body)
+        sha = etag if _is_sha256(etag) else None
+        if sha is not None:
+            files["sha256"] = sha  # what the registry holds for this version: the bundle must match it
+        parse_bundle(files, sha)  # nothing unchecked goes into the cache
+        self._store(url, sha or hashlib.sha256(body).hexdigest(), body)
+        return files
+
+    def _store(self, url: str, sha: str, body: bytes) -> None:
+        entry = {"url": url, "sha256": sha, "zip_sha256": hashlib.sha256(body).hexdigest(),
+                 "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            _write_atomic(self._bundle_path(sha), body)
+            _write_atomic(self._index_path(url), json.dumps(entry, indent=2).encode())
+        except OSError as e:  # a read-only home still loads, without a cache
+            warnings.warn(f"cannot write the ml3 cache {self.root} ({e}); set ML3_CACHE to a writable "
+                          f"directory", stacklevel=4)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary file beside path, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fetch(url: str, headers: dict | None = None) -> tuple[bytes, str]:
+    """GET a bundle zip: (body, ETag); a failure names the URL and passes on the server's problem detail
+    (a LossBundleError whose ``status`` is the HTTP status, 304 included; None when unreachable)."""
+    req = urllib.request.Request(url, headers={**_auth_headers(), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.read(), (resp.headers.get("ETag") or "").strip('"')
     except urllib.error.HTTPError as e:
+        if e.code == 304:
+            error = LossBundleError(f"GET {url}: 304 not modified")
+            error.status = 304
+            raise error from None
         body = e.read()
         try:
             problem = json.loads(body)
@@ -357,9 +492,11 @@ def _fetch(url: str) -> tuple[bytes, str]:
         error = LossBundleError(f"GET {url}: {e.code} {detail}")
         error.status = e.code
         raise error from None
-    except (urllib.error.URLError, TimeoutError) as e:
+    except (OSError, http.client.HTTPException) as e:  # refused, timed out, cut off mid-answer
         reason = getattr(e, "reason", e)
-        raise LossBundleError(f"GET {url}: cannot reach the server ({reason}): is it running there?") from None
+        error = LossBundleError(f"GET {url}: cannot reach the server ({reason}): is it running there?")
+        error.status = None
+        raise error from None
 
 
 def _auth_headers() -> dict:
@@ -415,11 +552,14 @@ def parse_bundle(files: dict, sha256: str | None = None) -> tuple[dict, dict]:
     return params, spec
 
 
-def load_loss(source, device=None, raw_units: bool = False) -> LearnedLoss:
+def load_loss(source, device=None, raw_units: bool = False, cache_dir=None) -> LearnedLoss:
     """Load a learned loss bundle (directory, .zip path, zip bytes, or server URL).
 
-    raw_units: take values in the task's own units (see ``LearnedLoss``)."""
-    files = read_bundle_files(source)
+    raw_units: take values in the task's own units (see ``LearnedLoss``).
+    cache_dir: where bundles loaded by URL are kept (default $ML3_CACHE, else ~/.cache/ml3; False: no
+    cache). A URL is revalidated by ETag, served from the cache when the server is unreachable (with a
+    warning), and never fetched with ML3_OFFLINE=1 (see ``BundleCache``)."""
+    files = read_bundle_files(source, cache_dir)
     params, spec = parse_bundle(files, files.get("sha256"))
     module = LearnedLoss(params, spec, raw_units)
     return module.to(device) if device is not None else module

@@ -34,6 +34,15 @@ TINY = {"task": {"family": "sine", "points": 10, "heldout_points": 10}, "preset"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_loss_cache(tmp_path_factory):
+    """Losses loaded by URL are cached in a directory of the test session's, never in ~/.cache/ml3."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ML3_CACHE", str(tmp_path_factory.mktemp("ml3-cache")))
+        mp.delenv("ML3_OFFLINE", raising=False)
+        yield
+
+
 def wait_for(predicate, timeout: float, what: str = "condition", logs=lambda: ""):
     """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass (an
     AssertionError naming ``what``, with ``logs()`` for the post-mortem)."""
