@@ -3,6 +3,7 @@
 No web framework, no database: the service (``app``) and workers only schedule this.
 """
 
+from ._version import __version__
 from .config import ConfigError
 from .engine import Hooks, MetaTrainer, TrainResult
 from .losses import LossSpec, apply_loss, init_loss_params
@@ -14,5 +15,5 @@ from .train_config import TrainConfig
 __all__ = [
     "ConfigError", "FAMILIES", "Hooks", "LearnedLoss", "LossBundleError", "LossSpec", "MetaTrainer",
     "TaskFamily", "TrainConfig", "TrainResult", "apply_loss", "fit", "init_loss_params", "load_loss",
-    "make_family",
+    "make_family", "__version__",
 ]

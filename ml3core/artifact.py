@@ -6,11 +6,14 @@ import hashlib
 import io
 import json
 import os
+import platform
 import zipfile
 from dataclasses import dataclass
 
+import torch
 from safetensors.torch import save as st_save
 
+from ._version import __version__
 from .losses import LossSpec
 from .portable import (
     FORMAT,
@@ -31,6 +34,11 @@ def bundle_format_version(spec: LossSpec) -> int:
     if spec.weights != "shared":
         return 3
     return 1 if spec.form == "net" else 2
+
+
+def environment_versions() -> dict:
+    """The versions a bundle was written with: torch, ml3 and Python."""
+    return {"torch": torch.__version__, "ml3": __version__, "python": platform.python_version()}
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Bundle:
             "training": training,
             "metrics": metrics,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            "versions": environment_versions(),  # what wrote it (no loader reads it: older ones ignore it)
             **(extra or {}),
         }
         spec["sha256"] = bundle_sha256(weights, spec)  # the weights and this spec: an edit to either shows

@@ -223,3 +223,22 @@ def test_an_edited_spec_is_refused_and_an_older_bundle_still_loads(tmp_path):
     # ... unless the checksum it must have is known (a registry's ETag): then stripping sha256 does not help
     with pytest.raises(LossBundleError, match="expected"):
         Bundle.from_files({**files, "sha256": bundle.sha256})
+
+
+def test_a_bundle_records_the_versions_that_wrote_it_under_its_checksum(tmp_path):
+    import platform
+
+    bundle, _, _ = make_bundle()
+    assert bundle.spec["versions"] == {"torch": torch.__version__, "ml3": ml3core.__version__,
+                                       "python": platform.python_version()}
+    assert ml3core.__version__ and ml3core.__version__ != "0+unknown"  # the installed package's version
+    assert load_loss(bundle.to_zip()).spec["versions"] == bundle.spec["versions"]
+    edited = dict(bundle.spec, versions={**bundle.spec["versions"], "torch": "9.9"})  # covered by its sha256
+    with pytest.raises(LossBundleError, match="changed"):
+        Bundle.from_files({"loss.safetensors": bundle.weights, "loss.json": json.dumps(edited).encode()})
+    # a bundle written before versions were recorded keeps its checksum and loads as before
+    old = {k: v for k, v in bundle.spec.items() if k not in ("versions", "sha256")}
+    old["sha256"] = bundle_sha256(bundle.weights, old)
+    files = {"loss.safetensors": bundle.weights, "loss.json": json.dumps(old).encode()}
+    assert Bundle.from_files({**files, "sha256": old["sha256"]}).sha256 == old["sha256"] != bundle.sha256
+    assert "versions" not in load_loss(Bundle.from_files(files).to_zip()).spec

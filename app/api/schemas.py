@@ -135,6 +135,8 @@ class LossVersionOut(BaseModel):
     architecture: Any
     task: Any
     training: Any
+    versions: dict[str, str] | None = Field(description="torch, ml3 and Python versions that wrote the bundle "
+                                                        "(None: a bundle written before they were recorded)")
     links: dict[str, str]
 
 
@@ -164,6 +166,7 @@ def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: boo
         # where the loss beats the plain loss at its best lr on meta-validation tasks (None: an older version)
         "verdict": (v.metrics or {}).get("verdict"),
         "architecture": spec.get("architecture"), "task": spec.get("task"), "training": spec.get("training"),
+        "versions": spec.get("versions"),
         "links": {"self": base, "artifact": f"{base}/artifact", "evaluate": f"{base}/evaluate",
                   "landscape": f"{base}/landscape", "meta_test": f"{base}/meta-test"},
     }
