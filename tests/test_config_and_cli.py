@@ -133,3 +133,88 @@ def test_load_loss_from_a_closed_port_names_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1/losses/x"
     with pytest.raises(LossBundleError, match=f"GET {url}/artifact: cannot reach the server"):
         load_loss(url)
+
+
+def test_cli_version_prints_the_package_version(capsys):
+    from app.cli import main
+    from ml3core import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"ml3 {__version__} (torch ") and __version__ != "0+unknown"
+
+
+@pytest.mark.parametrize("family", ["sine", "shaped-sine"])
+def test_train_help_shows_the_defaults_the_family_runs_with(family, capsys):
+    """The defaults in --help are what parse_spec makes of a spec that sets nothing."""
+    from app.cli.commands import make_parser
+
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["train", family, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    plan = parse_spec({"task": {"family": family}})
+    for flag, value in (("--outer-iters", plan.train.outer_iterations), ("--inner-steps", plan.train.inner_steps),
+                        ("--inner-lr", plan.train.inner_lr), ("--outer-lr", plan.train.outer_lr),
+                        ("--seeds", plan.train.seeds), ("--schedule", plan.train.schedule),
+                        ("--meta-test-steps", plan.meta_test.steps),
+                        ("--horizons", ",".join(map(str, plan.meta_test.horizons)))):
+        upper = flag.lstrip("-").replace("-", "_").upper().replace("OUTER_ITERS", "OUTER_ITERATIONS")
+        start = text.index(f"{flag} {upper} ")
+        assert f"(default: {value})" in text[start:text.index(" --", start + 1)], (flag, value)
+    assert f"--out OUT output directory (default: runs/{family})" in text
+    assert "--threads THREADS torch threads (0: torch's default) (default: 0)" in text
+    assert "'default' preset" in text
+
+
+JOB = {"id": 7, "kind": "meta-train", "status": "succeeded",
+       "progress": {"completed": 20, "total": 20, "unit": "iterations"}, "error": None,
+       "links": {"self": "/v1/jobs/7"}, "spec": {"task": {"family": "sine"}}, "metrics": {"x": [1] * 50},
+       "result": {"loss": "toy:3", "sha256": "ab" * 32, "verdict": "beats the tuned baseline at 10, 100",
+                  "warnings": ["seed 1 diverged"]}}
+
+
+class FakeClient:
+    def __init__(self, *_):
+        self.waited = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def submit(self, spec, idempotency_key=None):
+        return {**JOB, "status": "queued", "result": None}
+
+    def wait(self, job_id):
+        self.waited.append(job_id)
+        return JOB
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_jobs_submit_wait_ends_in_a_summary_or_the_json(monkeypatch, capsys, as_json):
+    from app.cli import main, service
+
+    monkeypatch.setattr(service, "_client", FakeClient)
+    code = main(["jobs", "submit", "--family", "sine", "--wait", *(["--json"] if as_json else [])])
+    out, err = capsys.readouterr()
+    assert code == 0
+    if as_json:
+        assert json.loads(out) == JOB and "verdict: beats" in err
+        return
+    lines = out.splitlines()
+    assert lines[0] == "job 7 (meta-train): succeeded, 20/20 iterations"
+    assert f"loss:    toy:3 (sha256 {'ab' * 6}…)" in lines and "warning: seed 1 diverged" in lines
+    assert "verdict: beats the tuned baseline at 10, 100 (meta-validation tasks)" in lines
+    assert lines[-1].startswith("details: /v1/jobs/7 (ml3 jobs show 7") and len(lines) == 5
+
+
+def test_job_summary_of_a_failed_job_and_one_that_published_nothing():
+    from app.cli.service import job_summary
+
+    failed = {**JOB, "status": "failed", "result": None, "error": {"code": "diverged", "detail": "nan loss"}}
+    assert "error:   diverged: nan loss" in job_summary(failed).splitlines()
+    nothing = {**JOB, "result": {"loss": None, "warnings": ["every seed lost"]}}
+    lines = job_summary(nothing).splitlines()
+    assert "loss:    none registered" in lines and "warning: every seed lost" in lines

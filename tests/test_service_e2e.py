@@ -104,7 +104,7 @@ def test_downstream_example_trains_with_the_served_loss(server, trained):
 def test_cli_submit_wait_reports_every_phase(server, tmp_path):
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY))
-    out = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "submit", "--spec", str(spec), "--wait",
+    out = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "submit", "--spec", str(spec), "--wait", "--json",
                           "--server", server.url], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "succeeded"

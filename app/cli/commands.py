@@ -4,6 +4,7 @@ loads the web stack and ``ml3 serve`` never waits for matplotlib."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -102,6 +103,60 @@ def summary(report: dict, metric: str = "mse_heldout") -> None:
         print(f"verdict (meta-validation tasks): {report['verdict']}")
 
 
+MT_FLAGS = {"meta_test_steps": "steps", "meta_test_tasks": "tasks", "horizons": "horizons"}  # dest -> meta_test key
+
+
+def spec_defaults(family: str) -> dict:
+    """What ``ml3 train FAMILY`` runs with where no flag, --spec or --set says otherwise: argparse dest ->
+    value, from the family's default preset over its own training defaults over TrainConfig's. Empty for
+    a family whose defaults depend on its task (the dataset family: on the data set)."""
+    from dataclasses import asdict, fields
+
+    from ml3core.api import with_preset
+    from ml3core.metatest import MetaTestConfig
+    from ml3core.tasks import FAMILIES, make_family
+    from ml3core.train_config import TrainConfig
+
+    try:
+        spec = with_preset({"task": {"family": family}})
+        fam = make_family(spec.pop("task"))  # no resolve(): nothing is read or downloaded
+        train_keys = {f.name for f in fields(TrainConfig)}
+        out = {**asdict(TrainConfig()), **fam.train_defaults(), **{k: v for k, v in spec.items() if k in train_keys}}
+        mt = {**asdict(MetaTestConfig()), **(spec.get("meta_test") or {})}
+        out.update({dest: mt[key] for dest, key in MT_FLAGS.items()})
+        out["horizons"] = ",".join(str(h) for h in out["horizons"])
+        out["preset"] = "default"
+        task = asdict(fam.config)
+        for flag, (key, _, _) in getattr(FAMILIES[family], "cli_flags", {}).items():
+            if key in task:
+                out[flag.lstrip("-").replace("-", "_")] = task[key]
+        return out
+    except Exception:  # noqa: BLE001 -- a help screen never fails: it then shows argparse's own defaults only
+        return {}
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends in its default: argparse's own, or for the options that default to the
+    spec what the family's default preset runs with (computed only when help is shown)."""
+
+    def __init__(self, prog, family: str | None = None, **kwargs):
+        super().__init__(prog, **kwargs)
+        self._family, self._defaults = family, None
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "%(default)" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is not None and action.default is not False:
+            return f"{text} (default: %(default)s)"
+        if self._family is not None and not isinstance(action, argparse._StoreTrueAction):
+            if self._defaults is None:
+                self._defaults = spec_defaults(self._family)
+            if action.dest in self._defaults:
+                return f"{text} (default: {str(self._defaults[action.dest]).replace('%', '%%')})"
+        return text
+
+
 def add_train_arguments(p, name: str, cls) -> None:
     p.add_argument("--out", default=f"runs/{name}", help="output directory")
     p.add_argument("--spec", help="a JSON job spec to start from")
@@ -154,15 +209,19 @@ def cmd_experiment(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from ml3core import __version__
     from ml3core.tasks import FAMILIES
 
     parser = argparse.ArgumentParser(prog="ml3", description="Meta-learn loss functions and serve them.")
+    parser.add_argument("--version", action="version", version=f"ml3 {__version__} ({version_line()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train a loss locally (no server needed)")
     fam_sub = train.add_subparsers(dest="family", required=True)
     for name, cls in FAMILIES.items():
-        p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+        p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
+                               formatter_class=functools.partial(DefaultsHelpFormatter, family=name),
+                               epilog=TRAIN_EPILOG)
         add_train_arguments(p, name, cls)
         p.set_defaults(func=cmd_train)
 
@@ -178,6 +237,19 @@ def make_parser() -> argparse.ArgumentParser:
 
     service.add_commands(sub)
     return parser
+
+
+TRAIN_EPILOG = ("Defaults are those of the family's 'default' preset; --preset, --spec and --set change them. "
+                "Every spec key, its default and its meaning: ml3core/train_config.py, ml3core/metatest.py and "
+                "the family's config in ml3core/tasks/.")
+
+
+def version_line() -> str:
+    import platform
+
+    import torch
+
+    return f"torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def add_shaping_experiment(exp_sub) -> None:

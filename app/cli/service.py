@@ -141,9 +141,33 @@ def cmd_jobs_submit(args) -> int:
         print(f"job {job['id']} {job['status']}: /v1/jobs/{job['id']}", file=sys.stderr)
         if args.wait:
             job = c.wait(job["id"])
-        _print(job)
-        _warn(job)
+        if args.json:
+            _print(job)
+            _warn(job)
+        else:
+            print(job_summary(job))
         return 0 if job["status"] in ("queued", "running", "succeeded") else 1
+
+
+def job_summary(job: dict) -> str:
+    """A job in a few lines: id, kind and status, the registered loss, its verdict, warnings or the
+    error, and where to read the rest (``--json`` gives the whole job)."""
+    result, error = job.get("result") or {}, job.get("error") or {}
+    p = job.get("progress") or {}
+    lines = [f"job {job['id']} ({job.get('kind', 'meta-train')}): {job['status']}"
+             + (f", {p['completed']}/{p['total']} {p['unit']}" if p.get("total") else "")]
+    if "loss" in result:
+        sha = f" (sha256 {result['sha256'][:12]}…)" if result.get("sha256") else ""
+        lines.append(f"loss:    {result['loss'] or 'none registered'}{sha}")
+    if result.get("verdict"):
+        lines.append(f"verdict: {result['verdict']} (meta-validation tasks)")
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    if error:
+        lines.append(f"error:   {error.get('code')}: {error.get('detail')}")
+    links = job.get("links") or {}
+    lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']}; "
+                 f"--json prints the whole job)")
+    return "\n".join(lines)
 
 
 def _table(header: tuple, rows: list[tuple]) -> None:
@@ -266,6 +290,7 @@ def add_commands(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any spec field, e.g. --set seeds=2")
     p.add_argument("--idempotency-key")
     p.add_argument("--wait", action="store_true", help="follow the job to the end")
+    p.add_argument("--json", action="store_true", help="print the whole job as JSON, not a summary")
     p.set_defaults(func=_guard(cmd_jobs_submit))
     p = jobs.add_parser("list", help="list jobs, newest first")
     p.add_argument("--status")
