@@ -57,6 +57,7 @@ EXPECTED_SCOPES = {  # creating and cancelling work: submit; changing the regist
     ("DELETE", "/v1/losses/{name}/aliases/{alias}"): "admin",
     ("PUT", "/v1/losses/{loss_id}/tags/{key}"): "admin",
     ("DELETE", "/v1/losses/{loss_id}/tags/{key}"): "admin",
+    ("PATCH", "/v1/losses/{loss_id}"): "admin",
 }
 
 
@@ -93,6 +94,8 @@ def prepare(client, Session, loss, method: str, path: str, owner: dict):
             assert r.is_success, r.text
             return f"/v1/losses/{loss}:1/tags/stage", {}, 204
         return f"/v1/losses/{loss}:1/tags/stage", {"json": {"value": "x"}}, 200
+    if path == "/v1/losses/{loss_id}":
+        return f"/v1/losses/{loss}:1", {"json": {"description": "x"}}, 200
     url = path
     for name in [p.split("}")[0] for p in path.split("{")[1:]]:
         url = url.replace("{" + name + "}", "1" if name.endswith("id") else "x")

@@ -75,6 +75,15 @@ class TagRequest(BaseModel):
     value: str = Field(max_length=256)
 
 
+class LossPatch(BaseModel):
+    """What ``PATCH /v1/losses/{id}`` may change on a version: its description (null or "" removes it)."""
+
+    model_config = STRICT
+    description: str | None = Field(
+        max_length=20_000, description="markdown: what the loss is for, how it was judged (a model card)",
+        examples=["Sine regression, beats tuned MSE to 5000 steps."])
+
+
 def job_json(job: Job, files: list[str] | None = None) -> dict:
     out = {
         "id": job.id, "kind": job.kind, "status": job.status, "spec": job.spec,
@@ -130,6 +139,7 @@ class LossVersionOut(BaseModel):
     created_at: str | None
     aliases: list[str]
     tags: dict[str, str]
+    description: str | None = Field(description="markdown, set by PATCH (None: none yet)")
     metrics: dict[str, Any] | None
     verdict: Any = Field(description="where the loss beats the plain loss at its best lr (None: an older version)")
     architecture: Any
@@ -162,7 +172,7 @@ def version_json(name: str, v: LossVersion, aliases: list[str] = (), listed: boo
     return {
         "id": ref, "name": name, "version": v.version, "sha256": v.sha256, "status": status,
         "job_id": v.job_id, "created_at": iso(v.created_at), "aliases": sorted(aliases),
-        "tags": {t.key: t.value for t in v.tags}, "metrics": v.metrics,
+        "tags": {t.key: t.value for t in v.tags}, "description": v.description, "metrics": v.metrics,
         # where the loss beats the plain loss at its best lr on meta-validation tasks (None: an older version)
         "verdict": (v.metrics or {}).get("verdict"),
         "architecture": spec.get("architecture"), "task": spec.get("task"), "training": spec.get("training"),

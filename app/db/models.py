@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -129,6 +130,8 @@ class LossVersion(Base):
     spec: Mapped[dict] = mapped_column(JSON)  # loss.json
     metrics: Mapped[dict | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="ready")
+    family: Mapped[str | None] = mapped_column(String(64), index=True)  # the spec's task_family, for filters
+    description: Mapped[str | None] = mapped_column(Text)  # markdown: what the loss is for, how it was judged
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     loss: Mapped[Loss] = relationship(back_populates="versions")
     tags: Mapped[list[LossTag]] = relationship(order_by="LossTag.key", cascade="all, delete-orphan")

@@ -228,9 +228,13 @@ def corrupt(name: str, version: int, why) -> Problem:
                    f"check and is not served: {why}; restore the row from a backup, or register the loss again")
 
 
-def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics: dict | None) -> LossVersion:
+def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics: dict | None,
+             description: str | None = None) -> LossVersion:
     """Add the next version of ``name`` in the caller's transaction. The unique job_id makes a
     second registration by the same job fail with IntegrityError."""
+    if description is not None:
+        check_description(description)
+    family = bundle.spec.get("task_family")
     loss = db.scalar(select(Loss).where(Loss.name == name))
     if loss is None:
         loss = Loss(name=name)
@@ -238,7 +242,9 @@ def register(db: Session, name: str, bundle: Bundle, job_id: int | None, metrics
         db.flush()
     last = db.scalar(select(func.max(LossVersion.version)).where(LossVersion.loss_id == loss.id)) or 0
     version = LossVersion(loss_id=loss.id, version=last + 1, job_id=job_id, sha256=bundle.sha256,
-                          weights=bundle.weights, spec=bundle.spec, metrics=metrics)
+                          weights=bundle.weights, spec=bundle.spec, metrics=metrics,
+                          family=family if isinstance(family, str) and len(family) <= 64 else None,
+                          description=description)
     db.add(version)
     db.flush()
     _mark_changed(db)
@@ -284,6 +290,21 @@ def delete_alias(db: Session, name: str, alias: str) -> None:
         raise not_found(f"alias {name}@{alias}")
     db.delete(row)
     _mark_changed(db)
+
+
+MAX_DESCRIPTION = 20_000
+
+
+def check_description(text) -> None:
+    if not isinstance(text, str) or len(text) > MAX_DESCRIPTION or "\x00" in text:  # PostgreSQL's text holds no NUL
+        raise invalid("description", f"a string of at most {MAX_DESCRIPTION} characters, without NUL")
+
+
+def set_description(db: Session, version_id: int, text: str | None) -> None:
+    """A version's description (markdown; None or "" removes it), in the caller's transaction."""
+    if text is not None:
+        check_description(text)
+    db.get(LossVersion, version_id).description = text or None
 
 
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:

@@ -13,7 +13,16 @@ from sqlalchemy import and_, func, or_, select
 
 from app.api.deps import ADMIN, DB, READ, IdempotencyKey, PageDep, SubmitKey, reject_unknown_query
 from app.api.head import head_of
-from app.api.schemas import AliasRequest, JobOut, LossVersionOut, MetaTestRequest, TagRequest, accepted, version_json
+from app.api.schemas import (
+    AliasRequest,
+    JobOut,
+    LossPatch,
+    LossVersionOut,
+    MetaTestRequest,
+    TagRequest,
+    accepted,
+    version_json,
+)
 from app.core.errors import invalid
 from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
@@ -22,6 +31,7 @@ from app.services.evaluate import CLASSIFICATION_FORMS, torch_threads
 from app.services.ids import parse_int
 from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
+from ml3core.tasks import FAMILIES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
 
@@ -35,12 +45,36 @@ def _version(db, loss_id: str) -> tuple[registry.Resolved, LossVersion]:
     return r, db.get(LossVersion, r.id)
 
 
-@router.get("", summary="List registered losses")
-def list_losses(db: DB, page: PageDep) -> dict:
-    q = select(Loss).order_by(Loss.id).limit(page.limit + 1)
+LIST_QUERY = {"limit", "cursor", "family", "q"}
+
+
+def _like(text: str) -> str:
+    """A case-insensitive substring pattern for ILIKE with ``\\`` as its escape character."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+@router.get("", summary="List registered losses (filter by ?family=, search name and description by ?q=)")
+def list_losses(request: Request, db: DB, page: PageDep,
+                family: Annotated[str | None, Query(description="task family of the latest version, e.g. sine")] = None,
+                q: Annotated[str | None, Query(max_length=200, description="text in the name or the latest "
+                                                                         "version's description")] = None) -> dict:
+    reject_unknown_query(request, LIST_QUERY)
+    query = select(Loss).order_by(Loss.id).limit(page.limit + 1)
     if page.after is not None:
-        q = q.where(Loss.id > page.after)
-    rows = list(db.scalars(q))
+        query = query.where(Loss.id > page.after)
+    if family is not None or q:
+        if family is not None and family not in FAMILIES:
+            raise invalid("family", f"one of {sorted(FAMILIES)}")
+        newest = (select(LossVersion.loss_id, func.max(LossVersion.version).label("version"))
+                  .group_by(LossVersion.loss_id).subquery())
+        query = (query.join(newest, newest.c.loss_id == Loss.id)
+                 .join(LossVersion, and_(LossVersion.loss_id == Loss.id, LossVersion.version == newest.c.version)))
+        if family is not None:
+            query = query.where(LossVersion.family == family)
+        if q:
+            query = query.where(or_(Loss.name.ilike(_like(q), escape="\\"),
+                                    LossVersion.description.ilike(_like(q), escape="\\")))
+    rows = list(db.scalars(query))
     ids = [r.id for r in rows]
     latest = dict(db.execute(select(LossVersion.loss_id, func.max(LossVersion.version))
                              .where(LossVersion.loss_id.in_(ids)).group_by(LossVersion.loss_id)).all())
@@ -50,15 +84,19 @@ def list_losses(db: DB, page: PageDep) -> dict:
             .join(LossVersion, LossVersion.id == LossAlias.version_id)
             .where(LossAlias.loss_id.in_(ids)).order_by(LossAlias.alias)):
         aliases.setdefault(loss_id, {})[alias] = version
-    verdicts = {}  # the newest version's verdict against the tuned baseline (its metrics, not its spec)
+    verdicts, families, descriptions = {}, {}, {}  # the newest version's (its metrics, not its spec)
     if latest:
         newest = or_(*(and_(LossVersion.loss_id == i, LossVersion.version == v) for i, v in latest.items()))
-        for loss_id, metrics in db.execute(select(LossVersion.loss_id, LossVersion.metrics).where(newest)):
+        for loss_id, metrics, fam, text in db.execute(select(LossVersion.loss_id, LossVersion.metrics,
+                                                             LossVersion.family, LossVersion.description)
+                                                      .where(newest)):
             verdicts[loss_id] = metrics.get("verdict") if isinstance(metrics, dict) else None
+            families[loss_id], descriptions[loss_id] = fam, text
 
     def render(loss: Loss) -> dict:
         return {"name": loss.name, "latest_version": latest.get(loss.id), "created_at": iso(loss.created_at),
-                "latest_verdict": verdicts.get(loss.id),
+                "latest_verdict": verdicts.get(loss.id), "family": families.get(loss.id),
+                "description": descriptions.get(loss.id),
                 "aliases": aliases.get(loss.id, {}),
                 "links": {"self": f"/v1/losses/{loss.name}", "versions": f"/v1/losses/{loss.name}/versions"}}
 
@@ -69,6 +107,15 @@ def list_losses(db: DB, page: PageDep) -> dict:
 def show(db: DB, loss_id: str) -> dict:
     r, v = _version(db, loss_id)
     return version_json(r.name, v, _aliases_of(db, v))
+
+
+@router.patch("/{loss_id}", summary="Change a loss version's description", response_model=LossVersionOut,
+              dependencies=[ADMIN])
+def patch(db: DB, loss_id: str, body: LossPatch) -> dict:
+    r = registry.resolve(db, loss_id)  # name alone: the latest version
+    registry.set_description(db, r.id, body.description)
+    db.commit()
+    return show(db, r.ref)
 
 
 @router.get("/{name}/versions", summary="Versions of a loss, newest first")
