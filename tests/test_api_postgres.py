@@ -41,4 +41,10 @@ def test_migrations_and_a_job_on_postgresql(pg_url, tmp_path):
         got = c.get("/v1/losses/pg@production/evaluate", params={"pred": "0.1,0.5", "target": "0,1"}).json()
         assert got["id"] == "pg:1" and got["loss"] > 0
         assert c.get("/v1/losses/pg@production/artifact").status_code == 200
+        # search and descriptions: ILIKE with % and _ taken literally, NUL refused, on PostgreSQL too
+        assert c.patch("/v1/losses/pg", json={"description": "a *sine* loss, 100%_ok"}).status_code == 200
+        assert c.patch("/v1/losses/pg", json={"description": "a\x00b"}).status_code == 422
+        for params, want in (({"family": "sine", "q": "PG"}, ["pg"]), ({"family": "digits"}, []),
+                             ({"q": "100%_OK"}, ["pg"]), ({"q": "100%%"}, [])):
+            assert [x["name"] for x in c.get("/v1/losses", params=params).json()["items"]] == want, params
         assert c.get("/readyz").json()["status"] == "ready"

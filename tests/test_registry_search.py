@@ -139,3 +139,28 @@ def test_migration_0005_fills_the_family_of_stored_versions(tmp_path):
     migrate(url, "upgrade", "head")
     with get_engine(url).connect() as conn:
         assert conn.execute(text("SELECT family FROM loss_versions WHERE version = 1")).scalar() == "sine"
+
+
+def test_cli_losses_list_filters_and_describe(client, losses, monkeypatch, capsys):
+    from app.cli import main, service
+    from app.cli.client import Client
+
+    class Wired(Client):  # the CLI's client, over the test app instead of a socket
+        def __init__(self, *_):
+            self.http = client
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(service, "_client", Wired)
+    assert main(["losses", "describe", "digits-a", "for *digit* classifiers"]) == 0
+    assert capsys.readouterr().out.strip() == "digits-a:1: description set"
+    assert main(["losses", "list", "--family", "digits"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "LATEST", "FAMILY", "ALIASES", "VERDICT"]
+    assert [line.split()[:3] for line in lines[1:]] == [["digits-a", "1", "digits"], ["moved", "2", "digits"]]
+    assert main(["losses", "list", "--q", "classifier", "--json"]) == 0
+    [only] = json.loads(capsys.readouterr().out)
+    assert only["name"] == "digits-a" and only["description"] == "for *digit* classifiers"
+    assert main(["losses", "describe", "digits-a", ""]) == 0
+    assert "description removed" in capsys.readouterr().out

@@ -130,8 +130,14 @@ class Client:
         return self.request("GET", f"/v1/jobs/{job_id}/report").json()
 
     # -- losses ------------------------------------------------------------------------------
-    def losses(self, limit: int = 50) -> Iterator[dict]:
-        yield from self._pages("/v1/losses", {"limit": limit})
+    def losses(self, limit: int = 50, family: str | None = None, q: str | None = None) -> Iterator[dict]:
+        """Registered losses; ``family``: the latest version's task family; ``q``: text in the name or description."""
+        params = {k: v for k, v in {"limit": limit, "family": family, "q": q}.items() if v is not None}
+        yield from self._pages("/v1/losses", params)
+
+    def describe(self, loss_id: str, description: str | None) -> dict:
+        """Set (None: remove) a version's markdown description (scope admin)."""
+        return self.request("PATCH", f"/v1/losses/{loss_id}", json={"description": description}).json()
 
     def loss(self, loss_id: str) -> dict:
         return self.request("GET", f"/v1/losses/{loss_id}").json()

@@ -225,9 +225,21 @@ def cmd_jobs_cancel(args) -> int:
 
 def cmd_losses_list(args) -> int:
     with _client(args) as c:
-        rows = [(loss["name"], loss["latest_version"], " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()),
-                 loss.get("latest_verdict") or "-") for loss in c.losses()]
-        _table(("NAME", "LATEST", "ALIASES", "VERDICT"), rows)  # the latest version's
+        losses = list(c.losses(family=args.family, q=args.q))
+        if args.json:
+            _print(losses)
+            return 0
+        rows = [(loss["name"], loss["latest_version"], loss.get("family") or "-",
+                 " ".join(f"@{a}->{v}" for a, v in loss["aliases"].items()),
+                 loss.get("latest_verdict") or "-") for loss in losses]
+        _table(("NAME", "LATEST", "FAMILY", "ALIASES", "VERDICT"), rows)  # the latest version's
+    return 0
+
+
+def cmd_losses_describe(args) -> int:
+    with _client(args) as c:
+        v = c.describe(args.id, args.description or None)
+        print(f"{v['id']}: {'description set' if v['description'] else 'description removed'}")
     return 0
 
 
@@ -306,7 +318,14 @@ def add_commands(sub) -> None:
     losses = sub.add_parser("losses", help="use the loss registry of a server").add_subparsers(
         dest="losses_command", required=True)
     p = losses.add_parser("list", help="registered losses")
+    p.add_argument("--family", help="only losses whose latest version is of this task family")
+    p.add_argument("--q", help="only losses with this text in the name or the latest version's description")
+    p.add_argument("--json", action="store_true", help="print the losses as JSON, not a table")
     p.set_defaults(func=_guard(cmd_losses_list))
+    p = losses.add_parser("describe", help="set a version's markdown description (admin key)")
+    p.add_argument("id", help="name (the latest version), name:VERSION or name@ALIAS")
+    p.add_argument("description", help="markdown text; '' removes it")
+    p.set_defaults(func=_guard(cmd_losses_describe))
     p = losses.add_parser("pull", help="download a loss bundle (zip)")
     p.add_argument("id", help="name, name:VERSION or name@ALIAS")
     p.add_argument("--out", help="zip path (default NAME-vVERSION.zip)")
