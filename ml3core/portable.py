@@ -330,6 +330,9 @@ def read_bundle_files(source, cache_dir=None) -> dict:
         if not url.endswith("/artifact"):
             url += "/artifact"
         if cache_dir is False:
+            if offline():
+                raise LossBundleError(f"ML3_OFFLINE=1 and cache_dir=False: {url} would need the network; "
+                                      f"unset ML3_OFFLINE or load it through the cache")
             body, etag = _fetch(url)
             files = _read_zip(body)
             if _is_sha256(etag):

@@ -75,6 +75,8 @@ def test_offline_loads_from_the_cache_without_a_request(tmp_path, monkeypatch, l
     assert value(load_loss(loss_url, cache_dir=tmp_path)) == value(online)
     with pytest.raises(LossBundleError, match="ML3_OFFLINE=1 and no cached copy of .*: load it once"):
         load_loss(loss_url.replace("cached:1", "other"), cache_dir=tmp_path)
+    with pytest.raises(LossBundleError, match="ML3_OFFLINE=1 and cache_dir=False"):
+        load_loss(loss_url, cache_dir=False)
     assert len(requests) == 1  # the online load only
 
 
