@@ -137,8 +137,9 @@ def test_cli_lists_are_headed_tables(server, trained):
     assert jobs[0] == ["ID", "KIND", "STATUS", "PHASE", "PROGRESS", "LOSS"]
     assert [str(trained[0]["id"]), "meta-train", "succeeded", "20/20", "iterations", "e2e:1"] in jobs[1:]
     losses = ml3("losses", "list")
-    assert losses[0] == ["NAME", "LATEST", "ALIASES", "VERDICT"] and losses[1][0] == "e2e"
-    shown = " ".join(losses[1][2:])  # aliases (if any), then the newest version's verdict
+    assert losses[0] == ["NAME", "LATEST", "FAMILY", "ALIASES", "VERDICT"] and losses[1][0] == "e2e"
+    assert losses[1][2] == "sine"
+    shown = " ".join(losses[1][3:])  # aliases (if any), then the newest version's verdict
     assert shown.endswith("over a tuned baseline") or " beats a tuned baseline at " in f" {shown}"
 
 
