@@ -57,6 +57,6 @@ def test_on_step_sees_every_step_and_the_start():
     family, theta, data = _batch(1)
     seen = []
     _run(family, InnerOptimizer("sgd", 0.01), theta, data, 3,
-         on_step=lambda k, th: seen.append((k, float(family.plain_loss(th, data).sum()))))
+         on_step=lambda k, th: seen.append((k, float(family.plain_loss(th, data).sum().detach()))))
     assert [k for k, _ in seen] == [0, 1, 2, 3]
     assert seen[-1][1] < seen[0][1]
