@@ -77,6 +77,21 @@ def meta_gradient_checked(trainer, theta: dict, data: dict, eps: float = 1e-6) -
     return checked
 
 
+def migrate(url: str, direction: str, revision: str) -> None:
+    """Alembic ``upgrade``/``downgrade`` of the database at ``url`` to ``revision``."""
+    from alembic import command
+    from alembic.config import Config
+
+    from app.db.session import MIGRATIONS, get_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, direction)(cfg, revision)
+
+
 def assert_problem(r, status: int, code: str | None = None) -> dict:
     """An RFC 9457 problem of ``status`` (and ``code`` when given) with a detail and a code: its body."""
     assert r.status_code == status, r.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_problem, postgres_database, table_counts
+from conftest import ROOT, assert_problem, migrate, postgres_database, table_counts
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -234,20 +234,6 @@ def test_delete_is_refused_while_a_job_uses_the_data_set(client, settings, Sessi
 
 
 # -- the migration on both databases ------------------------------------------------------------------
-def migrate(url: str, direction: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from app.db.session import MIGRATIONS, get_engine
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, direction)(cfg, revision)
-
-
 def tables(url: str) -> set[str]:
     from sqlalchemy import inspect
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_problem, register_loss, table_counts
+from conftest import assert_problem, migrate, register_loss, table_counts
 from sqlalchemy import text
 
 from app.core.config import Settings
@@ -100,20 +100,6 @@ def test_a_version_shows_the_versions_that_wrote_its_bundle(client, losses):
     assert v["versions"] == {"torch": torch.__version__, "ml3": ml3core.__version__,
                              "python": platform.python_version()}
     assert client.get("/openapi.json").json()["components"]["schemas"]["LossPatch"]["properties"]["description"]
-
-
-def migrate(url: str, direction: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from app.db.session import MIGRATIONS, get_engine
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, direction)(cfg, revision)
 
 
 def test_migration_0005_fills_the_family_of_stored_versions(tmp_path):
