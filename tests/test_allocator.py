@@ -1,6 +1,7 @@
 """The allocator setting the CLI and the runner apply: freed tensor memory stays in the heap, so a
 training loop that allocates the same sizes every step stops faulting their pages in again."""
 
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", LOOP, mode], cwd=ROOT, capture_output=True, text=True, check=True)
+    # glibc's default raises its mmap threshold by itself after some frees, at a moment that depends on the
+    # process's history: a fixed threshold at its initial value (128 KiB) makes "default" the same every run
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", LOOP, mode], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=env)
     return int(out.stdout.strip())
 
 
