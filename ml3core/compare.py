@@ -137,15 +137,8 @@ def compare(family: TaskFamily, learned_objective, theta: dict, data: dict, opt:
     factors = sorted({float(f) for f in factors} | used)
     record_at = sorted(set(record_at))
     key = _plain_key(family, theta, data, opt, factors, record_at)
-    with _LOCK:
-        plain = _PLAIN.get(key)
-    if plain is None:
-        plain_objective = count(family.plain_loss) if count else family.plain_loss
-        plain = grid_fit(family, plain_objective, theta, data, opt, factors, record_at)
-        with _LOCK:
-            _PLAIN[key] = plain
-            while len(_PLAIN) > PLAIN_RUNS_KEPT:
-                _PLAIN.popitem(last=False)
+    plain_objective = count(family.plain_loss) if count else family.plain_loss
+    plain = _kept(_PLAIN, key, lambda: grid_fit(family, plain_objective, theta, data, opt, factors, record_at))
     learned_objective = count(learned_objective) if count else learned_objective
     learned_factors = factors if tune_learned else sorted(used)
     learned = grid_fit(family, learned_objective, theta, data, opt, learned_factors, record_at)
@@ -185,6 +178,19 @@ _ROBUST: OrderedDict = OrderedDict()  # key -> the robust baselines' runs, {metr
 _LOCK = threading.Lock()
 
 
+def _kept(cache: OrderedDict, key: str, train):
+    """The runs kept under ``key``, or ``train()``'s, kept (the oldest beyond PLAIN_RUNS_KEPT dropped)."""
+    with _LOCK:
+        runs = cache.get(key)
+    if runs is None:
+        runs = train()
+        with _LOCK:
+            cache[key] = runs
+            while len(cache) > PLAIN_RUNS_KEPT:
+                cache.popitem(last=False)
+    return runs
+
+
 # bounded-gradient losses (L1, Huber, Cauchy, GCE) take larger steps than the plain loss: their grid goes on
 # above the plain loss's top factor, so that a baseline's best lr is not cut off at the grid's edge
 ROBUST_EXTRA = (2.15, 4.64, 10.0)
@@ -207,21 +213,17 @@ def robust_fit(family: TaskFamily, theta: dict, data: dict, opt: InnerOptimizer,
         return [], {}, []
     factors, record_at = robust_grid(factors), sorted(set(record_at))
     key = _plain_key(family, theta, data, opt, factors, record_at) + repr([b.name for b in baselines])
-    with _LOCK:
-        runs = _ROBUST.get(key)
-    if runs is None:
+
+    def train() -> dict:
         B, G = len(baselines), len(factors)
         S, T = next(iter(theta.values())).shape[:2]
         scale = torch.tensor(factors, dtype=torch.float64).repeat(B).repeat_interleave(T).expand(S, B * G * T)
         objective = robust.objective(family, baselines)
         curves = fit(family, count(objective) if count else objective, tile(theta, B * G), tile(data, B * G),
                      max(record_at), opt, record_at, lr_scale=scale)
-        runs = {m: c.view(c.shape[0], S, B, G, T) for m, c in curves.items()}
-        with _LOCK:
-            _ROBUST[key] = runs
-            while len(_ROBUST) > PLAIN_RUNS_KEPT:
-                _ROBUST.popitem(last=False)
-    return baselines, runs, factors
+        return {m: c.view(c.shape[0], S, B, G, T) for m, c in curves.items()}
+
+    return baselines, _kept(_ROBUST, key, train), factors
 
 
 def best_baseline(cmp: Comparison, baselines: list, runs: dict, robust_factors: list[float], steps: list[int],
