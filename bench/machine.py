@@ -17,6 +17,19 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+_KEPT = {"on": False}
+
+
+def keep_freed_memory() -> bool:
+    """The allocator setting `ml3 train` and the runner apply (app/jobs/allocator.py), for a bench that
+    times the engine as the product runs it; the RESULT line records it."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from app.jobs.allocator import keep_freed_memory as keep
+
+    _KEPT["on"] = keep()
+    return _KEPT["on"]
 
 
 def describe() -> dict:
@@ -48,6 +61,7 @@ def describe() -> dict:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "alloc_conf": os.environ.get("PYTORCH_CPU_ALLOC_CONF") or os.environ.get("MALLOC_CONF"),
+        "malloc_keeps_freed": _KEPT["on"],
         "commit": commit + ("+dirty" if dirty else ""),
     }
 
