@@ -113,6 +113,7 @@ def show(db: DB, job_id: Id) -> dict:
     out["checkpoint"] = db.scalar(select(Checkpoint.iteration).where(Checkpoint.job_id == job_id))
     if job.kind == SWEEP:
         out["trials"] = sweeps.trials(db, job)
+        out["leaderboard"] = [t["trial"] for t in sweeps.leaderboard(out["trials"])]  # best first
     return out
 
 
