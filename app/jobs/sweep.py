@@ -12,8 +12,6 @@ ran (so a sweep goes on while the API is down). A sweep never takes a runner's s
 
 from __future__ import annotations
 
-import logging
-
 from sqlalchemy import select
 
 from app.core.config import Settings
@@ -38,8 +36,6 @@ from app.services.jobs import insert_job, request_cancel
 from ml3core.api import parse_spec
 from ml3core.artifact import Bundle
 from ml3core.config import json_clean as clean
-
-log = logging.getLogger("ml3.sweep")
 
 
 def drive(settings: Settings, sweep_id: int) -> list[int]:
