@@ -394,3 +394,28 @@ def test_a_digits_job_from_the_form_to_its_classification_loss(page, server):
     bad.wait_for()
     assert "outside" in bad.inner_text()
     shot(page, "dashboard-digits-loss.png")
+
+
+def test_a_sweep_page_shows_its_sortable_leaderboard_and_a_plot_per_setting(page, server):
+    from conftest import TINY
+
+    spec = {"kind": "sweep", "base": TINY, "space": {"outer_lr": [0.001, 0.01], "loss.hidden": [[8], [16]]},
+            "trials": 4, "register_as": "browser-sweep"}
+    sweep = httpx.post(f"{server.url}/v1/jobs", json=spec).json()
+    page.goto(f"{server.url}/jobs/{sweep['id']}")  # a sweep's job page is its sweep page
+    page.wait_for_url(f"**/sweeps/{sweep['id']}")
+    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    job = httpx.get(f"{server.url}/v1/jobs/{sweep['id']}").json()
+    rows = page.locator("#leaderboard tbody tr")
+    assert rows.count() == 4
+    best = [int(t) for t in rows.evaluate_all("rs => rs.map(r => r.dataset.trial)")]
+    assert best == job["leaderboard"]  # by rank: best first
+    headers = [h.lower() for h in page.locator("#leaderboard th").all_inner_texts()]
+    assert "ratio at 10 steps" in headers and "ratio at 100 steps" in headers and "outer_lr" in headers
+    page.locator('#leaderboard th[data-sort="score"]').click()
+    page.locator('#leaderboard th[data-sort="score"]').click()  # descending: the worst first
+    assert [int(t) for t in rows.evaluate_all("rs => rs.map(r => r.dataset.trial)")][0] == job["leaderboard"][-1]
+    for key in ("outer_lr", "loss.hidden"):
+        assert page.locator(f'svg[data-setting="{key}"] circle').count() == 4
+    assert page.inner_text("#result-loss") == "browser-sweep:1"
+    shot(page, "dashboard-sweep.png")

@@ -2,7 +2,7 @@
 processes on a fresh PostgreSQL database and a private redis-server. Jobs survive a worker killed
 with SIGKILL or stopped with SIGTERM mid-job (same φ as an uninterrupted run), a duplicated
 message, a broker that is down at submit time, a cancel and an API restart; each registers its
-loss exactly once."""
+loss exactly once. A sweep's trials run on both workers at once, and a sweep survives a killed worker."""
 
 import functools
 import os
@@ -20,7 +20,7 @@ from conftest import ROOT, Server, free_port, postgres_database, require_service
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.db.models import FINAL, Checkpoint, Job, JobEvent, LossVersion
+from app.db.models import FINAL, Checkpoint, Job, JobEvent, Loss, LossVersion
 from app.db.session import get_sessionmaker
 from app.jobs.runner import TASK, CeleryRunner
 
@@ -334,3 +334,44 @@ def test_jobs_survive_an_api_restart_while_workers_run(stack):
     assert [len(stack.versions(i)) for i in (a, b, c)] == [1, 1, 1]
     with stack.Session() as db:
         assert db.scalar(select(Job.id).where(Job.status.in_(("queued", "running")))) is None
+
+
+def sweep_trials(stack, sweep_id: int) -> list[Job]:
+    with stack.Session() as db:
+        return list(db.scalars(select(Job).where(Job.parent_id == sweep_id).order_by(Job.id)))
+
+
+def test_a_sweep_runs_its_trials_on_both_workers_at_once_and_registers_the_best(stack):
+    space = {"outer_lr": [0.001, 0.003], "inner_steps": [1, 2]}
+    sweep_id = stack.submit({"kind": "sweep", "base": SMALL, "space": space, "trials": 4, "register_as": "swept"})
+    job = stack.wait_final(sweep_id)
+    assert job["status"] == "succeeded", job["error"]
+    trials = sweep_trials(stack, sweep_id)
+    assert [t.status for t in trials] == ["succeeded"] * 4 and [t.attempts for t in trials] == [1] * 4
+    assert all(sum(w.ran(t.id, "succeeded") for t in trials) >= 1 for w in stack.workers)  # both took trials
+    overlap = [(a.id, b.id) for a in trials for b in trials
+               if a.id < b.id and a.started_at < b.finished_at and b.started_at < a.finished_at]
+    assert overlap, [(t.id, t.started_at, t.finished_at) for t in trials]  # two trials ran at the same time
+    best = min(job["trials"], key=lambda t: (t["score"], t["trial"]))
+    assert job["result"]["loss"] == "swept:1" and job["result"]["best_job"] == best["id"]
+    assert len(stack.versions(sweep_id)) == 1 and all(stack.versions(t.id) == [] for t in trials)
+
+
+def test_a_worker_killed_mid_sweep_still_ends_every_trial_and_registers_once(stack):
+    sweep_id = stack.submit({"kind": "sweep", "base": LONG, "space": {"outer_lr": [0.001, 0.002], "seed": [1, 2]},
+                             "trials": 4, "register_as": "swept-killed"})
+    wait_for(lambda: len(sweep_trials(stack, sweep_id)) == 4, 30, "the trials", stack.logs)
+    victim = sweep_trials(stack, sweep_id)[0].id
+    worker, _ = stack.running_with_checkpoint(victim)
+    worker.kill(signal.SIGKILL)
+    worker.wait()
+    stack.replace(worker).wait_ready()
+    job = stack.wait_final(sweep_id, 300)
+    assert job["status"] == "succeeded", job["error"]
+    trials = sweep_trials(stack, sweep_id)
+    assert [t.status for t in trials] == ["succeeded"] * 4
+    assert next(t for t in trials if t.id == victim).attempts == 2  # resumed after the kill
+    assert len(stack.versions(sweep_id)) == 1 and job["result"]["loss"] == "swept-killed:1"
+    with stack.Session() as db:
+        assert db.scalar(select(LossVersion.id).join(LossVersion.loss).where(Loss.name == "swept-killed")
+                         .where(LossVersion.job_id != sweep_id)) is None

@@ -23,6 +23,7 @@ from celery.exceptions import Reject
 from app.core.config import get_settings
 from app.db.models import QUEUED
 from app.jobs.runner import TASK, CeleryRunner, celery_config, new_owner
+from app.jobs.sweep import drive_parent
 
 log = logging.getLogger("ml3.worker")
 settings = get_settings()
@@ -53,7 +54,18 @@ def run_job(job_id) -> str | None:
     log.info("job %s -> %s", job_id, status or "not run (finished, or leased by another runner)")
     if status == QUEUED:
         runner.enqueue(job_id)
+    elif status is not None:
+        _next_trials(job_id)
     return status
+
+
+def _next_trials(job_id: int) -> None:
+    """A sweep's trial ended: its sweep starts the next trials (or ends) now, even with the API down."""
+    try:
+        for trial in drive_parent(settings, job_id):
+            runner.enqueue(trial)
+    except Exception:  # the API's sweep thread takes the step instead
+        log.exception("job %s: could not step its sweep", job_id)
 
 
 def start(queues: str = "cpu", concurrency: int = 1, loglevel: str = "info") -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.db.models import MAX_ID, Job, LossVersion, iso
 
@@ -24,6 +24,38 @@ class JobSpec(BaseModel):
     kind: Literal["meta-train"] = "meta-train"
     task: dict[str, Any]
     register_as: str | None = Field(None, description="registry name; default: the task family's name")
+
+
+class SweepSpec(BaseModel):
+    """A sweep: trials of ``base`` (a meta-train spec) at settings from ``space``, each a meta-train job on
+    the queues; the best on meta-validation tasks (worst ratio against the tuned baseline over ``horizons``)
+    is registered as ``register_as``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "kind": "sweep", "base": {"task": {"family": "sine"}, "preset": "paper", "seeds": 2},
+        "space": {"outer_lr": [0.001, 0.01], "inner_steps": [1, 5]}, "trials": 4, "sampler": "grid",
+        "register_as": "my-loss"}]})
+
+    kind: Literal["sweep"]
+    base: dict[str, Any] = Field(description="a meta-train spec (without register_as)")
+    space: dict[str, Any] = Field(description="dotted spec keys: a list of choices, or {low, high, log} (random, tpe)")
+    trials: int = Field(strict=True, ge=1, description="trials to run (ML3_MAX_SWEEP_TRIALS)")
+    sampler: Literal["grid", "random", "tpe"] = "grid"
+    seed: int = Field(0, strict=True, ge=0, le=2**31 - 1, description="of the random and tpe samplers")
+    parallel: int | None = Field(None, strict=True, ge=1, description="trials in flight at once (default: all; "
+                                 "tpe: 2, so later trials learn from earlier ones)")
+    horizons: list[Annotated[int, Field(strict=True, ge=1)]] | None = Field(
+        None, description="meta-validation horizons the score takes the worst ratio over (default: all of them)")
+    register_as: str | None = Field(None, description="registry name of the best trial's loss (default: the family)")
+
+
+def _job_kind(body) -> str:
+    return body.get("kind", "meta-train") if isinstance(body, dict) else "meta-train"
+
+
+# POST /v1/jobs: a meta-train job, or a sweep of them (by "kind")
+JobBody = Annotated[Annotated[JobSpec, Tag("meta-train")] | Annotated[SweepSpec, Tag("sweep")],
+                    Discriminator(_job_kind)]
 
 
 # integers of a body are JSON integers (strict: not "3", 3.0 or true), within what the run can take:

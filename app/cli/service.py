@@ -6,9 +6,11 @@ http://127.0.0.1:8000) through ``app.cli.client``; only ``serve`` and ``db`` loa
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+import time
 
 
 def cmd_serve(args) -> int:
@@ -223,6 +225,91 @@ def cmd_jobs_cancel(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """Submit a sweep (or follow one: --watch ID), a line per trial as it starts and ends, then its leaderboard."""
+    with _client(args) as c:
+        if args.watch is not None:
+            sweep_id = args.watch
+        else:
+            sweep_id = c.submit(sweep_spec(args), idempotency_key=args.idempotency_key)["id"]
+            print(f"sweep {sweep_id} submitted: /v1/jobs/{sweep_id}", file=sys.stderr)
+        job = c.job(sweep_id)
+        seen: dict[int, str] = {}
+        while not args.no_wait:
+            for t in job.get("trials", []):
+                if seen.get(t["id"]) != t["status"]:
+                    seen[t["id"]] = t["status"]
+                    print(trial_line(t), file=sys.stderr, flush=True)
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                break
+            time.sleep(args.interval)
+            job = c.job(sweep_id)
+    if args.json:
+        _print(job)
+    else:
+        print_leaderboard(job)
+    return 0 if job["status"] in ("queued", "running", "succeeded") else 1
+
+
+def sweep_spec(args) -> dict:
+    """The sweep a command line asks for: --spec (a whole sweep), --base/--family/--set (its base spec),
+    --space KEY=JSON, and the sampler's flags (each given one wins over the file)."""
+    from app.cli.spec_flags import apply_sets, parse_value
+
+    spec = {"kind": "sweep"}
+    if args.spec:
+        with open(args.spec) as f:
+            spec.update(json.load(f))
+    if args.base:
+        with open(args.base) as f:
+            spec["base"] = json.load(f)
+    base = spec.setdefault("base", {})
+    if args.family:
+        base.setdefault("task", {})["family"] = args.family
+    apply_sets(base, args.set)
+    for item in args.space or []:
+        key, _, value = item.partition("=")
+        spec.setdefault("space", {})[key] = parse_value(value)
+    for name in ("trials", "sampler", "seed", "parallel", "register_as"):
+        if getattr(args, name) is not None:
+            spec[name] = getattr(args, name)
+    if args.horizons:
+        spec["horizons"] = [int(h) for h in args.horizons.split(",")]
+    return spec
+
+
+def _settings(params: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
+
+
+def trial_line(t: dict) -> str:
+    score = f" score {t['score']:.4g}" if t.get("score") is not None else ""
+    error = f" ({t['error']['code']}: {t['error']['detail']})" if t.get("error") else ""
+    return f"trial {t['trial']} (job {t['id']}) {t['status']}{score}  {_settings(t['params'])}{error}"
+
+
+def print_leaderboard(job: dict) -> None:
+    """The trials best first (score: worst ratio against the tuned baseline on meta-validation tasks)."""
+    trials = [job["trials"][i] for i in job.get("leaderboard", [])]
+    horizons = sorted({h for t in trials for h in t["ratios"]}, key=int)
+    keys = list(trials[0]["params"]) if trials else []
+
+    def cell(v):
+        return "-" if v is None else float(f"{v:.4g}")
+
+    rows = [(rank, t["trial"], t["id"], t["status"], cell(t["score"]), *(cell(t["ratios"].get(h)) for h in horizons),
+             *(json.dumps(t["params"][k]) for k in keys)) for rank, t in enumerate(trials, 1)]
+    _table(("RANK", "TRIAL", "JOB", "STATUS", "SCORE", *(f"@{h}" for h in horizons), *(k.upper() for k in keys)),
+           rows)
+    result, error = job.get("result") or {}, job.get("error") or {}
+    line = f"sweep {job['id']}: {job['status']}"
+    if result.get("loss"):
+        line += f"; registered {result['loss']} from trial {result['best_trial']} (job {result['best_job']})"
+    if error:
+        line += f"; {error.get('code')}: {error.get('detail')}"
+    print(line)
+
+
 def cmd_losses_list(args) -> int:
     with _client(args) as c:
         losses = list(c.losses(family=args.family, q=args.q))
@@ -314,6 +401,30 @@ def add_commands(sub) -> None:
         p = jobs.add_parser(name, help=hlp)
         p.add_argument("id", type=int)
         p.set_defaults(func=_guard(fn))
+
+    p = sub.add_parser("sweep", help="search settings of a meta-train spec on a server; the best loss is registered",
+                       description="Submit a sweep (or --watch one), print a line per trial as it starts and ends, "
+                       "then the leaderboard: each trial's score is its worst ratio against the tuned baseline over "
+                       "the meta-validation horizons (lower is better).")
+    p.add_argument("--spec", help="a JSON file of the whole sweep ({base, space, trials, sampler, ...})")
+    p.add_argument("--base", help="a JSON file of the base meta-train spec")
+    p.add_argument("--family", help="the base spec's task family")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a base spec field, e.g. --set seeds=2")
+    p.add_argument("--space", action="append", metavar="KEY=JSON",
+                   help='a setting: outer_lr=[0.001,0.01] or outer_lr=\'{"low":1e-4,"high":1e-2,"log":true}\'')
+    p.add_argument("--trials", type=int)
+    p.add_argument("--sampler", choices=["grid", "random", "tpe"])
+    p.add_argument("--seed", type=int, help="of the random and tpe samplers")
+    p.add_argument("--parallel", type=int, help="trials in flight at once")
+    p.add_argument("--horizons", help="comma-separated meta-validation horizons to score at (default: all)")
+    p.add_argument("--register-as", help="registry name of the best trial's loss")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--watch", type=int, metavar="ID", help="follow the sweep ID instead of submitting one")
+    p.add_argument("--no-wait", action="store_true", help="submit, print the leaderboard so far and return")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the whole sweep job as JSON, not the leaderboard")
+    p.add_argument("--server", **server)
+    p.set_defaults(func=_guard(cmd_sweep))
 
     losses = sub.add_parser("losses", help="use the loss registry of a server").add_subparsers(
         dest="losses_command", required=True)

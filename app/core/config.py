@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     max_unroll_bytes: int = Field(2**30, ge=1)
     max_work: int = Field(10**15, ge=1)  # multiply-adds of a whole run: training, curves, meta-test
     max_active_jobs: int = Field(8, ge=1)  # queued + running jobs of one key
+    max_sweep_trials: int = Field(64, ge=1)  # trials of one sweep (each a meta-train job)
     max_key_writes: int = Field(4, ge=1)  # submits and uploads of one key (of one address when open) at once
     max_streams: int = Field(20, ge=1)  # open event streams (SSE) of one key (of one address when open)
     sse_keepalive_seconds: float = Field(15.0, gt=0, le=300)  # an idle event stream sends a comment this often

@@ -131,6 +131,11 @@ def job_page(request: Request, job_id: int):
     return page(request, "job.html", nav="jobs", title=f"Job {job_id}", job_id=job_id)
 
 
+@router.get("/sweeps/{job_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, job_id: int):
+    return page(request, "sweep.html", nav="jobs", title=f"Sweep {job_id}", job_id=job_id)
+
+
 @router.get("/submit", response_class=HTMLResponse)
 def submit_page(request: Request):
     forms = [family_form(name) for name in FAMILIES]

@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINAL = (SUCCEEDED, FAILED, CANCELED)
 STATUSES = (QUEUED, RUNNING, *FINAL)
-META_TRAIN, META_TEST = "meta-train", "meta-test"
+META_TRAIN, META_TEST, SWEEP = "meta-train", "meta-test", "sweep"
 MAX_ID = 2**31 - 1  # ids and versions are INTEGER columns; PostgreSQL's hold no more (a larger one: 4xx)
 
 
@@ -66,6 +66,9 @@ class Job(Base):
     # the API key that submitted the job (None: an open server): its concurrent-jobs limit
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", name="fk_jobs_api_key_id"),
                                                    index=True)
+    # a sweep's trial: the sweep job it belongs to (a trial's loss is registered by its sweep, not by itself)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_parent_id", ondelete="CASCADE"),
+                                                  index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

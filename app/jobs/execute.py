@@ -29,6 +29,7 @@ from app.db.models import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    SWEEP,
     Checkpoint,
     Job,
     JobEvent,
@@ -111,7 +112,7 @@ def claim(Session, job_id: int, owner: str, settings: Settings) -> Job | None:
     with Session.begin() as db:
         res = db.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)),
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)), Job.kind != SWEEP,  # sweeps are driven
                    or_(Job.owner.is_(None), Job.owner == owner, Job.heartbeat_at < cutoff))
             .values(owner=owner, heartbeat_at=now, status=RUNNING, attempts=Job.attempts + 1)
         )
@@ -120,10 +121,10 @@ def claim(Session, job_id: int, owner: str, settings: Settings) -> Job | None:
         job = db.get(Job, job_id)
         job.started_at = job.started_at or now
         if job.cancel_requested:
-            _finish(db, job, CANCELED)
+            finish(db, job, CANCELED)
             return None
         if job.attempts > settings.max_attempts:
-            _finish(db, job, FAILED, error={"code": "too_many_attempts",
+            finish(db, job, FAILED, error={"code": "too_many_attempts",
                                             "detail": f"gave up after {job.attempts - 1} attempts"})
             return None
         resumed = db.scalar(select(Checkpoint.iteration).where(Checkpoint.job_id == job_id))
@@ -132,7 +133,8 @@ def claim(Session, job_id: int, owner: str, settings: Settings) -> Job | None:
         return job
 
 
-def _finish(db, job: Job, status: str, **values) -> None:
+def finish(db, job: Job, status: str, **values) -> None:
+    """In ``db``'s transaction: a final status, its time and its event; the lease is freed."""
     for k, v in values.items():
         setattr(job, k, v)
     job.status, job.owner, job.heartbeat_at, job.finished_at = status, None, None, utcnow()
@@ -186,7 +188,7 @@ def _end(Session, lease: Lease, status: str, files: dict | None = None, register
                     db.add(JobEvent(job_id=job.id, type="status",
                                     data={"status": QUEUED, "reason": "runner stopped"}))
                 else:
-                    _finish(db, job, status, **values)
+                    finish(db, job, status, **values)
                 for name, (media_type, data) in (files or {}).items():
                     db.merge(JobFile(job_id=job.id, name=name, media_type=media_type, data=data))
             return status
@@ -235,6 +237,8 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
         return _stopped(Session, lease)
 
     def register(db, job):
+        if job.parent_id is not None and out.bundle is not None:  # a sweep's trial: its sweep registers the best
+            return trial_result(job, out)
         if out.bundle is None:  # nothing learned (0 outer iterations): the job says so, the registry is untouched
             return {"loss": None, "warnings": out.report.get("warnings", [])}
         name = job.register_as or plan.family.name
@@ -247,8 +251,20 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
 
     files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
     files.update({name: ("image/png", png) for name, png in out.figures.items()})
+    if job.parent_id is not None and out.bundle is not None:  # kept for the sweep, which may register it
+        files.update({name: ("application/octet-stream", data) for name, data in out.bundle.files.items()})
     return _end(Session, lease, SUCCEEDED, files=files, register=register,
                 progress_completed=total, progress_total=total)
+
+
+def trial_result(job: Job, out) -> dict:
+    """A sweep trial's result: its published loss's ratios against the tuned baseline at each meta-validation
+    horizon (what the sweep ranks by), and no registered loss."""
+    v = out.report["validation"]
+    i = v["chosen_index"]
+    return {"loss": None, "trial_of": job.parent_id, "published_seed": out.report.get("published_seed"),
+            "validation_ratios": {h: r[i] for h, r in v["ratios"].items()}, "verdict": out.report.get("verdict"),
+            "warnings": out.report.get("warnings", [])}
 
 
 class PhaseEvents:

@@ -29,9 +29,10 @@ from sqlalchemy import and_, or_, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.errors import invalid
-from app.db.models import QUEUED, RUNNING, Job, utcnow
+from app.db.models import QUEUED, RUNNING, SWEEP, Job, utcnow
 from app.db.session import get_sessionmaker
 from app.jobs.allocator import keep_freed_memory
+from app.jobs.sweep import drive_active
 
 log = logging.getLogger("ml3.runner")
 
@@ -46,7 +47,8 @@ def next_job(settings: Settings) -> int | None:
     with get_sessionmaker(settings.db_url)() as db:
         return db.scalar(
             select(Job.id)
-            .where(or_(Job.status == QUEUED,
+            .where(Job.kind != SWEEP,  # a sweep is driven (drive_active), its trials run
+                   or_(Job.status == QUEUED,
                        and_(Job.status == RUNNING, or_(Job.owner.is_(None), Job.heartbeat_at < cutoff))))
             .order_by(Job.id).limit(1)
         )
@@ -60,6 +62,7 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     log.info("runner %s polling %s", owner, settings.db_url)
     while not stop.is_set():
         try:
+            drive_active(settings)  # sweeps create their next trials (queued) or end
             job_id = next_job(settings)
             if job_id is None:
                 stop.wait(settings.poll_seconds)
@@ -274,7 +277,7 @@ class CeleryRunner:
             self._thread.join(30)
 
     def enqueue(self, job_id: int) -> bool:
-        return self.send(job_id, and_(Job.status == QUEUED, Job.enqueued_at.is_(None)))
+        return self.send(job_id, and_(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.kind != SWEEP))
 
     def send(self, job_id: int, needs_message) -> bool:
         """Send the job's message if ``needs_message`` (a SQL condition) holds; False if not needed."""
@@ -298,11 +301,11 @@ class CeleryRunner:
         now = utcnow()
         lease_cutoff = now - timedelta(seconds=self.settings.lease_seconds)
         stale = now - timedelta(seconds=self.settings.visibility_timeout)  # lost in the broker?
-        needs_message = or_(
+        needs_message = and_(Job.kind != SWEEP, or_(  # a sweep is driven here (drive_active), not sent
             and_(Job.status == QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale)),
             and_(Job.status == RUNNING, Job.heartbeat_at < lease_cutoff,
                  or_(Job.enqueued_at.is_(None), Job.enqueued_at < Job.heartbeat_at, Job.enqueued_at < stale)),
-        )
+        ))
         with self.Session() as db:
             ids = list(db.scalars(select(Job.id).where(needs_message).order_by(Job.id).limit(100)))
         return [job_id for job_id in ids if self.send(job_id, needs_message)]
@@ -310,6 +313,7 @@ class CeleryRunner:
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_seconds):
             try:
+                drive_active(self.settings)  # sweeps: their new trials are sent just below
                 sent = self.sweep()
                 if sent:
                     log.info("sent jobs %s to the broker", sent)

@@ -7,12 +7,12 @@ import hashlib
 import json
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
 from app.core.errors import Problem
-from app.db.models import QUEUED, ApiKey, Job, JobEvent
+from app.db.models import CANCELED, FINAL, QUEUED, ApiKey, Job, JobEvent, utcnow
 from app.db.session import lock_row
 from app.services import datasets, limits
 
@@ -31,10 +31,36 @@ def scoped(key_id: int | None, idempotency_key: str | None) -> str | None:
     return hashlib.sha256(f"{key_id if key_id is not None else '-'}:{idempotency_key}".encode()).hexdigest()
 
 
+def insert_job(db, kind: str, spec: dict, plan: dict, **fields) -> Job:
+    """Add a queued job and its first event to ``db``'s transaction (flushed: it has its id)."""
+    job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, progress_completed=0, cancel_requested=False,
+              attempts=0, **fields)
+    datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
+    db.add(job)
+    db.flush()
+    db.add(JobEvent(job_id=job.id, type="status", data={"status": QUEUED}))
+    return job
+
+
+def request_cancel(db, job_ids: list[int]) -> None:
+    """In ``db``'s transaction: a queued job ends canceled at once; a running one sees the flag at its next
+    heartbeat. Final jobs are left as they are."""
+    now = utcnow()
+    for job_id in job_ids:
+        res = db.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
+                         .values(status=CANCELED, cancel_requested=True, finished_at=now, updated_at=now))
+        if res.rowcount == 1:
+            db.add(JobEvent(job_id=job_id, type="status", data={"status": CANCELED}))
+        else:
+            db.execute(update(Job).where(Job.id == job_id, Job.status.not_in(FINAL))
+                       .values(cancel_requested=True, updated_at=now))
+
+
 def create_job(db, settings: Settings, runner, kind: str, spec: dict, plan: dict, idempotency_key: str | None,
-               route: str, **fields) -> Job:
+               route: str, adding: int = 1, **fields) -> Job:
     """Insert a queued job and commit, then enqueue it on ``runner``; honour Idempotency-Key, per API
-    key. Returns the new job, or the one an earlier request with the same key and body created (then
+    key. ``adding``: the active jobs this submit counts as against the key's limit (a sweep: 1 + its
+    trials). Returns the new job, or the one an earlier request with the same key and body created (then
     nothing is written; that job comes detached, with its fields loaded)."""
     digest = request_hash(route, spec)
     key_id = fields.get("api_key_id")
@@ -56,13 +82,8 @@ def create_job(db, settings: Settings, runner, kind: str, spec: dict, plan: dict
                     db.expunge(job)  # the rollback leaves its loaded fields as read
                     db.rollback()  # nothing written
                     return job
-            limits.check_active_jobs(db, key_id, settings)
-            job = Job(kind=kind, status=QUEUED, spec=spec, plan=plan, idempotency_key=idempotency_key,
-                      request_hash=digest, progress_completed=0, cancel_requested=False, attempts=0, **fields)
-            datasets.lock_for_job(db, job)  # its data set cannot be deleted before the job is committed
-            db.add(job)
-            db.flush()
-            db.add(JobEvent(job_id=job.id, type="status", data={"status": QUEUED}))
+            limits.check_active_jobs(db, key_id, settings, adding)
+            job = insert_job(db, kind, spec, plan, idempotency_key=idempotency_key, request_hash=digest, **fields)
             db.commit()
             break
         except IntegrityError:  # the same key raced in from another request: answer with that job

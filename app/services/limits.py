@@ -244,16 +244,17 @@ def check_request_bytes(need: int, what: str, settings: Settings) -> None:
         raise exceeded("max_request_bytes", 413, f"{what} needs about {need} bytes of memory", allowed)
 
 
-def check_active_jobs(db, api_key_id: int | None, settings: Settings) -> None:
-    """Queued + running jobs of one key. Exact only while the key's row is locked (``db.lock_row``)
-    from before this count until the new job is committed, as ``app.services.jobs.create_job`` does; else two
-    concurrent submits can both pass."""
+def check_active_jobs(db, api_key_id: int | None, settings: Settings, adding: int = 1) -> None:
+    """Queued + running jobs of one key, with the ``adding`` a submit brings (a sweep: itself and its
+    trials). Exact only while the key's row is locked (``db.lock_row``) from before this count until the
+    new job is committed, as ``app.services.jobs.create_job`` does; else two concurrent submits can both pass."""
     if api_key_id is None:
         return
     n = db.scalar(select(func.count()).select_from(Job)
                   .where(Job.api_key_id == api_key_id, Job.status.in_((QUEUED, RUNNING))))
-    if n >= settings.max_active_jobs:
-        raise exceeded("max_active_jobs", 429, f"this key has {n} queued or running jobs",
+    if n + adding > settings.max_active_jobs:
+        more = f" and this submit adds {adding}" if adding > 1 else ""
+        raise exceeded("max_active_jobs", 429, f"this key has {n} queued or running jobs{more}",
                        settings.max_active_jobs, headers={"Retry-After": "10"})
 
 

@@ -4,44 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.api.deps import DB, READ, Id, IdempotencyKey, PageDep, ReadKey, SubmitKey
 from app.api.head import head_of
-from app.api.schemas import JobOut, JobSpec, accepted, job_json
+from app.api.schemas import JobBody, JobOut, SweepSpec, accepted, job_json
 from app.core.errors import Problem, invalid, not_found
 from app.db.models import (
-    CANCELED,
     FINAL,
     MAX_ID,
     META_TRAIN,
-    QUEUED,
     STATUSES,
+    SWEEP,
     Checkpoint,
     Job,
     JobEvent,
     JobFile,
-    utcnow,
 )
 from app.jobs.runner import check_device
-from app.services import limits, registry
+from app.jobs.sweep import drive
+from app.services import limits, registry, sweeps
 from app.services.ids import Digits, is_digits
-from app.services.jobs import create_job
+from app.services.jobs import create_job, request_cancel
 from ml3core.api import parse_spec
 
+log = logging.getLogger("ml3.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 
 
-@router.post("", status_code=202, summary="Submit a meta-train job", response_model=JobOut)
-def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobSpec, Body()],
+@router.post("", status_code=202, summary="Submit a meta-train job or a sweep", response_model=JobOut)
+def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobBody, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
     settings = request.app.state.settings
+    if isinstance(spec, SweepSpec):
+        return submit_sweep(request, response, db, key, spec, idempotency_key)
     with request.app.state.write_slots.held(key.client, settings):  # 429 beyond max_key_writes at once
         body = spec.model_dump(exclude_unset=True)
         limits.check_arrays(body, settings)
@@ -56,6 +59,29 @@ def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: A
                          "jobs", register_as=register_as or plan.family.name, api_key_id=key.key_id,
                          progress_total=plan.train.outer_iterations, progress_unit="iterations")
         return accepted(response, job)
+
+
+def submit_sweep(request: Request, response: Response, db, key, spec: SweepSpec, idempotency_key) -> dict:
+    """A sweep is checked whole (every key, every trial against the limits, its trials against the key's
+    active jobs) before anything is stored; then its first trials are created at once."""
+    settings, runner = request.app.state.settings, request.app.state.runner
+    with request.app.state.write_slots.held(key.client, settings):
+        body = spec.model_dump(exclude_unset=True)
+        limits.check_arrays(body, settings)
+        plan = sweeps.check_sweep(spec.model_dump(), settings)
+        register_as = spec.register_as or plan["base"]["task"]["family"]
+        registry.check_name(register_as, "register_as")
+        check_device(plan["device"], settings)
+        job = create_job(db, settings, runner, SWEEP, body, plan, idempotency_key, "jobs", adding=1 + spec.trials,
+                         register_as=register_as, api_key_id=key.key_id, progress_total=spec.trials,
+                         progress_unit="trials")
+    try:
+        for trial in drive(settings, job.id):
+            runner.enqueue(trial)
+    except Exception:  # the sweep is stored: the runner's loop takes its next step
+        log.exception("first step of sweep %s failed", job.id)
+    db.expire_all()
+    return accepted(response, db.get(Job, job.id) or job)
 
 
 @router.get("", summary="List jobs, newest first")
@@ -85,6 +111,9 @@ def show(db: DB, job_id: Id) -> dict:
     files = list(db.scalars(select(JobFile.name).where(JobFile.job_id == job_id)))
     out = job_json(job, files)
     out["checkpoint"] = db.scalar(select(Checkpoint.iteration).where(Checkpoint.job_id == job_id))
+    if job.kind == SWEEP:
+        out["trials"] = sweeps.trials(db, job)
+        out["leaderboard"] = [t["trial"] for t in sweeps.leaderboard(out["trials"])]  # best first
     return out
 
 
@@ -104,14 +133,8 @@ def cancel(db: DB, key: SubmitKey, job_id: Id) -> dict:
                       "needs that key or one with scope admin")
     if job.status in FINAL:
         raise Problem(409, "job_finished", f"job {job_id} is already {job.status}")
-    # a queued job ends at once; a running one sees the flag at its next heartbeat
-    now = utcnow()
-    res = db.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
-                     .values(status=CANCELED, cancel_requested=True, finished_at=now, updated_at=now))
-    if res.rowcount == 1:
-        db.add(JobEvent(job_id=job_id, type="status", data={"status": CANCELED}))
-    else:
-        db.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
+    # a queued job ends at once; a running one sees the flag at its next heartbeat; a sweep's trials too
+    request_cancel(db, [job_id, *sweeps.trial_ids(db, job_id)])
     db.commit()
     db.refresh(job)
     return job_json(job)

@@ -77,6 +77,7 @@
   async function load() {
     try {
       job = await api(`/v1/jobs/${id}`);
+      if (job.kind === "sweep") location.replace(`/sweeps/${id}`);  // its own page: trials and leaderboard
       trainSeconds = (job.metrics && job.metrics.meta_train_seconds) || trainSeconds;
     } catch (e) {
       $("#job-error").hidden = false;
