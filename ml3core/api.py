@@ -132,6 +132,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
               "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe(),
               "verdict": result.validation["verdict"],
+              "published_horizon": published_horizon(test, result.chosen),
               "warnings": losing_horizons(test, result.chosen, plan.family.heldout_metric)}
     bundles = []
     for i, seed in enumerate(cfg.seed_ids):
@@ -158,12 +159,23 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
 
 
+def seed_ratio(row: dict, chosen: int, name: str = "vs_tuned") -> float | None:
+    """One seed's ratio of a horizon row (None: not finite, or not in the row)."""
+    return (row.get(f"ratio_{name}_per_seed") or [None] * (chosen + 1))[chosen]
+
+
+def published_horizon(test: dict, chosen: int) -> list[dict]:
+    """Per horizon, the published seed's ratio against the tuned baseline: a few numbers a job's result carries
+    so that a list of jobs can show where the loss loses."""
+    return [{"steps": row["steps"], "ratio_vs_tuned": seed_ratio(row, chosen)} for row in test["horizon"]]
+
+
 def losing_horizons(test: dict, chosen: int, metric: str) -> list[str]:
     """Where the published seed's loss is worse than the tuned baseline (the plain loss at its best lr for
     that horizon) on the meta-test tasks: said, not hidden."""
     out = []
     for row in test["horizon"]:
-        ratio = (row.get("ratio_vs_tuned_per_seed") or [None] * (chosen + 1))[chosen]
+        ratio = seed_ratio(row, chosen)
         if ratio is None or ratio > 1:
             shown = "not finite" if ratio is None else f"{ratio:.3f}x"
             lr = row["tuned_lr"][chosen]

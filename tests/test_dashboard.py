@@ -394,3 +394,40 @@ def test_a_digits_job_from_the_form_to_its_classification_loss(page, server):
     bad.wait_for()
     assert "outside" in bad.inner_text()
     shot(page, "dashboard-digits-loss.png")
+
+
+def _color(locator) -> str:
+    return locator.evaluate("e => getComputedStyle(e).color")
+
+
+RED = "rgb(180, 35, 24)"  # --bad
+
+
+def test_meta_test_curves_reach_the_longest_horizon_and_a_losing_ratio_is_red(page, server):
+    """A loss of two meta-train iterations from a random net (the paper's form) loses to the tuned plain loss
+    at 300 steps: the job page draws its meta-test curves to 300 steps (past meta_test.steps = 10) with the
+    tuned baseline, and its ratio is red in the chart, the horizon table and the jobs list."""
+    job = httpx.post(f"{server.url}/v1/jobs", json={
+        "task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
+        "outer_iterations": 2, "eval_every": 2, "eval_steps": 5, "validation_tasks": 2,
+        "meta_test": {"steps": 10, "tasks": 3, "horizons": [10, 300]}, "register_as": "browser-horizon"}).json()
+    page.goto(f"{server.url}/jobs/{job['id']}")
+    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    chart = page.locator('#metatest .chart-card[data-metric="mse_heldout"] svg')
+    chart.wait_for()
+    assert chart.get_attribute("data-x-max") == "300"
+    assert chart.locator("text.x-tick").last.text_content() == "300"
+    legend = page.inner_text('#metatest .chart-card[data-metric="mse_heldout"] .legend')
+    assert "tuned: best lr per step count" in legend and "same lr" in legend
+    ratio = httpx.get(f"{server.url}/v1/jobs/{job['id']}/report").json()["meta_test"]["horizon"][-1]["ratio_vs_tuned"]
+    assert ratio > 1  # the premise: the learned loss loses at 300 steps
+    cell = page.locator('#horizon td[data-ratio="ratio_vs_tuned"][data-steps="300"]')
+    assert "bad" in cell.get_attribute("class") and _color(cell) == RED
+    label = chart.locator('text.marker-label[data-steps="300"]')
+    assert label.evaluate("e => getComputedStyle(e).fill") == RED
+    shot(page, "dashboard-job-horizon.png")
+
+    page.goto(server.url + "/")
+    shown = page.locator(f'#jobs tr[data-job="{job["id"]}"] .ratios span[data-steps="300"]')
+    shown.wait_for()
+    assert _color(shown) == RED and shown.text_content().startswith(f"{ratio:.4g}"[:4])

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from app.cli.progress import Progress
+from app.cli.progress import GREEN, RED, Progress, colours
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
 
@@ -79,12 +79,15 @@ def cmd_train(args) -> int:
             f.write(png)
     summary(out.report, plan.family.heldout_metric)
     print(f"published loss (seed {out.report['published_seed']}): {os.path.join(args.out, 'loss')}")
+    paint = colours(sys.stderr)
     for warning in out.report.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(paint(f"warning: {warning}", RED), file=sys.stderr)
     return 0
 
 
 def summary(report: dict, metric: str = "mse_heldout") -> None:
+    from ml3core.api import seed_ratio
+
     mt = report["meta_test"]
     plain = "MSE" if metric.startswith("mse") else "plain"
     print(f"meta-test: {mt['tasks']} held-out tasks per seed, {metric} after k steps, mean over seeds; ratios "
@@ -92,13 +95,14 @@ def summary(report: dict, metric: str = "mse_heldout") -> None:
           "(the standard), vs the same lr, both at their best lr:")
     chosen = mt["seed_ids"].index(report["published_seed"]) if report.get("published_seed") in mt["seed_ids"] else 0
     fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
+    paint = colours(sys.stdout)
     for row in mt["horizon"]:
-        seed = {k: (row.get(f"ratio_{k}_per_seed") or [None] * (chosen + 1))[chosen]
-                for k in ("vs_tuned", "same_lr", "both_tuned")}
+        seed = {k: seed_ratio(row, chosen, k) for k in ("vs_tuned", "same_lr", "both_tuned")}
         lost = seed["vs_tuned"] is None or seed["vs_tuned"] > 1
+        vs_tuned = paint(f"vs tuned {fmt(seed['vs_tuned'])}{'  (LOSES)' if lost else ''}", RED if lost else GREEN)
         print(f"  k={row['steps']:>6}: learned {fmt(row['learned'].get(metric))}  {plain} {fmt(row['mse'].get(metric))}"
-              f"  {plain} tuned {fmt(row.get('tuned', {}).get(metric))}   ratios: vs tuned {fmt(seed['vs_tuned'])}"
-              f"{'  (LOSES)' if lost else ''}  same lr {fmt(seed['same_lr'])}  both tuned {fmt(seed['both_tuned'])}")
+              f"  {plain} tuned {fmt(row.get('tuned', {}).get(metric))}   ratios: {vs_tuned}"
+              f"  same lr {fmt(seed['same_lr'])}  both tuned {fmt(seed['both_tuned'])}")
     if report.get("verdict"):
         print(f"verdict (meta-validation tasks): {report['verdict']}")
 

@@ -243,7 +243,7 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
         v = registry.register(db, name, out.bundle, job.id, clean(out.bundle.spec.get("metrics")))
         return {"loss": f"{name}:{v.version}", "name": name, "version": v.version, "sha256": v.sha256,
                 "published_seed": out.report.get("published_seed"), "verdict": out.report.get("verdict"),
-                "warnings": out.report.get("warnings", [])}
+                "horizon": out.report.get("published_horizon"), "warnings": out.report.get("warnings", [])}
 
     files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
     files.update({name: ("image/png", png) for name, png in out.figures.items()})

@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.core.errors import Problem, invalid
 from app.db.models import QUEUED, RUNNING, Job
 from ml3core.compare import LR_FACTORS
+from ml3core.metatest import curve_steps
 
 
 def exceeded(name: str, status: int, what: str, allowed, headers: dict | None = None, loc: str | None = None):
@@ -169,13 +170,13 @@ def _metrics(family) -> int:
 def add_meta_test(size: RunSize, mt, seeds: int, metrics: int = 2) -> None:
     """Each seed trains ``tasks`` fresh models with L_phi and again with the plain loss, each at every lr
     factor of the grid (one batch of seeds x tasks x factors models; L_phi at its one lr unless
-    ``tune_learned``), recording each of the family's ``metrics`` per model at every step up to
-    ``steps`` and at each horizon: those curves (both runs', and one more copy while a run's are
-    stacked) are held with the models."""
+    ``tune_learned``), recording each of the family's ``metrics`` per model at every step of ``curve_steps``
+    (every step up to ``steps``, each horizon, log-spaced steps up to the longest): those curves (both runs',
+    and one more copy while a run's are stacked) are held with the models."""
     grid = len(mt.lr_factors)
     models = seeds * mt.tasks * grid
     size.add("meta-test", models, max([mt.steps, *mt.horizons]), factor=2 if mt.tune_learned else (grid + 1) / grid)
-    rows = len(set(range(mt.steps + 1)) | set(mt.horizons))
+    rows = len(curve_steps(mt.steps, mt.horizons))
     size.phases["meta-test"] += 3 * rows * models * metrics * size.value_bytes
 
 
