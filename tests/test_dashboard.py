@@ -431,3 +431,38 @@ def test_meta_test_curves_reach_the_longest_horizon_and_a_losing_ratio_is_red(pa
     shown = page.locator(f'#jobs tr[data-job="{job["id"]}"] .ratios span[data-steps="300"]')
     shown.wait_for()
     assert _color(shown) == RED and shown.text_content().startswith(f"{ratio:.4g}"[:4])
+
+
+def test_the_form_has_presets_choices_help_for_every_field_and_a_run_time_estimate(page, server):
+    page.goto(server.url + "/submit?family=sine")
+    form = page.locator("form.job-form:not([hidden])")
+    preset = form.locator("select[name=preset]")
+    assert preset.locator("option").all_text_contents() == ["default", "paper"]
+    assert field(page, "inner_steps").locator("input").input_value() == "500"  # the default preset
+    assert field(page, "loss.form").locator("select").input_value() == "weighted_se"
+    estimate = form.locator("[data-role=estimate]")
+    page.wait_for_function("() => document.querySelector('form.job-form:not([hidden]) [data-role=estimate]')"
+                           ".dataset.seconds !== undefined")
+    default_seconds = float(estimate.get_attribute("data-seconds"))
+    assert default_seconds > 0 and "Estimated run time: about" in estimate.inner_text()
+    assert "estimate" in estimate.inner_text()
+
+    preset.select_option("paper")  # the paper's settings fill the fields, and the estimate follows
+    assert field(page, "inner_steps").locator("input").input_value() == "1"
+    assert field(page, "loss.form").locator("select").input_value() == "net"
+    assert form.locator("[data-role=preset-why]").inner_text().startswith("The official code")
+    page.wait_for_function(f"() => document.querySelector('form.job-form:not([hidden]) [data-role=estimate]')"
+                           f".dataset.seconds != {default_seconds}")
+    body = form.locator("[data-role=preview]").text_content()
+    assert '"preset": "paper"' in body and "inner_steps" not in body  # only what differs from the preset is sent
+
+    # enum fields are selects of their values; every field has its help
+    schedule = field(page, "schedule").locator("select option").all_text_contents()
+    assert schedule == ["unrolled", "online", "persistent"]
+    for loc in ("inner_optimizer", "device", "dtype", "loss.activation", "task.model_activation"):
+        assert field(page, loc).locator("select").count() == 1, loc
+    fields = form.locator(".fields .field")
+    helps = [fields.nth(i).locator(".hint").text_content().strip() for i in range(fields.count())]
+    assert len(helps) > 40 and all(helps), [fields.nth(i).get_attribute("data-loc") for i, h in enumerate(helps)
+                                            if not h]
+    shot(page, "dashboard-submit-presets.png")

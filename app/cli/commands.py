@@ -12,6 +12,7 @@ import sys
 from app.cli.progress import GREEN, RED, Progress, colours
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
+from ml3core.schema import describe, loc, spec_keys
 
 
 def build_train_spec(args, family_cls) -> dict:
@@ -139,9 +140,10 @@ def spec_defaults(family: str) -> dict:
         return {}
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each option's help ends in its default: argparse's own, or for the options that default to the
-    spec what the family's default preset runs with (computed only when help is shown)."""
+    spec what the family's default preset runs with (computed only when help is shown). The epilog (every
+    spec key) keeps its lines."""
 
     def __init__(self, prog, family: str | None = None, **kwargs):
         super().__init__(prog, **kwargs)
@@ -161,22 +163,32 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def spec_epilog(family: str) -> str:
+    """Every spec key of a family with its help (ml3core.schema): what --set and --spec can say."""
+    lines = [TRAIN_EPILOG, "", "Every spec key (--set KEY=VALUE; the flags above set some of them):"]
+    for prefix, _, fields in spec_keys(family):
+        for f in fields:
+            key = loc(prefix, f.name)
+            lines.append(f"  {key:26s} {describe(key, family)}")
+    return "\n".join(lines)
+
+
 def add_train_arguments(p, name: str, cls) -> None:
     p.add_argument("--out", default=f"runs/{name}", help="output directory")
     p.add_argument("--spec", help="a JSON job spec to start from")
     p.add_argument("--preset", help="start from a named preset: default (what bench/scoreboard.py shows best "
                                     "at every horizon) or paper (the paper's code)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
-    p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
-    p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")
-    p.add_argument("--horizons", help="comma-separated horizon report steps, e.g. 10,100,1000,5000")
+    p.add_argument("--meta-test-steps", type=int, help=describe("meta_test.steps"))
+    p.add_argument("--meta-test-tasks", type=int, help=describe("meta_test.tasks"))
+    p.add_argument("--horizons", help=describe("meta_test.horizons") + ", comma-separated, e.g. 10,100,1000,5000")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     for flag, key, typ, hlp in TRAIN_FLAGS:
         p.add_argument(flag, dest=key, type=typ, help=hlp)
-    for flag, (_, typ, hlp) in getattr(cls, "cli_flags", {}).items():
-        p.add_argument(flag, type=typ, help=hlp)
+    for flag, (key, typ, _) in getattr(cls, "cli_flags", {}).items():
+        p.add_argument(flag, type=typ, help=describe(f"task.{key}", cls.name))
 
 
 def cmd_experiment(args) -> int:
@@ -225,7 +237,7 @@ def make_parser() -> argparse.ArgumentParser:
     for name, cls in FAMILIES.items():
         p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
                                formatter_class=functools.partial(DefaultsHelpFormatter, family=name),
-                               epilog=TRAIN_EPILOG)
+                               epilog=spec_epilog(name))
         add_train_arguments(p, name, cls)
         p.set_defaults(func=cmd_train)
 
@@ -243,9 +255,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_EPILOG = ("Defaults are those of the family's 'default' preset; --preset, --spec and --set change them. "
-                "Every spec key, its default and its meaning: ml3core/train_config.py, ml3core/metatest.py and "
-                "the family's config in ml3core/tasks/.")
+TRAIN_EPILOG = ("Defaults are those of the family's 'default' preset; --preset, --spec and --set change them.")
 
 
 def version_line() -> str:

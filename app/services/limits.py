@@ -163,6 +163,21 @@ def job_size(plan) -> RunSize:
     return size
 
 
+# seconds per multiply-add of ``job_size``'s count, per family: the wall time of bench/scoreboard.py's run of the
+# family's defaults (5 seeds; README, 2-core AMD EPYC VM shared with 3-5 processes, one torch thread; sine and
+# the 2-link arm at commit 324788d, digits at a33a4d5) over that run's ``job_size(...).work`` (7.51e12, 2.35e12,
+# 4.67e13). A family without a scoreboard run is estimated with the sine family's rate.
+SECONDS_PER_WORK = {"sine": 2768 / 7.513e12, "inverse-dynamics": 1690 / 2.345e12, "digits": 315 / 4.667e13}
+
+
+def estimate_seconds(plan, size: RunSize | None = None) -> float:
+    """An estimate of a meta-train job's wall time on a machine like the scoreboard's: its work times the
+    family's measured seconds per unit of work. Only an estimate: the work model counts multiply-adds and
+    leaves out per-step overheads, which dominate small models."""
+    size = size or job_size(plan)
+    return size.work * SECONDS_PER_WORK.get(plan.family.name, SECONDS_PER_WORK["sine"])
+
+
 def _metrics(family) -> int:
     return 2 + len(family.extra_metrics)  # mse_train, mse_heldout and the family's own
 
