@@ -37,6 +37,11 @@ HELP = {
     "validation_tasks": "meta-validation tasks: a curve and the published seed",
     "device": "cpu or cuda (a GPU worker)",
     "dtype": "float32 or float64",
+    # tracking: where the run is logged besides its own output (best effort)
+    "tracking.mlflow_uri": "log the spec, curves and published loss to this MLflow tracking URI ('': "
+                           "$ML3_MLFLOW_URI where set)",
+    "tracking.tensorboard": "write TensorBoard event files of the curves to this directory",
+    "tracking.experiment": "the MLflow experiment",
     # the meta-test
     "meta_test.tasks": "new tasks per seed",
     "meta_test.steps": "SGD steps recorded at every step (past them, log-spaced up to the longest horizon)",

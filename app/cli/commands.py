@@ -12,6 +12,7 @@ import sys
 from app.cli.progress import GREEN, RED, Progress, colours
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
+from app.jobs.tracking import Tracker
 from ml3core.schema import describe, loc, spec_keys
 
 
@@ -40,6 +41,9 @@ def build_train_spec(args, family_cls) -> dict:
         mt["tasks"] = args.meta_test_tasks
     if args.horizons is not None:
         mt["horizons"] = [int(h) for h in args.horizons.split(",") if h]
+    tracking = {k: v for k, v in (("mlflow_uri", args.mlflow), ("tensorboard", args.tensorboard)) if v}
+    if tracking:
+        spec.setdefault("tracking", {}).update(tracking)
     return apply_sets(spec, args.set)
 
 
@@ -61,9 +65,21 @@ def cmd_train(args) -> int:
     print(f"meta-training '{args.family}': {cfg.seeds} seeds x {cfg.outer_iterations} iterations, "
           f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
     bar = Progress("")
-    hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
-                  progress_every=max(1, cfg.eval_every))
-    out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
+    tracker = Tracker.for_plan(plan, os.path.basename(os.path.abspath(args.out)),
+                               warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    tracker.params(plan.to_dict())
+
+    def on_progress(done, total, metrics):
+        tracker.metrics(done, metrics)
+        bar(done, total, metrics, phase="meta-train")
+
+    hooks = Hooks(on_progress=on_progress, progress_every=max(1, cfg.eval_every))
+    try:
+        out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.finish(out)
     os.makedirs(args.out, exist_ok=True)
     if out.bundle is None:
         with open(os.path.join(args.out, "report.json"), "w") as f:
@@ -185,6 +201,8 @@ def add_train_arguments(p, name: str, cls) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--mlflow", metavar="URI", help=describe("tracking.mlflow_uri"))
+    p.add_argument("--tensorboard", metavar="DIR", help=describe("tracking.tensorboard"))
     for flag, key, typ, hlp in TRAIN_FLAGS:
         p.add_argument(flag, dest=key, type=typ, help=hlp)
     for flag, (key, typ, _) in getattr(cls, "cli_flags", {}).items():
