@@ -14,7 +14,7 @@ import torch
 
 from . import plots
 from .artifact import Bundle
-from .config import ConfigError, check
+from .config import ConfigError, check, from_dict
 from .engine import Hooks, MetaTrainer, TrainResult
 from .inner import from_training
 from .losses import LossSpec
@@ -24,11 +24,26 @@ from .train_config import TrainConfig
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run's curves, spec and published loss are logged besides its own output, best effort
+    (app.jobs.tracking): nothing here changes what is trained."""
+
+    mlflow_uri: str = ""  # "": $ML3_MLFLOW_URI where set, else no MLflow
+    tensorboard: str = ""  # a directory for TensorBoard event files ("": none)
+    experiment: str = "ml3"  # the MLflow experiment
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TrackingConfig:
+        return from_dict(cls, d, "tracking")
+
+
+@dataclass
 class Plan:
     family: TaskFamily
     loss: LossSpec
     train: TrainConfig
     meta_test: MetaTestConfig
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def task_dict(self) -> dict:
         return {"family": self.family.name, **asdict(self.family.config)}
@@ -45,8 +60,9 @@ class Plan:
 
     def to_dict(self) -> dict:
         """The fully defaulted spec: what actually runs."""
+        tracking = {"tracking": asdict(self.tracking)} if self.tracking != TrackingConfig() else {}
         return {"task": self.task_dict(), "loss": self.loss.to_dict(), "meta_test": asdict(self.meta_test),
-                **asdict(self.train)}
+                **asdict(self.train), **tracking}
 
 
 def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
@@ -62,8 +78,9 @@ def parse_spec(spec: dict, ignore: tuple[str, ...] = ()) -> Plan:
     form = loss_in.get("form") if isinstance(loss_in, dict) else None  # None: the family's own choice
     loss = LossSpec.from_dict(loss_in, **family.loss_defaults_for(form))
     mt = MetaTestConfig.from_dict(spec.pop("meta_test", None))
+    tracking = TrackingConfig.from_dict(spec.pop("tracking", None))
     # CUDA availability is checked where the job runs: an API host without a GPU accepts CUDA jobs
-    return Plan(family, loss, TrainConfig.from_dict({**family.train_defaults(), **spec}), mt)
+    return Plan(family, loss, TrainConfig.from_dict({**family.train_defaults(), **spec}), mt, tracking)
 
 
 def with_preset(spec: dict) -> dict:
@@ -132,6 +149,7 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     report = {"spec": plan.to_dict(), "history": result.history, "validation": result.validation,
               "meta_test": test, "published_seed": result.validation["chosen_seed"], "data": plan.family.describe(),
               "verdict": result.validation["verdict"],
+              "published_horizon": published_horizon(test, result.chosen),
               "warnings": losing_horizons(test, result.chosen, plan.family.heldout_metric)}
     bundles = []
     for i, seed in enumerate(cfg.seed_ids):
@@ -158,12 +176,23 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
     return Outcome(False, result.iteration, result, bundles[result.chosen], bundles, report, figures)
 
 
+def seed_ratio(row: dict, chosen: int, name: str = "vs_tuned") -> float | None:
+    """One seed's ratio of a horizon row (None: not finite, or not in the row)."""
+    return (row.get(f"ratio_{name}_per_seed") or [None] * (chosen + 1))[chosen]
+
+
+def published_horizon(test: dict, chosen: int) -> list[dict]:
+    """Per horizon, the published seed's ratio against the tuned baseline: a few numbers a job's result carries
+    so that a list of jobs can show where the loss loses."""
+    return [{"steps": row["steps"], "ratio_vs_tuned": seed_ratio(row, chosen)} for row in test["horizon"]]
+
+
 def losing_horizons(test: dict, chosen: int, metric: str) -> list[str]:
     """Where the published seed's loss is worse than the tuned baseline (the plain loss at its best lr for
     that horizon) on the meta-test tasks: said, not hidden."""
     out = []
     for row in test["horizon"]:
-        ratio = (row.get("ratio_vs_tuned_per_seed") or [None] * (chosen + 1))[chosen]
+        ratio = seed_ratio(row, chosen)
         if ratio is None or ratio > 1:
             shown = "not finite" if ratio is None else f"{ratio:.3f}x"
             lr = row["tuned_lr"][chosen]

@@ -1,6 +1,7 @@
 """Meta-test: train fresh models with L_phi and with plain MSE on held-out tasks, side by side.
 
-Index k of every curve means "after k SGD steps" (k = 0 is the initial model). Each task has
+Column i of every curve is the models after ``curve_steps[i]`` SGD steps: every step up to ``steps`` (so
+index k is "after k steps", k = 0 the initial model), then log-spaced steps up to the longest horizon. Each task has
 train points (the SGD steps use only these) and held-out points; both are reported. The
 horizon report shows the same at longer training, where a loss meta-trained on a short
 unroll may stop paying off.
@@ -8,6 +9,7 @@ unroll may stop paying off.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -46,6 +48,28 @@ class MetaTestConfig:
         return from_dict(cls, d, "meta_test")
 
 
+CURVE_POINTS_PER_DECADE = 8  # past ``steps``, the curves are recorded at log-spaced steps up to the longest horizon
+
+
+def curve_steps(steps: int, horizons: list[int]) -> list[int]:
+    """The steps a meta-test curve is recorded at: every step up to ``steps``, every horizon, and beyond
+    ``steps`` up to the longest horizon ``CURVE_POINTS_PER_DECADE`` log-spaced steps a decade (at most ~40
+    more points: a curve reaches the horizon report's last row without recording every step)."""
+    longest = max([steps, *horizons])
+    out = set(range(steps + 1)) | set(horizons)
+    if longest > steps:
+        lo, hi = math.log10(max(steps, 1)), math.log10(longest)
+        n = math.ceil((hi - lo) * CURVE_POINTS_PER_DECADE)
+        out |= {round(10 ** (lo + (hi - lo) * i / n)) for i in range(n + 1)}
+    return sorted(out)
+
+
+def dense_curves(report: dict) -> dict:
+    """A report's curves at every step 0..``steps`` only (index k = after k steps), without the sparse tail."""
+    n = report["steps"] + 1
+    return {name: {m: [row[:n] for row in rows] for m, rows in c.items()} for name, c in report["curves"].items()}
+
+
 def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int], cfg: MetaTestConfig,
               lr: float | InnerOptimizer, device="cpu", dtype="float32", per_seed_phi: bool = True,
               progress=None, lr_factor: list[float] | None = None) -> dict:
@@ -71,7 +95,7 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     noisy = bool(family.robust_baselines())  # noisy train points: the robust baselines train too (a third run)
     count = StepCounter(progress, (3 if noisy else 2) * horizon)
     at = [float(f) for f in (lr_factor or [1.0] * len(seed_ids))]
-    record_at = sorted(set(range(cfg.steps + 1)) | set(cfg.horizons))
+    record_at = curve_steps(cfg.steps, cfg.horizons)
     if noisy:
         baselines, robust, robust_factors = robust_fit(family, theta, data, opt, sorted(set(cfg.lr_factors) | set(at)),
                                        sorted(set(cfg.horizons)), count)
@@ -82,20 +106,22 @@ def meta_test(family: TaskFamily, spec: LossSpec, phi: dict, seed_ids: list[int]
     runs = {"learned": cmp.at_lr(cmp.learned, li), "mse": cmp.at_lr(cmp.plain, pi)}
     tuned, _ = cmp.tuned(cmp.plain, metric)
     ratios = cmp.ratios(metric, at)
-    curve_rows = [cmp.row(k) for k in range(cfg.steps + 1)]
     if noisy:
         hs = sorted(set(cfg.horizons))
         best = best_baseline(cmp, baselines, robust, robust_factors, hs, metric, at)
     report = {"steps": cfg.steps, "tasks": cfg.tasks, "lr": opt.lr, "optimizer": opt.to_dict(),
               "learned_lr": [float(f"{f * opt.lr:.4g}") for f in at],  # per seed: the lr L_phi trains at
-              "seed_ids": list(seed_ids), "lr_grid": cmp.lrs(cmp.factors).tolist(), "curves": {},
-              "final": {}, "horizon": []}
+              "seed_ids": list(seed_ids), "lr_grid": cmp.lrs(cmp.factors).tolist(), "metric": metric,
+              "curve_steps": record_at, "curves": {}, "final": {}, "horizon": []}
     if noisy:  # the robust baselines' own grid: it goes on above the plain loss's (ml3core.compare.robust_grid)
         report["robust_lr_grid"] = cmp.lrs(robust_factors).tolist()
-    for name, curves in runs.items():
+    # curves at every step of ``curve_steps``: L_phi, the plain loss at the same lr and the tuned baseline (the
+    # plain loss at its best lr for that many steps: what the horizon report's ratios are against)
+    for name, curves in (*runs.items(), ("tuned", tuned)):
         per_seed = {m: c.mean(-1) for m, c in curves.items()}  # (R, S): mean over tasks
-        report["curves"][name] = {m: json_clean(v[curve_rows].T.tolist()) for m, v in per_seed.items()}
-        report["final"][name] = {m: json_clean(v[cmp.row(cfg.steps)].tolist()) for m, v in per_seed.items()}
+        report["curves"][name] = {m: json_clean(v.T.tolist()) for m, v in per_seed.items()}
+        if name in runs:
+            report["final"][name] = {m: json_clean(v[cmp.row(cfg.steps)].tolist()) for m, v in per_seed.items()}
     for h in sorted(set(cfg.horizons)):
         i = cmp.row(h)
         row = {"steps": h}

@@ -26,11 +26,11 @@ def _png(fig, caption: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _band(ax, x, rows, color, label):
-    """Mean over rows (seeds) with a min-max band."""
+def _band(ax, x, rows, color, label, dashed: bool = False):
+    """Mean over rows (seeds) with a min-max band (a dashed line: the mean only)."""
     a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
-    ax.plot(x, np.nanmean(a, 0), color=color, label=label)
-    if len(a) > 1:
+    ax.plot(x, np.nanmean(a, 0), color=color, label=label, linestyle="--" if dashed else "-")
+    if len(a) > 1 and not dashed:
         ax.fill_between(x, np.nanmin(a, 0), np.nanmax(a, 0), color=color, alpha=0.2)
 
 
@@ -67,20 +67,58 @@ def meta_train_figure(history: dict, eval_steps: int, metric: str = "mse_heldout
                      f"over {_seeds(seeds)} (each the mean over its tasks); band: min-max over seeds.{tested}")
 
 
+LOSES, WINS, TUNED = "#b42318", "#15803d", "black"  # a horizon where the learned loss loses is red everywhere
+
+
+def steps_axis(ax, longest: int) -> None:
+    """A log-scale steps axis that keeps step 0: log10(1 + k), ticks at 0, 1, 10, ... and the longest horizon."""
+    ax.set_xscale("function", functions=(lambda k: np.log10(1 + np.maximum(k, 0)), lambda t: 10 ** t - 1))
+    ticks = [0] + [10 ** e for e in range(int(np.log10(max(longest, 1))) + 1) if 10 ** e < 0.8 * longest]
+    ax.set_xticks([*ticks, longest], [f"{t:g}" for t in [*ticks, longest]])
+    ax.set_xlim(0, longest)
+
+
+def ratio_verdicts(report: dict) -> list[tuple[int, float | None, bool]]:
+    """(steps, learned / tuned baseline over all seeds, loses) per horizon row: loses when the ratio is
+    above 1 or not finite (a learned loss that diverged)."""
+    out = []
+    for row in report.get("horizon", []):
+        r = row.get("ratio_vs_tuned")
+        out.append((row["steps"], r, r is None or r > 1))
+    return out
+
+
 def meta_test_figure(report: dict, metric: str = "mse_heldout", title: str = "Meta-test tasks") -> bytes:
-    """Review Fig. 3: test-task MSE per SGD step, learned loss (band over seeds) against MSE. The
-    caption says what the band is and, where the report names it, which optimizee was trained."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = np.arange(report["steps"] + 1)
-    names = {"learned": ("learned loss", LEARNED), "mse": ("MSE", PLAIN), "shaped": ("shaped loss", SHAPED)}
+    """Review Fig. 3 to the longest horizon (``draw_meta_test``); the caption says what the band is and,
+    where the report names it, which optimizee was trained."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    draw_meta_test(ax, report, metric)
+    ax.set_title(title)
+    return _png(fig, meta_test_caption(report))
+
+
+def draw_meta_test(ax, report: dict, metric: str) -> None:
+    """Test-task ``metric`` per SGD step up to the longest horizon (log steps): the learned loss (band over
+    seeds) against the plain loss at the same lr and at its best lr for each step count (the tuned baseline
+    the horizon report judges by). On the report's own metric each horizon is marked with the ratio
+    learned / tuned, red where the learned loss loses."""
+    first = next(iter(report["curves"].values()))[metric]
+    x = np.array(report.get("curve_steps") or range(len(first[0])))
+    names = {"learned": ("learned loss", LEARNED), "mse": ("MSE, same lr", PLAIN), "shaped": ("shaped loss", SHAPED),
+             "tuned": ("MSE, best lr for each step count (tuned)", TUNED)}
     for name, curves in report["curves"].items():
         label, color = names.get(name, (name, None))
-        _band(ax, x, curves[metric], color, label)
-    ax.set_xlabel("gradient step")
+        _band(ax, x, curves[metric], color, label, dashed=name == "tuned")
+    steps_axis(ax, int(x.max()))
+    if metric == report.get("metric"):
+        for steps, r, loses in ratio_verdicts(report):
+            color = LOSES if loses else WINS
+            ax.axvline(steps, color=color, linestyle=":", linewidth=1)
+            ax.annotate("diverged" if r is None else f"×{r:.2f}", (steps, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(0, -10), textcoords="offset points", ha="center", fontsize=8, color=color)
+    ax.set_xlabel("gradient steps (log scale)")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(title)
-    ax.legend()
-    return _png(fig, meta_test_caption(report))
+    ax.legend(fontsize=8, loc="lower left")
 
 
 def meta_test_caption(report: dict) -> str:
@@ -91,6 +129,9 @@ def meta_test_caption(report: dict) -> str:
     caption = f"Line: mean over {_seeds(seeds)}{tasks}; band: min-max over seeds."
     if "lr" in report:
         caption += f" Plain SGD from the same initial models, lr {report['lr']:g}."
+    if "tuned" in report["curves"]:
+        caption += ("\nTuned: MSE at its best lr of the grid for that many steps. ×r at a horizon: learned / tuned "
+                    "(geometric mean over seeds), red where the learned loss loses.")
     tested = (report.get("optimizee") or {}).get("meta_test")
     return caption + (f"\nOptimizee tested: {optimizee_text(tested)}." if tested else "")
 

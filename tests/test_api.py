@@ -77,7 +77,7 @@ def test_job_runs_registers_once_and_reports(client, trained, settings, Session)
     history = client.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
     assert [m["iteration"] for m in history] == [10, 20]
     report = client.get(f"/v1/jobs/{job['id']}/report").json()
-    assert report["spec"]["seeds"] == 2 and set(report["meta_test"]["curves"]) == {"learned", "mse"}
+    assert report["spec"]["seeds"] == 2 and set(report["meta_test"]["curves"]) == {"learned", "mse", "tuned"}
     png = client.get(f"/v1/jobs/{job['id']}/figures/meta_test.png")
     assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run of a finished job does nothing; a second registration is impossible

@@ -82,7 +82,9 @@ def test_cli_train_sine_writes_bundles_report_and_figures(tmp_path):
     assert report["spec"]["task"]["points"] == 30
     assert report["history"]["iteration"] == [0, 5, 10]
     assert len(report["meta_test"]["curves"]["learned"]["mse_heldout"]) == 2  # one row per seed
-    assert len(report["meta_test"]["curves"]["learned"]["mse_heldout"][0]) == 11  # k = 0..10
+    steps = report["meta_test"]["curve_steps"]  # k = 0..10, then log-spaced to the longest horizon
+    assert steps[:11] == list(range(11)) and steps[-1] == 20 and len(steps) < 16
+    assert len(report["meta_test"]["curves"]["learned"]["mse_heldout"][0]) == len(steps)
     assert [h["steps"] for h in report["meta_test"]["horizon"]] == [10, 20]
     for fig in ("meta_train.png", "meta_test.png"):
         assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -419,3 +419,75 @@ def test_a_sweep_page_shows_its_sortable_leaderboard_and_a_plot_per_setting(page
         assert page.locator(f'svg[data-setting="{key}"] circle').count() == 4
     assert page.inner_text("#result-loss") == "browser-sweep:1"
     shot(page, "dashboard-sweep.png")
+
+
+def _color(locator) -> str:
+    return locator.evaluate("e => getComputedStyle(e).color")
+
+
+RED = "rgb(180, 35, 24)"  # --bad
+
+
+def test_meta_test_curves_reach_the_longest_horizon_and_a_losing_ratio_is_red(page, server):
+    """A loss of two meta-train iterations from a random net (the paper's form) loses to the tuned plain loss
+    at 300 steps: the job page draws its meta-test curves to 300 steps (past meta_test.steps = 10) with the
+    tuned baseline, and its ratio is red in the chart, the horizon table and the jobs list."""
+    job = httpx.post(f"{server.url}/v1/jobs", json={
+        "task": {"family": "sine", "points": 20, "heldout_points": 20}, "preset": "paper", "seeds": 1,
+        "outer_iterations": 2, "eval_every": 2, "eval_steps": 5, "validation_tasks": 2,
+        "meta_test": {"steps": 10, "tasks": 3, "horizons": [10, 300]}, "register_as": "browser-horizon"}).json()
+    page.goto(f"{server.url}/jobs/{job['id']}")
+    page.wait_for_selector("#job-status.succeeded", timeout=240_000)
+    chart = page.locator('#metatest .chart-card[data-metric="mse_heldout"] svg')
+    chart.wait_for()
+    assert chart.get_attribute("data-x-max") == "300"
+    assert chart.locator("text.x-tick").last.text_content() == "300"
+    legend = page.inner_text('#metatest .chart-card[data-metric="mse_heldout"] .legend')
+    assert "tuned: best lr per step count" in legend and "same lr" in legend
+    ratio = httpx.get(f"{server.url}/v1/jobs/{job['id']}/report").json()["meta_test"]["horizon"][-1]["ratio_vs_tuned"]
+    assert ratio > 1  # the premise: the learned loss loses at 300 steps
+    cell = page.locator('#horizon td[data-ratio="ratio_vs_tuned"][data-steps="300"]')
+    assert "bad" in cell.get_attribute("class") and _color(cell) == RED
+    label = chart.locator('text.marker-label[data-steps="300"]')
+    assert label.evaluate("e => getComputedStyle(e).fill") == RED
+    shot(page, "dashboard-job-horizon.png")
+
+    page.goto(server.url + "/")
+    shown = page.locator(f'#jobs tr[data-job="{job["id"]}"] .ratios span[data-steps="300"]')
+    shown.wait_for()
+    assert _color(shown) == RED and shown.text_content().startswith(f"{ratio:.4g}"[:4])
+
+
+def test_the_form_has_presets_choices_help_for_every_field_and_a_run_time_estimate(page, server):
+    page.goto(server.url + "/submit?family=sine")
+    form = page.locator("form.job-form:not([hidden])")
+    preset = form.locator("select[name=preset]")
+    assert preset.locator("option").all_text_contents() == ["default", "paper"]
+    assert field(page, "inner_steps").locator("input").input_value() == "500"  # the default preset
+    assert field(page, "loss.form").locator("select").input_value() == "weighted_se"
+    estimate = form.locator("[data-role=estimate]")
+    page.wait_for_function("() => document.querySelector('form.job-form:not([hidden]) [data-role=estimate]')"
+                           ".dataset.seconds !== undefined")
+    default_seconds = float(estimate.get_attribute("data-seconds"))
+    assert default_seconds > 0 and "Estimated run time: about" in estimate.inner_text()
+    assert "estimate" in estimate.inner_text()
+
+    preset.select_option("paper")  # the paper's settings fill the fields, and the estimate follows
+    assert field(page, "inner_steps").locator("input").input_value() == "1"
+    assert field(page, "loss.form").locator("select").input_value() == "net"
+    assert form.locator("[data-role=preset-why]").inner_text().startswith("The official code")
+    page.wait_for_function(f"() => document.querySelector('form.job-form:not([hidden]) [data-role=estimate]')"
+                           f".dataset.seconds != {default_seconds}")
+    body = form.locator("[data-role=preview]").text_content()
+    assert '"preset": "paper"' in body and "inner_steps" not in body  # only what differs from the preset is sent
+
+    # enum fields are selects of their values; every field has its help
+    schedule = field(page, "schedule").locator("select option").all_text_contents()
+    assert schedule == ["unrolled", "online", "persistent"]
+    for loc in ("inner_optimizer", "device", "dtype", "loss.activation", "task.model_activation"):
+        assert field(page, loc).locator("select").count() == 1, loc
+    fields = form.locator(".fields .field")
+    helps = [fields.nth(i).locator(".hint").text_content().strip() for i in range(fields.count())]
+    assert len(helps) > 40 and all(helps), [fields.nth(i).get_attribute("data-loc") for i, h in enumerate(helps)
+                                            if not h]
+    shot(page, "dashboard-submit-presets.png")

@@ -72,7 +72,7 @@ def test_meta_test_job(c, trained):
     assert job["status"] == "succeeded" and job["kind"] == "meta-test"
     assert job["progress"] == {"completed": 40, "total": 40, "unit": "steps"}  # SGD steps of both runs to 20
     report = c.report(job["id"])
-    assert set(report["curves"]) == {"learned", "mse"}
+    assert set(report["curves"]) == {"learned", "mse", "tuned"}
     assert {"mse_train", "mse_heldout"} <= set(report["curves"]["learned"])
     assert [h["steps"] for h in report["horizon"]] == [10, 20]
     assert c.request("GET", job["result"]["figures"]["meta_test.png"]).content[:4] == b"\x89PNG"

@@ -9,9 +9,11 @@ import json
 import os
 import sys
 
-from app.cli.progress import Progress
+from app.cli.progress import GREEN, RED, Progress, colours
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
+from app.jobs.tracking import Tracker
+from ml3core.schema import describe, loc, spec_keys
 
 
 def build_train_spec(args, family_cls) -> dict:
@@ -39,6 +41,9 @@ def build_train_spec(args, family_cls) -> dict:
         mt["tasks"] = args.meta_test_tasks
     if args.horizons is not None:
         mt["horizons"] = [int(h) for h in args.horizons.split(",") if h]
+    tracking = {k: v for k, v in (("mlflow_uri", args.mlflow), ("tensorboard", args.tensorboard)) if v}
+    if tracking:
+        spec.setdefault("tracking", {}).update(tracking)
     return apply_sets(spec, args.set)
 
 
@@ -60,9 +65,21 @@ def cmd_train(args) -> int:
     print(f"meta-training '{args.family}': {cfg.seeds} seeds x {cfg.outer_iterations} iterations, "
           f"M={cfg.inner_steps}, device={cfg.device}", file=sys.stderr)
     bar = Progress("")
-    hooks = Hooks(on_progress=lambda done, total, metrics: bar(done, total, metrics, phase="meta-train"),
-                  progress_every=max(1, cfg.eval_every))
-    out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
+    tracker = Tracker.for_plan(plan, os.path.basename(os.path.abspath(args.out)),
+                               warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    tracker.params(plan.to_dict())
+
+    def on_progress(done, total, metrics):
+        tracker.metrics(done, metrics)
+        bar(done, total, metrics, phase="meta-train")
+
+    hooks = Hooks(on_progress=on_progress, progress_every=max(1, cfg.eval_every))
+    try:
+        out = meta_train(plan, hooks, on_phase=lambda phase, done, total: bar(done, total, phase=phase))
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.finish(out)
     os.makedirs(args.out, exist_ok=True)
     if out.bundle is None:
         with open(os.path.join(args.out, "report.json"), "w") as f:
@@ -79,12 +96,15 @@ def cmd_train(args) -> int:
             f.write(png)
     summary(out.report, plan.family.heldout_metric)
     print(f"published loss (seed {out.report['published_seed']}): {os.path.join(args.out, 'loss')}")
+    paint = colours(sys.stderr)
     for warning in out.report.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(paint(f"warning: {warning}", RED), file=sys.stderr)
     return 0
 
 
 def summary(report: dict, metric: str = "mse_heldout") -> None:
+    from ml3core.api import seed_ratio
+
     mt = report["meta_test"]
     plain = "MSE" if metric.startswith("mse") else "plain"
     print(f"meta-test: {mt['tasks']} held-out tasks per seed, {metric} after k steps, mean over seeds; ratios "
@@ -92,13 +112,14 @@ def summary(report: dict, metric: str = "mse_heldout") -> None:
           "(the standard), vs the same lr, both at their best lr:")
     chosen = mt["seed_ids"].index(report["published_seed"]) if report.get("published_seed") in mt["seed_ids"] else 0
     fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
+    paint = colours(sys.stdout)
     for row in mt["horizon"]:
-        seed = {k: (row.get(f"ratio_{k}_per_seed") or [None] * (chosen + 1))[chosen]
-                for k in ("vs_tuned", "same_lr", "both_tuned")}
+        seed = {k: seed_ratio(row, chosen, k) for k in ("vs_tuned", "same_lr", "both_tuned")}
         lost = seed["vs_tuned"] is None or seed["vs_tuned"] > 1
+        vs_tuned = paint(f"vs tuned {fmt(seed['vs_tuned'])}{'  (LOSES)' if lost else ''}", RED if lost else GREEN)
         print(f"  k={row['steps']:>6}: learned {fmt(row['learned'].get(metric))}  {plain} {fmt(row['mse'].get(metric))}"
-              f"  {plain} tuned {fmt(row.get('tuned', {}).get(metric))}   ratios: vs tuned {fmt(seed['vs_tuned'])}"
-              f"{'  (LOSES)' if lost else ''}  same lr {fmt(seed['same_lr'])}  both tuned {fmt(seed['both_tuned'])}")
+              f"  {plain} tuned {fmt(row.get('tuned', {}).get(metric))}   ratios: {vs_tuned}"
+              f"  same lr {fmt(seed['same_lr'])}  both tuned {fmt(seed['both_tuned'])}")
     if report.get("verdict"):
         print(f"verdict (meta-validation tasks): {report['verdict']}")
 
@@ -135,9 +156,10 @@ def spec_defaults(family: str) -> dict:
         return {}
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each option's help ends in its default: argparse's own, or for the options that default to the
-    spec what the family's default preset runs with (computed only when help is shown)."""
+    spec what the family's default preset runs with (computed only when help is shown). The epilog (every
+    spec key) keeps its lines."""
 
     def __init__(self, prog, family: str | None = None, **kwargs):
         super().__init__(prog, **kwargs)
@@ -157,22 +179,34 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def spec_epilog(family: str) -> str:
+    """Every spec key of a family with its help (ml3core.schema): what --set and --spec can say."""
+    lines = [TRAIN_EPILOG, "", "Every spec key (--set KEY=VALUE; the flags above set some of them):"]
+    for prefix, _, fields in spec_keys(family):
+        for f in fields:
+            key = loc(prefix, f.name)
+            lines.append(f"  {key:26s} {describe(key, family)}")
+    return "\n".join(lines)
+
+
 def add_train_arguments(p, name: str, cls) -> None:
     p.add_argument("--out", default=f"runs/{name}", help="output directory")
     p.add_argument("--spec", help="a JSON job spec to start from")
     p.add_argument("--preset", help="start from a named preset: default (what bench/scoreboard.py shows best "
                                     "at every horizon) or paper (the paper's code)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradient")
-    p.add_argument("--meta-test-steps", type=int, help="SGD steps of the meta-test curves")
-    p.add_argument("--meta-test-tasks", type=int, help="meta-test tasks per seed")
-    p.add_argument("--horizons", help="comma-separated horizon report steps, e.g. 10,100,1000,5000")
+    p.add_argument("--meta-test-steps", type=int, help=describe("meta_test.steps"))
+    p.add_argument("--meta-test-tasks", type=int, help=describe("meta_test.tasks"))
+    p.add_argument("--horizons", help=describe("meta_test.horizons") + ", comma-separated, e.g. 10,100,1000,5000")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any spec field, e.g. --set task.points=50 --set loss.hidden=[20,20]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--mlflow", metavar="URI", help=describe("tracking.mlflow_uri"))
+    p.add_argument("--tensorboard", metavar="DIR", help=describe("tracking.tensorboard"))
     for flag, key, typ, hlp in TRAIN_FLAGS:
         p.add_argument(flag, dest=key, type=typ, help=hlp)
-    for flag, (_, typ, hlp) in getattr(cls, "cli_flags", {}).items():
-        p.add_argument(flag, type=typ, help=hlp)
+    for flag, (key, typ, _) in getattr(cls, "cli_flags", {}).items():
+        p.add_argument(flag, type=typ, help=describe(f"task.{key}", cls.name))
 
 
 def cmd_experiment(args) -> int:
@@ -221,7 +255,7 @@ def make_parser() -> argparse.ArgumentParser:
     for name, cls in FAMILIES.items():
         p = fam_sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None,
                                formatter_class=functools.partial(DefaultsHelpFormatter, family=name),
-                               epilog=TRAIN_EPILOG)
+                               epilog=spec_epilog(name))
         add_train_arguments(p, name, cls)
         p.set_defaults(func=cmd_train)
 
@@ -239,9 +273,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_EPILOG = ("Defaults are those of the family's 'default' preset; --preset, --spec and --set change them. "
-                "Every spec key, its default and its meaning: ml3core/train_config.py, ml3core/metatest.py and "
-                "the family's config in ml3core/tasks/.")
+TRAIN_EPILOG = ("Defaults are those of the family's 'default' preset; --preset, --spec and --set change them.")
 
 
 def version_line() -> str:

@@ -3,8 +3,17 @@ users install httpx and nothing else)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+RED, GREEN = "31", "32"  # ANSI colours: a horizon where the learned loss loses is red
+
+
+def colours(stream):
+    """paint(text, colour): ANSI colour on a terminal (not with NO_COLOR set), the text unchanged otherwise."""
+    on = stream.isatty() and not os.environ.get("NO_COLOR")
+    return lambda text, code: f"\033[{code}m{text}\033[0m" if on else text
 
 
 class Progress:

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from app.cli.progress import GREEN, RED, colours
+
 
 def cmd_serve(args) -> int:
     import uvicorn
@@ -163,13 +165,28 @@ def job_summary(job: dict) -> str:
         lines.append(f"loss:    {result['loss'] or 'none registered'}{sha}")
     if result.get("verdict"):
         lines.append(f"verdict: {result['verdict']} (meta-validation tasks)")
-    lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    horizon = result.get("horizon") or []
+    if horizon:  # learned / tuned baseline per horizon: red where the loss loses
+        paint = colours(sys.stdout)
+        lines.append("vs tuned:" + "".join(" " + paint(f"{_ratio(h)} @{h['steps']}", RED if _loses(h) else GREEN)
+                                           for h in horizon))
+    lines += [colours(sys.stdout)(f"warning: {w}", RED) for w in result.get("warnings", [])]
     if error:
         lines.append(f"error:   {error.get('code')}: {error.get('detail')}")
     links = job.get("links") or {}
     lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']}; "
                  f"--json prints the whole job)")
     return "\n".join(lines)
+
+
+def _ratio(row: dict) -> str:
+    r = row.get("ratio_vs_tuned", row.get("heldout_ratio"))
+    return "diverged" if r is None else f"{r:.3g}"
+
+
+def _loses(row: dict) -> bool:
+    r = row.get("ratio_vs_tuned", row.get("heldout_ratio"))
+    return r is None or r > 1
 
 
 def _table(header: tuple, rows: list[tuple]) -> None:
@@ -214,8 +231,9 @@ def _warn(job: dict) -> None:
     """The published loss's verdict, where it loses to the tuned baseline, or why nothing was published: on stderr."""
     if (job.get("result") or {}).get("verdict"):
         print(f"verdict: {job['result']['verdict']} (meta-validation tasks)", file=sys.stderr)
+    paint = colours(sys.stderr)
     for warning in (job.get("result") or {}).get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        print(paint(f"warning: {warning}", RED), file=sys.stderr)
 
 
 def cmd_jobs_cancel(args) -> int:

@@ -1,24 +1,19 @@
-"""The training flags every task family shares, and ``--set key=VALUE``: used by the CLI (flags)
-and the dashboard (their help under the form fields), so they live below both."""
+"""The training flags every task family shares, and ``--set key=VALUE``: used by the CLI (flags); their
+help is the spec key's (ml3core.schema), as on the dashboard's form."""
 
 from __future__ import annotations
 
 import json
 
-TRAIN_FLAGS = [  # flag, spec key, type, help
-    ("--seeds", "seeds", int, "independent seeds, trained in one batched pass"),
-    ("--seed", "seed", int, "first seed id"),
-    ("--outer-iters", "outer_iterations", int, "meta-train (outer) iterations"),
-    ("--inner-steps", "inner_steps", int, "M: unrolled inner SGD steps per meta-gradient"),
-    ("--inner-lr", "inner_lr", float, "alpha: inner SGD learning rate"),
-    ("--outer-lr", "outer_lr", float, "eta: outer Adam learning rate"),
-    ("--tasks-per-batch", "tasks_per_batch", int, "T: tasks per meta-batch"),
-    ("--schedule", "schedule", str, "unrolled (one phi step per unroll) or online (one per inner step)"),
-    ("--eval-every", "eval_every", int, "meta-train curve: evaluate every k iterations"),
-    ("--eval-steps", "eval_steps", int, "SGD steps of each evaluation"),
-    ("--device", "device", str, "cpu or cuda"),
-    ("--dtype", "dtype", str, "float32 or float64"),
-]
+from ml3core.schema import describe
+
+TRAIN_FLAGS = [  # flag, spec key, type, help (the key's own: ml3core.schema)
+    (flag, key, typ, describe(key)) for flag, key, typ in (
+        ("--seeds", "seeds", int), ("--seed", "seed", int), ("--outer-iters", "outer_iterations", int),
+        ("--inner-steps", "inner_steps", int), ("--inner-lr", "inner_lr", float), ("--outer-lr", "outer_lr", float),
+        ("--tasks-per-batch", "tasks_per_batch", int), ("--schedule", "schedule", str),
+        ("--eval-every", "eval_every", int), ("--eval-steps", "eval_steps", int), ("--device", "device", str),
+        ("--dtype", "dtype", str))]
 
 
 def parse_value(text: str):

@@ -13,47 +13,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app.cli.spec_flags import TRAIN_FLAGS
-from app.core.errors import not_found
-from ml3core import ConfigError
+from app.core.errors import Problem, invalid, not_found
+from app.services import limits
+from ml3core import ConfigError, schema
 from ml3core.api import parse_spec
 from ml3core.losses import LossSpec
 from ml3core.metatest import MetaTestConfig
 from ml3core.tasks import FAMILIES
+from ml3core.tasks.base import preset_entries
 from ml3core.train_config import TrainConfig
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
-
-# short help under the form fields: the CLI's for the training flags, the family's ``cli_flags`` for its
-# task fields, and these for the rest
-HELP = {key: text for _, key, _, text in TRAIN_FLAGS} | {
-    "first_order": "drop second-order terms of the meta-gradient",
-    "eval_tasks": "meta-train tasks in the curve (sampled families)",
-    "validation_tasks": "meta-validation tasks: a curve and the published seed",
-    "meta_test.tasks": "new tasks per seed",
-    "meta_test.steps": "SGD steps of each meta-test curve",
-    "meta_test.lr": "0: the inner learning rate of meta-training",
-    "meta_test.horizons": "step counts of the horizon report",
-    "meta_test.lr_factors": "the plain loss also trains at these multiples of the lr; the best per horizon is the "
-                            "tuned baseline every ratio is judged against ([1]: the same lr only)",
-    "meta_test.tune_learned": "the learned loss at its own best lr factor too (the 'both tuned' ratio)",
-    "loss.inputs": "what L_φ reads: pred, target, x, level (weighted_se: the batch's log MSE, a schedule signal); "
-                   "ce_classwise: prob, target, logprob of each class; weighted_ce: ce, target_prob, max_prob "
-                   "of each example",
-    "loss.hidden": "hidden layer widths",
-    "loss.form": "net (the network is the loss), weighted_se (a learned weight on the squared error) or "
-                 "ce_classwise (classification: cross-entropy plus a learned per-class correction) or "
-                 "weighted_ce (classification: a learned weight on each example's cross-entropy)",
-    "loss.output": "softplus, linear, square or exp",
-    "loss.reduction": "mean or sum over the batch",
-    "loss.per_output": "one shared net per output dimension",
-    "loss.weights": "weighted_se: shared (one weight per point) or per_output (one per output, e.g. per joint)",
-}
-FAMILY_SET = {"pred_dim", "x_dim"}  # loss fields the task family fills in
-
 
 def _kind(hint) -> str:
     if isinstance(hint, types.UnionType):  # e.g. task.label_noise: float | dict: the form takes the number
@@ -64,16 +37,12 @@ def _kind(hint) -> str:
     return getattr(hint, "__name__", "str")
 
 
-def _fields(cls, defaults: dict, prefix: str, helps: dict, skip=()) -> list[dict]:
+def _fields(family: str, prefix: str, cls, fields: list, defaults: dict) -> list[dict]:
+    """The form's fields of one section: each key's type, default, help and choices (ml3core.schema)."""
     hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if not f.init or f.name in skip:
-            continue
-        loc = f"{prefix}.{f.name}" if prefix else f.name
-        out.append({"name": f.name, "loc": loc, "type": _kind(hints[f.name]), "default": defaults.get(f.name),
-                    "help": helps.get(loc, "")})
-    return out
+    return [{"name": f.name, "loc": schema.loc(prefix, f.name), "type": _kind(hints[f.name]),
+             "default": defaults.get(f.name), "help": schema.help_text(schema.loc(prefix, f.name), family),
+             "choices": schema.choices(schema.loc(prefix, f.name), family)} for f in fields]
 
 
 def _dataclass_defaults(cls) -> dict:
@@ -98,23 +67,36 @@ def family_defaults(name: str) -> dict:
 
 
 def family_form(name: str) -> dict:
-    """The submit form of a family, built from its config dataclasses and the defaults that
-    ``parse_spec`` fills in: a family added to ``FAMILIES`` gets its form with no code here."""
+    """The submit form of a family, built from its config dataclasses, the defaults that ``parse_spec``
+    fills in and each key's help and choices (ml3core.schema): a family added to ``FAMILIES`` gets its form
+    with no code here. ``presets``: each preset's why and the values it runs with, per field."""
     cls = FAMILIES[name]
     plan = family_defaults(name)
-    task_help = {f"task.{key}": text for key, _, text in getattr(cls, "cli_flags", {}).values()}
     doc = (cls.__doc__ or inspect.getmodule(cls).__doc__ or "").strip()
-    return {
-        "name": name,
-        "summary": doc.split("\n\n")[0].replace("\n", " "),
-        "sections": [
-            {"title": "Task", "fields": _fields(cls.config_cls, plan["task"], "task", task_help)},
-            {"title": "Meta-training", "fields": _fields(TrainConfig, plan, "", HELP)},
-            {"title": "Meta-test", "fields": _fields(MetaTestConfig, plan["meta_test"], "meta_test", HELP)},
-            {"title": "Loss network L_φ", "fields": _fields(LossSpec, plan["loss"], "loss", HELP, FAMILY_SET),
-             "collapsed": True},
-        ],
-    }
+    sections = []
+    for (title, prefix), (_, dc, fields) in zip(schema.SECTIONS, schema.spec_keys(name), strict=True):
+        sections.append({"title": title, "fields": _fields(name, prefix, dc, fields, plan[prefix] if prefix else plan),
+                         "collapsed": prefix == "loss"})
+    return {"name": name, "summary": doc.split("\n\n")[0].replace("\n", " "), "sections": sections,
+            "presets": family_presets(name, sections)}
+
+
+def family_presets(name: str, sections: list) -> dict:
+    """{preset: {"why": ..., "values": {loc: value}}}: what each preset runs with, for the form to fill in
+    (the default only, for a family whose spec needs a value first: a data set id)."""
+    out = {}
+    for preset, entry in preset_entries(name).items():
+        try:
+            plan = parse_spec({"task": {"family": name}, "preset": preset}).to_dict()
+        except ConfigError:
+            continue
+        values = {}
+        for s in sections:
+            for f in s["fields"]:
+                prefix, _, key = f["loc"].rpartition(".")
+                values[f["loc"]] = (plan[prefix] if prefix else plan)[key]
+        out[preset] = {"why": entry["why"] or "the family's own defaults", "values": values}
+    return out
 
 
 def page(request: Request, template: str, **context) -> HTMLResponse:
@@ -140,6 +122,29 @@ def sweep_page(request: Request, job_id: int):
 def submit_page(request: Request):
     forms = [family_form(name) for name in FAMILIES]
     return page(request, "submit.html", nav="submit", title="New job", families=forms)
+
+
+@router.post("/submit/estimate")
+async def estimate(request: Request):
+    """The size estimate of the job the form would submit (app.services.limits), before it is submitted:
+    its work, peak memory, an estimated run time and whether it is within this server's limits."""
+    settings = request.app.state.settings
+    body = await request.json()
+    limits.check_arrays(body, settings)
+    if not isinstance(body, dict):
+        raise invalid("body", "a job spec object")
+    plan = parse_spec(body, ignore=("kind", "register_as"))  # ConfigError -> 422 naming the field
+    size = limits.job_size(plan)
+    phase, peak = size.peak
+    try:
+        limits.check_job(plan, settings)
+        over = None
+    except Problem as e:
+        over = e.detail
+    return {"seconds": round(limits.estimate_seconds(plan, size), 1), "work": size.work, "peak_bytes": peak,
+            "peak_phase": phase, "over_limit": over,
+            "basis": "an estimate: the job's multiply-adds times the seconds per multiply-add that the family's "
+                     "defaults took in bench/scoreboard.py on a loaded 2-core machine"}
 
 
 @router.get("/losses", response_class=HTMLResponse)

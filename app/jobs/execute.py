@@ -17,6 +17,7 @@ import time
 import traceback
 from datetime import timedelta
 from math import gcd
+from pathlib import Path
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +39,7 @@ from app.db.models import (
     utcnow,
 )
 from app.db.session import get_sessionmaker
+from app.jobs.tracking import Tracker
 from app.services import datasets, registry
 from ml3core import ConfigError, Hooks
 from ml3core.checkpoint import checkpoint_iteration
@@ -200,6 +202,16 @@ def _end(Session, lease: Lease, status: str, files: dict | None = None, register
     return None
 
 
+def _event(Session, job_id: int, type_: str, data: dict) -> None:
+    """One event of a job, outside the lease (a tracking warning: it must not stop the job)."""
+    log.warning("job %s: %s", job_id, data.get("detail"))
+    try:
+        with Session.begin() as db:
+            db.add(JobEvent(job_id=job_id, type=type_, data=data))
+    except Exception:  # noqa: BLE001 -- a warning that cannot be stored is in the log
+        log.exception("job %s: the warning event was not stored", job_id)
+
+
 def _stopped(Session, lease: Lease) -> str | None:
     if lease.lost.is_set():
         return None
@@ -214,13 +226,20 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
     with Session() as db:
         resume = db.scalar(select(Checkpoint.data).where(Checkpoint.job_id == job.id))
 
+    tracker = Tracker.for_plan(plan, f"job-{job.id}", Path(settings.data_dir) / "tensorboard",
+                               warn=lambda line: _event(Session, job.id, "warning", {"detail": line}))
+    tracker.params(plan.to_dict())
+
     def on_progress(done, total, metrics):
         metrics = clean(metrics)
+        evaluated = done % eval_every == 0 or done == total  # the curves' points: stored and tracked
+        if evaluated:
+            tracker.metrics(done, metrics)
         with Session.begin() as db:
             lease.write(db, progress_completed=done, progress_total=total, metrics=metrics)
             db.add(JobEvent(job_id=job.id, type="progress",
                             data={"completed": done, "total": total, "unit": "iterations", "phase": "meta-train"}))
-            if done % eval_every == 0 or done == total:
+            if evaluated:
                 db.add(JobEvent(job_id=job.id, type="metrics", data=metrics))
 
     def on_checkpoint(blob: bytes):
@@ -232,9 +251,15 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
     hooks = Hooks(on_progress=on_progress, should_stop=lease.should_stop, on_checkpoint=on_checkpoint,
                   progress_every=gcd(settings.progress_every, eval_every),
                   checkpoint_every=settings.checkpoint_every)
-    out = meta_train(plan, hooks, resume=resume, on_phase=PhaseEvents(Session, lease, job))
+    try:
+        out = meta_train(plan, hooks, resume=resume, on_phase=PhaseEvents(Session, lease, job))
+    except BaseException:
+        tracker.close("FAILED")
+        raise
     if out.stopped:
+        tracker.close("KILLED")
         return _stopped(Session, lease)
+    tracker.finish(out)
 
     def register(db, job):
         if job.parent_id is not None and out.bundle is not None:  # a sweep's trial: its sweep registers the best
@@ -247,7 +272,7 @@ def _meta_train(Session, job: Job, lease: Lease, settings: Settings) -> str | No
         v = registry.register(db, name, out.bundle, job.id, clean(out.bundle.spec.get("metrics")))
         return {"loss": f"{name}:{v.version}", "name": name, "version": v.version, "sha256": v.sha256,
                 "published_seed": out.report.get("published_seed"), "verdict": out.report.get("verdict"),
-                "warnings": out.report.get("warnings", [])}
+                "horizon": out.report.get("published_horizon"), "warnings": out.report.get("warnings", [])}
 
     files = {"report.json": ("application/json", json.dumps(clean(out.report)).encode())}
     files.update({name: ("image/png", png) for name, png in out.figures.items()})

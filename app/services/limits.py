@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.core.errors import Problem, invalid
 from app.db.models import QUEUED, RUNNING, Job
 from ml3core.compare import LR_FACTORS
+from ml3core.metatest import curve_steps
 
 
 def exceeded(name: str, status: int, what: str, allowed, headers: dict | None = None, loc: str | None = None):
@@ -162,6 +163,21 @@ def job_size(plan) -> RunSize:
     return size
 
 
+# seconds per multiply-add of ``job_size``'s count, per family: the wall time of bench/scoreboard.py's run of the
+# family's defaults (5 seeds; README, 2-core AMD EPYC VM shared with 3-5 processes, one torch thread; sine and
+# the 2-link arm at commit 324788d, digits at a33a4d5) over that run's ``job_size(...).work`` (7.51e12, 2.35e12,
+# 4.67e13). A family without a scoreboard run is estimated with the sine family's rate.
+SECONDS_PER_WORK = {"sine": 2768 / 7.513e12, "inverse-dynamics": 1690 / 2.345e12, "digits": 315 / 4.667e13}
+
+
+def estimate_seconds(plan, size: RunSize | None = None) -> float:
+    """An estimate of a meta-train job's wall time on a machine like the scoreboard's: its work times the
+    family's measured seconds per unit of work. Only an estimate: the work model counts multiply-adds and
+    leaves out per-step overheads, which dominate small models."""
+    size = size or job_size(plan)
+    return size.work * SECONDS_PER_WORK.get(plan.family.name, SECONDS_PER_WORK["sine"])
+
+
 def _metrics(family) -> int:
     return 2 + len(family.extra_metrics)  # mse_train, mse_heldout and the family's own
 
@@ -169,13 +185,13 @@ def _metrics(family) -> int:
 def add_meta_test(size: RunSize, mt, seeds: int, metrics: int = 2) -> None:
     """Each seed trains ``tasks`` fresh models with L_phi and again with the plain loss, each at every lr
     factor of the grid (one batch of seeds x tasks x factors models; L_phi at its one lr unless
-    ``tune_learned``), recording each of the family's ``metrics`` per model at every step up to
-    ``steps`` and at each horizon: those curves (both runs', and one more copy while a run's are
-    stacked) are held with the models."""
+    ``tune_learned``), recording each of the family's ``metrics`` per model at every step of ``curve_steps``
+    (every step up to ``steps``, each horizon, log-spaced steps up to the longest): those curves (both runs',
+    and one more copy while a run's are stacked) are held with the models."""
     grid = len(mt.lr_factors)
     models = seeds * mt.tasks * grid
     size.add("meta-test", models, max([mt.steps, *mt.horizons]), factor=2 if mt.tune_learned else (grid + 1) / grid)
-    rows = len(set(range(mt.steps + 1)) | set(mt.horizons))
+    rows = len(curve_steps(mt.steps, mt.horizons))
     size.phases["meta-test"] += 3 * rows * models * metrics * size.value_bytes
 
 

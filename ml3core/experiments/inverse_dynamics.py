@@ -9,7 +9,7 @@ import torch
 from ..api import parse_spec
 from ..config import check
 from ..engine import MetaTrainer
-from ..metatest import meta_test
+from ..metatest import dense_curves, meta_test
 from ..portable import _network, loss_features
 from ..sampling import fresh_theta, sample_data, stream_generator
 from ..tasks.inverse_dynamics import TASK_LOSSES, InverseDynamicsFamily
@@ -42,10 +42,11 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
         weights[VARIANT_LABELS[variant]] = mean_weights(plan, result.phi)
     robot = plan.family.config.robot
     first = reports[variants[0]]
-    plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)] for m, rows in first["curves"]["mse"].items()
-             if all(None not in r for r in rows)}
-    curves = {"MSE": first["curves"]["mse"]}
-    curves.update({VARIANT_LABELS[v]: r["curves"]["learned"] for v, r in reports.items()})
+    dense = {v: dense_curves(r) for v, r in reports.items()}  # every step 0..steps: the figure's and the summary's
+    plain = {m: [sum(col) / len(col) for col in zip(*rows, strict=True)]
+             for m, rows in dense[variants[0]]["mse"].items() if all(None not in r for r in rows)}
+    curves = {"MSE": dense[variants[0]]["mse"]}
+    curves.update({VARIANT_LABELS[v]: c["learned"] for v, c in dense.items()})
     summary = {"robot": robot, "steps": first["steps"], "tasks": first["tasks"], "seed_ids": first["seed_ids"],
                "final": {name: {m: _mean(rows, -1) for m, rows in c.items()} for name, c in curves.items()},
                # a seed whose training diverged has no final value: ``final`` is the mean of the others
@@ -53,7 +54,7 @@ def experiment(spec: dict | None = None, variants=TASK_LOSSES, hooks=None, on_ph
                "horizon": [{"steps": row["steps"], "MSE": row["mse"],
                             **{VARIANT_LABELS[v]: r["horizon"][i]["learned"] for v, r in reports.items()}}
                            for i, row in enumerate(first["horizon"])],
-               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, r) for v, r in reports.items()},
+               "mse_at_equal_torque_error": {VARIANT_LABELS[v]: _at_equal_torque(plain, c) for v, c in dense.items()},
                # per seed, each joint's learned weight averaged over the meta-test tasks' held-out points
                "mean_weights": weights}
     return {"summary": summary, "reports": reports, "figure": _figure7(curves, first["steps"], robot)}
@@ -77,11 +78,11 @@ def mean_weights(plan, phi: dict) -> list[list[float]] | None:
     return [[round(float(v), 4) for v in seed] for seed in w.flatten(1, 2).mean(1)]
 
 
-def _at_equal_torque(plain: dict, report: dict) -> dict | None:
+def _at_equal_torque(plain: dict, curves: dict) -> dict | None:
     """Plain MSE's inertia error at its first step whose held-out torque MSE is as low as the
     learned loss's at the end: a loss that merely fits torques more slowly keeps M_theta near its
     initial value, so an inertia error is only better if it beats this."""
-    target = _mean(report["curves"]["learned"]["mse_heldout"], -1)
+    target = _mean(curves["learned"]["mse_heldout"], -1)
     if target is None or "mse_heldout" not in plain:
         return None
     step = next((k for k, v in enumerate(plain["mse_heldout"]) if v <= target), None)

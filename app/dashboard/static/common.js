@@ -237,7 +237,7 @@ const ml3 = (() => {
   }
 
   // -- charts: mean line + band (range over seeds) per series, in SVG ---------------------------------
-  const COLORS = { learned: "#2563eb", mse: "#ea580c", other: "#7c3aed" };
+  const COLORS = { learned: "#2563eb", mse: "#ea580c", tuned: "#111827", other: "#7c3aed" };
 
   function niceTicks(lo, hi, n = 5) {
     const span = hi - lo || Math.abs(hi) || 1;
@@ -259,8 +259,17 @@ const ml3 = (() => {
     return ticks;
   }
 
-  // series: [{label, color, dashed, x: [...], y: [...], lo: [...]?, hi: [...]?}]
-  function lineChart(container, { series, xlabel = "", ylabel = "", log = "auto" }) {
+  // a log steps axis that keeps step 0: log10(1 + k); ticks 0, 1, 10, ... and the last step itself
+  const log1p = (v) => Math.log10(1 + Math.max(v, 0));
+  function stepTicks(xmax) {
+    const ticks = [0];
+    for (let t = 1; t < 0.8 * xmax; t *= 10) ticks.push(t);
+    return [...ticks, xmax];
+  }
+
+  // series: [{label, color, dashed, x: [...], y: [...], lo: [...]?, hi: [...]?}]; logx: the steps axis above;
+  // markers: [{x, text, bad}] vertical lines with a label, red where bad (a horizon the learned loss loses)
+  function lineChart(container, { series, xlabel = "", ylabel = "", log = "auto", logx = false, markers = [] }) {
     const W = 560, H = 260, L = 58, R = 14, T = 12, B = 40;
     const pts = series.flatMap((s) => s.y.concat(s.lo || [], s.hi || [])).filter((v) => Number.isFinite(v));
     const xs = series.flatMap((s) => s.x);
@@ -278,12 +287,14 @@ const ml3 = (() => {
     ymin -= pad; ymax += pad;
     if (!useLog && ymin < 0 && Math.min(...pts) >= 0) ymin = 0;
     const xmin = Math.min(...xs), xmax = Math.max(...xs) === xmin ? xmin + 1 : Math.max(...xs);
-    const X = (v) => L + ((v - xmin) / (xmax - xmin)) * (W - L - R);
+    const tx = logx ? log1p : (v) => v;
+    const X = (v) => L + ((tx(v) - tx(xmin)) / (tx(xmax) - tx(xmin))) * (W - L - R);
     const Y = (v) => T + (1 - (ty(v) - ymin) / (ymax - ymin)) * (H - T - B);
     const NS = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     svg.setAttribute("class", "chart");
+    svg.dataset.xMax = xmax;
     const add = (tag, attrs, text) => {
       const n = document.createElementNS(NS, tag);
       for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
@@ -297,9 +308,15 @@ const ml3 = (() => {
       add("line", { x1: L, x2: W - R, y1: y, y2: y, class: "grid" });
       add("text", { x: L - 6, y: y + 4, class: "tick", "text-anchor": "end" }, num(useLog ? 10 ** t : t));
     }
-    for (const t of niceTicks(xmin, xmax, 6)) {
+    for (const t of logx ? stepTicks(xmax) : niceTicks(xmin, xmax, 6)) {
       add("line", { x1: X(t), x2: X(t), y1: H - B, y2: H - B + 4, class: "axis" });
-      add("text", { x: X(t), y: H - B + 17, class: "tick", "text-anchor": "middle" }, num(t));
+      add("text", { x: X(t), y: H - B + 17, class: "tick x-tick", "text-anchor": "middle" }, num(t));
+    }
+    for (const m of markers) {
+      const cls = m.bad ? "bad" : "good";
+      add("line", { x1: X(m.x), x2: X(m.x), y1: T, y2: H - B, class: `marker ${cls}` });
+      add("text", { x: X(m.x) - 3, y: T + 10, class: `marker-label ${cls}`, "text-anchor": "end",
+        "data-steps": m.x }, m.text);
     }
     add("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" });
     add("text", { x: (L + W - R) / 2, y: H - 4, class: "label", "text-anchor": "middle" }, xlabel);
@@ -351,33 +368,45 @@ const ml3 = (() => {
   const plainName = (m) => (/(^|\.)(error|ce)_/.test(m) ? "cross-entropy" : "plain MSE");
   const HEADLINE = ["mse_heldout", "error_heldout"];
 
+  // per horizon, the learned loss against the tuned baseline (ratio_vs_tuned): bad (red) above 1 or diverged
+  const loses = (r) => r === null || r === undefined || r > 1;
+  const ratioVerdicts = (report) => (report.horizon || []).filter((h) => "ratio_vs_tuned" in h).map((h) => ({
+    x: h.steps, bad: loses(h.ratio_vs_tuned), text: h.ratio_vs_tuned === null ? "diverged" : `×${num(h.ratio_vs_tuned)}` }));
+
   // a meta-test report (ml3core.metatest): curves per metric and the horizon table
   function metaTestSection(container, report, note) {
     container.textContent = "";
     const grid = el("div", { class: "grid2" });
     const metrics = Object.keys(report.curves.learned || {}).sort((a, b) => HEADLINE.includes(b) - HEADLINE.includes(a));
+    const steps = report.curve_steps;  // older reports: every step, index k = after k steps
+    const verdicts = ratioVerdicts(report);
     for (const m of metrics) {
       const series = [];
-      for (const [name, label] of [["learned", "learned loss"], ["mse", plainName(m)]]) {
+      const plain = plainName(m).replace("plain ", "");
+      for (const [name, label] of [["learned", "learned loss"], ["mse", `${plain}, same lr`],
+        ["tuned", `${plain}, tuned: best lr per step count`]]) {
         const rows = (report.curves[name] || {})[m];
         if (!rows || !rows.length) continue;
         const b = band(rows);
-        const [x, y, lo, hi] = thin(b.y.map((_, i) => i), b.y, b.lo, b.hi);
-        series.push({ label, color: COLORS[name], dashed: name === "mse", x, y, lo, hi });
+        const [x, y, lo, hi] = thin(b.y.map((_, i) => (steps ? steps[i] : i)), b.y, b.lo, b.hi);
+        series.push({ label, color: COLORS[name], dashed: name !== "learned", x, y,
+          ...(name === "tuned" ? {} : { lo, hi }) });
       }
-      const box = el("div", { class: "card chart-card" }, el("h3", { text: `${metricName(m)} on new tasks` }));
+      const box = el("div", { class: "card chart-card", "data-metric": m },
+        el("h3", { text: `${metricName(m)} on new tasks` }));
       const plot = el("div");
       box.append(plot);
       grid.append(box);
-      lineChart(plot, { series, xlabel: "SGD steps", ylabel: metricName(m) });
+      lineChart(plot, { series, xlabel: "SGD steps (log scale)", ylabel: metricName(m), logx: true,
+        markers: m === report.metric ? verdicts : [] });
     }
     const seeds = report.seed_ids ? report.seed_ids.length : 0;
     container.append(el("p", { class: "sub" }, `${report.tasks} new tasks per seed, ${seeds} seed${seeds === 1 ? "" : "s"}, `
       + `learning rate ${num(report.lr)}; line: mean, band: range over seeds. ${note || ""}`), grid);
     if (report.horizon && report.horizon.length) {
       const cols = Object.keys(report.horizon[0].learned || {}).filter((c) => HEADLINE.includes(c));
-      const ratioCell = (r) => el("td", { class: `num ${r === null || r > 1 ? "bad" : r < 1 ? "good" : ""}`,
-        text: r === null ? "diverged" : num(r) });
+      const ratioCell = (r, key, steps) => el("td", { class: `num ${loses(r) ? "bad" : r < 1 ? "good" : ""}`,
+        "data-ratio": key, "data-steps": steps, text: r === null ? "diverged" : num(r) });
       const ratios = [["ratio_vs_tuned", "vs tuned"], ["ratio_same_lr", "vs same lr"], ["ratio_both_tuned", "both tuned"]]
         .filter(([k]) => k in report.horizon[0]);
       const table = el("table", { class: "table", id: "horizon" },
@@ -389,7 +418,7 @@ const ml3 = (() => {
         el("tbody", {}, report.horizon.map((h) => el("tr", {}, el("td", { text: h.steps }),
           cols.map((c) => [el("td", { class: "num", text: num(h.learned[c]) }), el("td", { class: "num", text: num(h.mse[c]) }),
             el("td", { class: "num", text: h.tuned ? `${num(h.tuned[c])} (lr ${(h.tuned_lr || []).map(num).join(", ")})` : "–" })]),
-          ratios.map(([k]) => ratioCell(h[k]))))));
+          ratios.map(([k]) => ratioCell(h[k], k, h.steps))))));
       container.append(el("div", { class: "card flush" },
         el("h3", { class: "pad", text: "Horizon report" }),
         el("p", { class: "hint pad" }, "Mean over seeds and tasks after each number of steps. Ratios of the held-out metric, "
@@ -404,5 +433,5 @@ const ml3 = (() => {
 
   return { FINAL, $, el, api, request, ApiError, blobUrl, loadImage, follow, notice, num, duration, ago, when,
     runTime, badge, progressBar, setProgress, percent, getKey, versionHref, clearErrors, showErrors, lineChart, band, thin, COLORS,
-    metricName, plainName, metaTestSection, sleep };
+    metricName, plainName, metaTestSection, sleep, loses };
 })();

@@ -21,19 +21,26 @@
     return el("span", {}, el("strong", { text: task.family || "?" }), name && name !== task.family ? ` → ${name}` : "");
   }
 
+  // learned / tuned baseline per horizon (the published seed's, or over all seeds of a meta-test): red where it loses
+  function ratios(horizon) {
+    if (!horizon || !horizon.length) return "";
+    return el("span", { class: "ratios small", title: "learned / plain loss at its best lr, after each number of steps" },
+      "vs tuned:", horizon.map((h) => {
+        const v = h.ratio_vs_tuned === undefined ? h.heldout_ratio : h.ratio_vs_tuned;
+        return el("span", { class: ml3.loses(v) ? "bad" : "good", "data-steps": h.steps },
+          `${v === null ? "diverged" : ml3.num(v)} @${h.steps}`);
+      }));
+  }
+
   function result(job) {
     if (job.status === "failed" && job.error) {
       return el("span", { class: "error-text", title: job.error.detail }, job.error.code);
     }
     const r = job.result || {};
     if (job.kind === "meta-train" && r.name) {
-      return el("a", { href: ml3.versionHref(r.name, r.version), text: r.loss });
+      return [el("a", { href: ml3.versionHref(r.name, r.version), text: r.loss }), " ", ratios(r.horizon)];
     }
-    if (job.kind === "meta-test" && r.horizon && r.horizon.length) {
-      const h = r.horizon[r.horizon.length - 1];
-      const r = h.ratio_vs_tuned === undefined ? h.heldout_ratio : h.ratio_vs_tuned;
-      return el("span", { class: r === null || r > 1 ? "bad" : "good" }, `${ml3.num(r)} vs tuned at ${h.steps} steps`);
-    }
+    if (job.kind === "meta-test" && r.horizon && r.horizon.length) return ratios(r.horizon);
     return job.cancel_requested && !FINAL.includes(job.status) ? el("span", { class: "muted", text: "canceling…" }) : "";
   }
 

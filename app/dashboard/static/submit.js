@@ -29,14 +29,30 @@
   }
 
   // defaults as JS would write them (Python writes 5.0 and ", ")
-  const fields = (form) => [...form.querySelectorAll("input[data-type]")];
-  for (const input of document.querySelectorAll("input[data-type]")) {
+  const fields = (form) => [...form.querySelectorAll("[data-type]")];
+  for (const input of document.querySelectorAll("[data-type]")) {
     input.dataset.default = JSON.stringify(JSON.parse(input.dataset.default));
+  }
+
+  // a preset fills every field with what it runs with; only fields changed from it are sent, with its name
+  const shown = (v) => (Array.isArray(v) ? v.join(", ") : v === null ? "" : String(v));
+  function applyPreset(form) {
+    const select = form.elements.preset;
+    const preset = JSON.parse(select.dataset.presets)[select.value];
+    $("[data-role=preset-why]", form).textContent = preset.why;
+    for (const input of fields(form)) {
+      if (!(input.name in preset.values)) continue;
+      const v = preset.values[input.name];
+      input.dataset.default = JSON.stringify(v);
+      if (input.dataset.type === "bool") input.checked = v;
+      else input.value = shown(v);
+    }
   }
   const changed = (input) => JSON.stringify(value(input)) !== input.dataset.default;
 
   function spec(form) {
     const body = { task: { family: form.dataset.family } };
+    if (form.elements.preset.value !== "default") body.preset = form.elements.preset.value;
     for (const input of fields(form).filter(changed)) {
       const v = value(input);
       const path = input.name.split(".");
@@ -52,6 +68,28 @@
   function preview(form) {
     $("[data-role=preview]", form).textContent = `POST /v1/jobs\n${JSON.stringify(spec(form), null, 2)}`;
     fields(form).forEach((input) => input.classList.toggle("changed", changed(input)));
+    estimate(form);
+  }
+
+  // the run time this job would take, estimated by the server from the job's size (app.services.limits)
+  const timers = new Map();
+  function estimate(form) {
+    clearTimeout(timers.get(form));
+    timers.set(form, setTimeout(async () => {
+      const box = $("[data-role=estimate]", form);
+      try {
+        const e = await api("/submit/estimate", { method: "POST", body: spec(form) });
+        box.className = `estimate${e.over_limit ? " error-text" : ""}`;
+        box.textContent = `Estimated run time: about ${ml3.duration(e.seconds)} (${e.basis}); `
+          + `peak memory about ${ml3.num(e.peak_bytes / 2 ** 20)} MiB in the ${e.peak_phase}.`
+          + (e.over_limit ? ` Over this server's limits: ${e.over_limit}` : "");
+        box.dataset.seconds = e.seconds;
+      } catch (err) {
+        box.className = "estimate muted";
+        box.textContent = `No estimate until the spec is valid: ${err.message}`;
+        delete box.dataset.seconds;
+      }
+    }, 300));
   }
 
   function select(family) {
@@ -64,7 +102,8 @@
 
   for (const form of forms) {
     form.addEventListener("input", () => preview(form));
-    form.addEventListener("reset", () => setTimeout(() => { ml3.clearErrors(form); preview(form); }));
+    form.addEventListener("reset", () => setTimeout(() => { ml3.clearErrors(form); applyPreset(form); preview(form); }));
+    form.elements.preset.addEventListener("change", () => { applyPreset(form); preview(form); });
     form.querySelectorAll(".section-toggle").forEach((b) => b.addEventListener("click", () => {
       const fs = b.closest("fieldset");
       fs.classList.toggle("collapsed");
@@ -86,7 +125,7 @@
         if (bad) {
           bad.closest("fieldset")?.classList.remove("collapsed");
           bad.scrollIntoView({ block: "center" });
-          bad.querySelector("input")?.focus();
+          bad.querySelector("input, select")?.focus();
         } else {
           form.scrollIntoView();
         }
