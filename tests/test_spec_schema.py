@@ -84,3 +84,10 @@ def test_the_estimate_endpoint(client):
     assert "max_seeds" in big["over_limit"]
     bad = client.post("/submit/estimate", json={"task": {"family": "sine"}, "seeds": 0})
     assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == "seeds"
+
+
+def test_the_estimate_never_reads_a_data_set(client):
+    """The page takes no key: an estimate of a data-set job does not look its id up (no probing of ids)."""
+    known = client.post("/submit/estimate", json={"task": {"family": "dataset", "dataset": 1}}).json()
+    unknown = client.post("/submit/estimate", json={"task": {"family": "dataset", "dataset": 99999}}).json()
+    assert known == unknown and known["seconds"] is None and "at submit" in known["basis"]

@@ -80,6 +80,7 @@
       try {
         const e = await api("/submit/estimate", { method: "POST", body: spec(form) });
         box.className = `estimate${e.over_limit ? " error-text" : ""}`;
+        if (e.seconds === null) { box.textContent = e.basis; delete box.dataset.seconds; return; }
         box.textContent = `Estimated run time: about ${ml3.duration(e.seconds)} (${e.basis}); `
           + `peak memory about ${ml3.num(e.peak_bytes / 2 ** 20)} MiB in the ${e.peak_phase}.`
           + (e.over_limit ? ` Over this server's limits: ${e.over_limit}` : "");
