@@ -115,3 +115,11 @@ def test_a_service_job_tracks_through_the_one_execution_path(client, settings):
     assert [e.step for e in events.Scalars("validation.mse_heldout")] == [2, 4]
     stream = client.get(f"/v1/jobs/{r.json()['id']}/events", headers={"Accept": "text/event-stream"}).text
     assert stream.count("event: warning") == 1 and "mlflow_uri" in stream
+
+
+def test_a_service_job_never_calls_an_mlflow_server_its_spec_names(tmp_path):
+    """A spec's http URI would make the worker call any address: a service job logs to ML3_MLFLOW_URI only."""
+    plan = parse_spec({**SPEC, "tracking": {"mlflow_uri": "http://169.254.169.254/"}})
+    warnings = []
+    tracker = Tracker.for_plan(plan, "job-1", tmp_path / "tensorboard", warn=warnings.append)
+    assert tracker.mlflow is None and len(warnings) == 1 and "ML3_MLFLOW_URI" in warnings[0]

@@ -49,14 +49,15 @@ class Tracker:
     def for_plan(cls, plan, run_name: str, tensorboard_root: Path | None = None, warn=None) -> Tracker:
         """The plan's ``tracking`` settings (MLflow at $ML3_MLFLOW_URI unless the spec names a server). Under
         ``tensorboard_root`` (a service's data directory) the TensorBoard directory is a relative path below it,
-        and an MLflow URI from a spec must be a server (http, https): a job writes no file outside its place."""
+        and MLflow is the operator's $ML3_MLFLOW_URI only: a job writes no file outside its place and makes the
+        worker call no address of the submitter's choosing."""
         warn = warn or (lambda line: log.warning("%s", line))
         t = plan.tracking
         uri, board = t.mlflow_uri or os.environ.get("ML3_MLFLOW_URI", ""), t.tensorboard
         if tensorboard_root is not None:
-            if t.mlflow_uri and not t.mlflow_uri.startswith(("http://", "https://")):
-                warn(f"tracking: mlflow_uri {t.mlflow_uri!r} ignored: a job may name an http(s) server only "
-                     "(ML3_MLFLOW_URI on the worker may be a file store)")
+            if t.mlflow_uri and t.mlflow_uri != os.environ.get("ML3_MLFLOW_URI", ""):
+                warn(f"tracking: mlflow_uri {t.mlflow_uri!r} ignored: a service job logs to the server's "
+                     "ML3_MLFLOW_URI only (set it on the workers)")
                 uri = os.environ.get("ML3_MLFLOW_URI", "")
             if board:
                 root = tensorboard_root.resolve()
