@@ -66,8 +66,8 @@ def heldout_table(report: dict) -> list[str]:
 
 
 def main() -> int:
-    from app.cli.client import Client
     from ml3core import load_loss
+    from ml3core.client import Client
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server", help="default ML3_SERVER or http://127.0.0.1:8000")

@@ -1,5 +1,5 @@
 """End to end: a real ``ml3 serve`` process on a free port with a temporary data directory,
-driven over HTTP by ``app.cli.client``: train, follow SSE, evaluate, download, meta-test, move an
+driven over HTTP by ``ml3core.client``: train, follow SSE, evaluate, download, meta-test, move an
 alias; then stop the server mid-job (SIGTERM, then SIGKILL) and restart it."""
 
 import json
@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import PROBLEM_KEYS, ROOT, SMALL, TINY, Server, wait_for
 
-from app.cli.client import ApiError, Client
 from ml3core import load_loss
+from ml3core.client import ApiError, Client
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import json
 import os
 import sys
 
-from app.cli.progress import Progress
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
+from ml3core.progress import Progress
 
 
 def build_train_spec(args, family_cls) -> dict:

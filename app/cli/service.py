@@ -2,7 +2,7 @@
 ``ml3 losses ...``.
 
 The jobs/losses commands talk to a running server (``--server`` or ML3_SERVER, default
-http://127.0.0.1:8000) through ``app.cli.client``; only ``serve`` and ``db`` load the server stack."""
+http://127.0.0.1:8000) through ``ml3core.client``; only ``serve`` and ``db`` load the server stack."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def add_keys_commands(sub) -> None:
 
 
 def _client(args):
-    from app.cli.client import Client
+    from ml3core.client import Client
 
     return Client(args.server)
 
@@ -110,7 +110,7 @@ def _guard(fn):
     line and exit 1 instead of a traceback."""
 
     def run(args):
-        from app.cli.client import ApiError, ServerUnreachable
+        from ml3core.client import ApiError, ServerUnreachable
 
         try:
             return fn(args)

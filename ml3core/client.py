@@ -1,6 +1,7 @@
-"""A small Python client of the ml3 service (needs only httpx; never imports the server).
+"""A small Python client of the ml3 service (needs only httpx; never imports the server): part of the
+base install, so a training script talks to a server without the server's dependencies.
 
-    from app.cli.client import Client
+    from ml3core.client import Client
     c = Client("http://127.0.0.1:8000")
     job = c.submit({"task": {"family": "sine"}, "seeds": 2, "register_as": "my-loss"})
     job = c.wait(job["id"])                      # follows the event stream, prints a progress bar
@@ -113,7 +114,7 @@ class Client:
 
     def wait(self, job_id: int, progress: bool = True, timeout: float | None = None) -> dict:
         """Follow a job to its final status (a progress bar on stderr), then return it."""
-        from app.cli.progress import Progress  # stdlib only
+        from .progress import Progress  # stdlib only
 
         bar = Progress(f"job {job_id}") if progress else None
         start = time.time()
