@@ -32,10 +32,10 @@ COPY ml3core ml3core
 COPY app app
 COPY worker worker
 COPY migrations migrations
-# the server install (app/ and worker/ are not in the wheel, which holds ml3core only): editable in compat
+# the server install, with ONNX export (app/ and worker/ are not in the wheel, which holds ml3core only): editable in compat
 # mode, which puts /srv/ml3 on sys.path, so app/, worker/ and the migrations beside them are used in place;
 # the runtime stage keeps the source at this path
-RUN pip install -e '.[server]' --config-settings editable_mode=compat
+RUN pip install -e '.[server,export]' --config-settings editable_mode=compat
 
 FROM python:${PYTHON_VERSION}-slim
 RUN useradd --create-home --uid 10001 ml3 && mkdir -p /data && chown ml3 /data

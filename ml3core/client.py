@@ -159,11 +159,12 @@ class Client:
 
     def pull(self, loss_id: str, dest: str | None = None) -> str:
         """Download a loss bundle zip; returns its path (load it with ``ml3core.load_loss``)."""
-        r = self.request("GET", f"/v1/losses/{loss_id}/artifact")
-        dest = dest or f"{r.headers.get('X-Loss-Id', loss_id).replace(':', '-v')}.zip"
-        with open(dest, "wb") as f:
-            f.write(r.content)
-        return dest
+        return _save(self.request("GET", f"/v1/losses/{loss_id}/artifact"), loss_id, dest, "zip")
+
+    def export(self, loss_id: str, fmt: str = "torchscript", dest: str | None = None) -> str:
+        """Download a loss as TorchScript or ONNX (``fmt``); returns its path (default NAME-vVERSION.pt / .onnx)."""
+        r = self.request("GET", f"/v1/losses/{loss_id}/export", params={"format": fmt})
+        return _save(r, loss_id, dest, "pt" if fmt == "torchscript" else fmt)
 
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self.request("PUT", f"/v1/losses/{name}/aliases/{alias}", json={"version": version}).json()
@@ -179,6 +180,14 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+
+
+def _save(r: httpx.Response, loss_id: str, dest: str | None, suffix: str) -> str:
+    """Write a downloaded loss to dest, by default NAME-vVERSION.suffix (the version the server resolved)."""
+    dest = dest or f"{r.headers.get('X-Loss-Id', loss_id).replace(':', '-v')}.{suffix}"
+    with open(dest, "wb") as f:
+        f.write(r.content)
+    return dest
 
 
 def _plain(a):

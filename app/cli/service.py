@@ -249,6 +249,12 @@ def cmd_losses_pull(args) -> int:
     return 0
 
 
+def cmd_losses_export(args) -> int:
+    with _client(args) as c:
+        print(c.export(args.id, args.format, args.out))
+    return 0
+
+
 def cmd_losses_evaluate(args) -> int:
     def numbers(text):
         return None if text is None else [float(v) for v in text.split(",")]
@@ -330,6 +336,12 @@ def add_commands(sub) -> None:
     p.add_argument("id", help="name, name:VERSION or name@ALIAS")
     p.add_argument("--out", help="zip path (default NAME-vVERSION.zip)")
     p.set_defaults(func=_guard(cmd_losses_pull))
+    p = losses.add_parser("export", help="download a loss as TorchScript or ONNX, for use outside Python")
+    p.add_argument("id", help="name, name:VERSION or name@ALIAS")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="torchscript: torch.jit.load / torch::jit::load; onnx: any ONNX runtime")
+    p.add_argument("-o", "--out", help="file path (default NAME-vVERSION.pt or .onnx)")
+    p.set_defaults(func=_guard(cmd_losses_export))
     p = losses.add_parser("evaluate", help="evaluate a loss on a few points")
     p.add_argument("id")
     p.add_argument("--pred", required=True, help="comma-separated, e.g. 0.1,0.5")

@@ -23,7 +23,7 @@ from app.api.schemas import (
     accepted,
     version_json,
 )
-from app.core.errors import invalid
+from app.core.errors import Problem, invalid
 from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
 from app.services import limits, registry
@@ -31,6 +31,7 @@ from app.services.evaluate import CLASSIFICATION_FORMS, torch_threads
 from app.services.ids import parse_int
 from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
+from ml3core.export import FORMATS, ExporterMissing, ExportError, export
 from ml3core.tasks import FAMILIES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
@@ -230,6 +231,35 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     if format == "png":
         return Response(landscape_png(data), media_type="image/png")
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
+
+
+EXPORT_SUFFIX = {"torchscript": "pt", "onnx": "onnx"}
+
+
+@router.get("/{loss_id}/export", summary="The loss as TorchScript or ONNX, for use outside Python",
+            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}},
+                                                501: {"description": "this server has no exporter for the format"}})
+def export_view(request: Request, db: DB, loss_id: str,
+                format: Annotated[str, Query(description="torchscript (torch.jit.load, C++ torch::jit::load) or "
+                                             "onnx (any ONNX runtime)")] = "torchscript") -> Response:
+    """TorchScript takes (pred, target[, x][, reduction]) or (logits, labels) like ``load_loss``; ONNX takes
+    pred, target[, x] as (N, D) arrays, or logits (N, C) and labels (N,) int64, and gives the reduced loss."""
+    reject_unknown_query(request, {"format"})
+    if format not in FORMATS:
+        raise invalid("format", f"one of {list(FORMATS)}")
+    r = registry.resolve(db, loss_id)
+    module = registry.load_bundle(db, r.id).module()
+    db.rollback()  # the reads are done: the connection goes back to the pool while the loss is compiled
+    torch_threads(request.app.state.settings.api_threads)
+    try:
+        data = export(module, format)
+    except ExporterMissing as e:
+        raise Problem(501, "exporter_missing", str(e)) from None
+    except ExportError as e:
+        raise Problem(422, "not_exportable", f"{r.ref} cannot be exported as {format}: {e}") from None
+    name = f"{r.name}-v{r.version}.{EXPORT_SUFFIX[format]}"
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Loss-Id": r.ref, "Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)",
