@@ -6,6 +6,7 @@ http://127.0.0.1:8000) through ``ml3core.client``; only ``serve`` and ``db`` loa
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -56,6 +57,7 @@ def cmd_db_upgrade(args) -> int:
 def cmd_keys(args) -> int:
     """Create, list and revoke API keys in the database itself (no server needed)."""
     from app.core.config import get_settings
+    from app.db.models import iso
     from app.db.session import get_sessionmaker, upgrade
     from app.services import security
 
@@ -72,6 +74,9 @@ def cmd_keys(args) -> int:
                 print(f"ml3: no key {args.key!r}", file=sys.stderr)
                 return 1
             print(f"key {key.prefix} revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        elif args.json:
+            _print([{"prefix": k.prefix, "scope": k.scope, "name": k.name, "created_at": iso(k.created_at),
+                     "revoked_at": iso(k.revoked_at)} for k in security.list_keys(db, args.all)])
         else:
             for key in security.list_keys(db, args.all):
                 revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
@@ -89,6 +94,7 @@ def add_keys_commands(sub) -> None:
     p.add_argument("--name", default="", help="who or what the key is for")
     p = keys.add_parser("list", help="keys by prefix, scope and state (never the tokens)")
     p.add_argument("--all", action="store_true", help="revoked keys too")
+    p.add_argument("--json", action="store_true", help="print the keys as JSON (never the tokens)")
     p = keys.add_parser("revoke", help="revoke a key at once")
     p.add_argument("key", help="its prefix (from `ml3 keys list`) or the token")
     for parser in keys.choices.values():
@@ -165,8 +171,8 @@ def job_summary(job: dict) -> str:
     if error:
         lines.append(f"error:   {error.get('code')}: {error.get('detail')}")
     links = job.get("links") or {}
-    lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']}; "
-                 f"--json prints the whole job)")
+    lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']} "
+                 f"--json: the whole job)")
     return "\n".join(lines)
 
 
@@ -181,10 +187,12 @@ def _table(header: tuple, rows: list[tuple]) -> None:
 
 def cmd_jobs_list(args) -> int:
     with _client(args) as c:
+        jobs = list(itertools.islice(c.jobs(status=args.status, kind=args.kind), args.limit))
+        if args.json:
+            _print(jobs)
+            return 0
         rows = []
-        for i, job in enumerate(c.jobs(status=args.status, kind=args.kind)):
-            if i >= args.limit:
-                break
+        for job in jobs:
             p = job["progress"]
             phase = (job.get("metrics") or {}).get("phase", "") if job["status"] == "running" else ""
             result = (job.get("result") or {}).get("loss", "")
@@ -196,7 +204,11 @@ def cmd_jobs_list(args) -> int:
 
 def cmd_jobs_show(args) -> int:
     with _client(args) as c:
-        _print(c.job(args.id))
+        job = c.job(args.id)
+    if args.json:
+        _print(job)
+    else:
+        print(job_summary(job))
     return 0
 
 
@@ -236,6 +248,28 @@ def cmd_losses_list(args) -> int:
     return 0
 
 
+def cmd_losses_show(args) -> int:
+    with _client(args) as c:
+        v = c.loss(args.id)
+    if args.json:
+        _print(v)
+        return 0
+    arch = v.get("architecture") or {}
+    lines = [f"{v['id']}: {(v.get('task') or {}).get('family', '?')} loss, form {arch.get('form', 'net')}, "
+             f"{v['status']} (sha256 {v['sha256'][:12]}…)",
+             f"created: {v['created_at']}" + (f" by job {v['job_id']}" if v.get("job_id") else "")]
+    if v["aliases"]:
+        lines.append("aliases: " + " ".join(f"@{a}" for a in v["aliases"]))
+    if v["tags"]:
+        lines.append("tags:    " + " ".join(f"{k}={t}" for k, t in v["tags"].items()))
+    lines.append(f"verdict: {v.get('verdict') or '-'} (meta-validation tasks)")
+    if v.get("description"):
+        lines.append(f"description: {v['description']}")
+    lines.append(f"details: {v['links']['self']} (ml3 losses show {v['id']} --json: the whole version)")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_losses_describe(args) -> int:
     with _client(args) as c:
         v = c.describe(args.id, args.description or None)
@@ -270,6 +304,9 @@ def cmd_losses_alias(args) -> int:
     with _client(args) as c:
         _print(c.set_alias(args.name, args.alias, args.version))
     return 0
+
+
+JSON_HELP = "print the JSON the server answered, not a table or summary"
 
 
 def add_commands(sub) -> None:
@@ -314,20 +351,27 @@ def add_commands(sub) -> None:
     p.add_argument("--status")
     p.add_argument("--kind")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=_guard(cmd_jobs_list))
-    for name, fn, hlp in (("show", cmd_jobs_show, "a job as JSON"), ("watch", cmd_jobs_watch, "follow a job"),
+    for name, fn, hlp in (("show", cmd_jobs_show, "a job: status, progress, loss, verdict, warnings or error"),
+                          ("watch", cmd_jobs_watch, "follow a job"),
                           ("cancel", cmd_jobs_cancel, "cancel a job (checkpoint kept)")):
         p = jobs.add_parser(name, help=hlp)
         p.add_argument("id", type=int)
         p.set_defaults(func=_guard(fn))
+    jobs.choices["show"].add_argument("--json", action="store_true", help=JSON_HELP)
 
     losses = sub.add_parser("losses", help="use the loss registry of a server").add_subparsers(
         dest="losses_command", required=True)
     p = losses.add_parser("list", help="registered losses")
     p.add_argument("--family", help="only losses whose latest version is of this task family")
     p.add_argument("--q", help="only losses with this text in the name or the latest version's description")
-    p.add_argument("--json", action="store_true", help="print the losses as JSON, not a table")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=_guard(cmd_losses_list))
+    p = losses.add_parser("show", help="a loss version: family, form, aliases, tags, verdict, description")
+    p.add_argument("id", help="name (the latest version), name:VERSION or name@ALIAS")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=_guard(cmd_losses_show))
     p = losses.add_parser("describe", help="set a version's markdown description (admin key)")
     p.add_argument("id", help="name (the latest version), name:VERSION or name@ALIAS")
     p.add_argument("description", help="markdown text; '' removes it")
@@ -372,15 +416,35 @@ def cmd_datasets(args) -> int:
                   f"outputs {out['outputs']}; train on it with --set task.dataset={out['id']}", file=sys.stderr)
             _print(out)
         elif args.datasets_command == "list":
-            rows = [(d["id"], d["name"][:32], d["tasks"], d["rows"], d["x_dim"], d["y_dim"])
-                    for d in c._pages("/v1/datasets", {"limit": 50})]
-            _table(("ID", "NAME", "TASKS", "ROWS", "X_DIM", "Y_DIM"), rows)
+            items = list(c._pages("/v1/datasets", {"limit": 50}))
+            if args.json:
+                _print(items)
+            else:
+                _table(("ID", "NAME", "TASKS", "ROWS", "X_DIM", "Y_DIM"),
+                       [(d["id"], d["name"][:32], d["tasks"], d["rows"], d["x_dim"], d["y_dim"]) for d in items])
         elif args.datasets_command == "show":
-            _print(c.request("GET", f"/v1/datasets/{args.id}").json())
+            d = c.request("GET", f"/v1/datasets/{args.id}").json()
+            if args.json:
+                _print(d)
+            else:
+                print(dataset_summary(d))
         else:
             c.request("DELETE", f"/v1/datasets/{args.id}", params={"force": "true"} if args.force else None)
             print(f"data set {args.id} deleted")
     return 0
+
+
+def dataset_summary(d: dict) -> str:
+    """A data set in a few lines (``--json``: all of it, with per-column statistics)."""
+    kind = f"classification, {len(d['classes'])} classes" if d.get("classes") else d.get("task_type", "regression")
+    lines = [f"data set {d['id']} {d['name']!r}: {d['tasks']} tasks, {d['rows']} rows ({d['min_task_rows']} to "
+             f"{d['max_task_rows']} per task), {kind}",
+             f"inputs:  {', '.join(d['inputs'])}", f"outputs: {', '.join(d['outputs'])}"]
+    if d.get("trusted_rows") is not None:
+        lines.append(f"trusted rows: {d['trusted_rows']}")
+    lines.append(f"active jobs: {', '.join(map(str, d.get('active_jobs') or [])) or 'none'}")
+    lines.append(f"details: {d['links']['self']} (ml3 datasets show {d['id']} --json: statistics per column)")
+    return "\n".join(lines)
 
 
 def add_dataset_commands(sub) -> None:
@@ -393,9 +457,10 @@ def add_dataset_commands(sub) -> None:
     p.add_argument("--task-column", help="CSV: the column of task labels (default task)")
     p.add_argument("--inputs", help="comma-separated input columns (default: all but task and outputs)")
     p.add_argument("--outputs", help="comma-separated output columns (default: y, y1, y2, ... or y_*)")
-    ds.add_parser("list", help="data sets, newest first")
+    ds.add_parser("list", help="data sets, newest first").add_argument("--json", action="store_true", help=JSON_HELP)
     for name in ("show", "delete"):
         ds.add_parser(name, help=f"{name} a data set").add_argument("id", type=int)
+    ds.choices["show"].add_argument("--json", action="store_true", help=JSON_HELP)
     ds.choices["delete"].add_argument("--force", action="store_true",
                                       help="even if registered losses were meta-trained on it")
     for parser in ds.choices.values():
