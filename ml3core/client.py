@@ -11,12 +11,16 @@ base install, so a training script talks to a server without the server's depend
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 
 import httpx
+
+from .portable import LossBundleError
 
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -40,6 +44,26 @@ class ServerUnreachable(ConnectionError):
         what = f"no answer in time ({type(error).__name__})" if timeout else f"{type(error).__name__}: {error}"
         super().__init__(f"cannot reach the ml3 server for {method} {url} ({what}); start it with `ml3 serve` "
                          "or point --server / ML3_SERVER at a running one")
+
+
+def one_line_errors(prog: str, on_404: str = ""):
+    """Decorate a command's main: a server's problem, a server out of reach, a loss that cannot be loaded or
+    a file that cannot be read end it as one line on stderr (``prog: ...``, then ``on_404`` after a 404)
+    and exit status 1, not a traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (ApiError, LossBundleError, OSError) as e:  # OSError: ServerUnreachable, a missing file
+                hint = f"; {on_404}" if on_404 and getattr(e, "status", None) == 404 else ""
+                print(f"{prog}: {e}{hint}", file=sys.stderr)
+                return 1
+
+        return run
+
+    return wrap
 
 
 class Client:

@@ -162,6 +162,10 @@ def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trai
                              capture_output=True, text=True, cwd=ROOT, timeout=120)  # no --loss: the README's
     assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
     assert "/v1/losses/my-loss/artifact: 404" in example.stderr and "--register-as my-loss" in example.stderr
+    example = subprocess.run([sys.executable, "examples/classification_downstream.py", "--server", server.url,
+                              "--loss", "digits"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
+    assert "/v1/losses/digits/artifact: 404" in example.stderr and "--register-as digits" in example.stderr
 
 
 def test_digits_job_and_classification_example(server, c):

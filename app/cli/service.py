@@ -114,20 +114,9 @@ def _print(obj) -> None:
 def _guard(fn):
     """Print a server problem, a server that cannot be reached or a file that cannot be read as one
     line and exit 1 instead of a traceback."""
+    from ml3core.client import one_line_errors
 
-    def run(args):
-        from ml3core.client import ApiError, ServerUnreachable
-
-        try:
-            return fn(args)
-        except (ApiError, ServerUnreachable) as e:
-            print(f"ml3: {e}", file=sys.stderr)
-            return 1
-        except OSError as e:  # --spec or an upload that is not there
-            print(f"ml3: {e}", file=sys.stderr)
-            return 1
-
-    return run
+    return one_line_errors("ml3")(fn)
 
 
 def cmd_jobs_submit(args) -> int:
