@@ -27,12 +27,15 @@ ENV PATH=/opt/ml3/bin:$PATH
 RUN pip install --index-url "${TORCH_INDEX_URL%/}/${TORCH}" "torch==${TORCH_VERSION}"
 WORKDIR /srv/ml3
 COPY pyproject.toml README.md alembic.ini ./
+COPY ml3_cli.py ./
 COPY ml3core ml3core
 COPY app app
 COPY worker worker
 COPY migrations migrations
-# editable: the migrations are found next to the source, which the runtime stage keeps at this path
-RUN pip install -e .
+# the server install, with ONNX export (app/ and worker/ are not in the wheel, which holds ml3core only): editable in compat
+# mode, which puts /srv/ml3 on sys.path, so app/, worker/ and the migrations beside them are used in place;
+# the runtime stage keeps the source at this path
+RUN pip install -e '.[server,export]' --config-settings editable_mode=compat
 
 FROM python:${PYTHON_VERSION}-slim
 RUN useradd --create-home --uid 10001 ml3 && mkdir -p /data && chown ml3 /data

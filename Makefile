@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: pip takes the CPU wheel on disk instead of resolving a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# the server install: the extra `server`, and an editable install in compat mode, which puts this
+	# clone on sys.path, so app/ and worker/ (not in the wheel: it holds ml3core only) import from here
+	$(BIN)/pip install -q -e '.[server,dev,tracking]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[server,dev,tracking,bench]' --config-settings editable_mode=compat
 	$(BIN)/python bench/meta_train.py
 	$(BIN)/python bench/evaluate.py
 

@@ -11,12 +11,14 @@ Needs torch and scikit-learn (for the images).
 
 import argparse
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from ml3core import load_loss
+from ml3core.client import one_line_errors
 
 
 def task(classes: list[int], shots: int, seed: int):
@@ -53,7 +55,9 @@ def train(loss_fn, data, k: int, steps: int, lr: float, seed: int, report_at) ->
     return out
 
 
-def main() -> None:
+@one_line_errors("classification_downstream", on_404="train and register it first (.venv/bin/ml3 jobs submit "
+                 "--family digits --register-as digits --wait) or name another with --loss")
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", default="http://127.0.0.1:8000")
     ap.add_argument("--loss", default="digits", help="name, name:VERSION or name@ALIAS")
@@ -79,7 +83,8 @@ def main() -> None:
         print(f"{step:>6} {ea:>12.4f} {eb:>8.4f} {ca:>11.4f} {cb:>8.4f}")
     if not all(math.isfinite(v) for c in curves.values() for pair in c.values() for v in pair):
         raise SystemExit("training diverged")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

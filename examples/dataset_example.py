@@ -22,6 +22,8 @@ import csv
 import os
 import sys
 
+from ml3core.client import one_line_errors
+
 AGE_BANDS = [30, 35, 40, 45, 50, 55, 60, 65]  # lower edges of the bands after "<30"
 # The settings the README's numbers were measured with: the paper's free-form loss net (form "net"),
 # fresh models each iteration and a 20-step unroll (the family's own defaults differ: see README).
@@ -65,9 +67,10 @@ def heldout_table(report: dict) -> list[str]:
     return lines
 
 
+@one_line_errors("dataset_example")
 def main() -> int:
-    from app.cli.client import Client
     from ml3core import load_loss
+    from ml3core.client import Client
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server", help="default ML3_SERVER or http://127.0.0.1:8000")

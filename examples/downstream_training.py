@@ -12,10 +12,12 @@ Only torch and the loader are needed: ``load_loss`` fetches the bundle from ``..
 
 import argparse
 import math
+import sys
 
 import torch
 
-from ml3core import LossBundleError, load_loss
+from ml3core import load_loss
+from ml3core.client import one_line_errors
 
 
 def make_model(seed: int) -> torch.nn.Module:
@@ -39,7 +41,9 @@ def train(model, loss_fn, x, y, x_test, y_test, steps: int, lr: float, report_at
     return out
 
 
-def main() -> None:
+@one_line_errors("downstream_training", on_404="train and register it first (.venv/bin/ml3 jobs submit --family "
+                                               "sine --register-as my-loss --wait) or name another with --loss")
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", default="http://127.0.0.1:8000")
     ap.add_argument("--loss", default="my-loss", help="name, name:VERSION or name@ALIAS (default: the README's)")
@@ -49,13 +53,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    try:
-        learned = load_loss(f"{args.server.rstrip('/')}/v1/losses/{args.loss}")
-    except LossBundleError as e:
-        name = args.loss.split("@")[0].split(":")[0]
-        hint = (f"; train and register it first (`ml3 jobs submit --family sine --register-as {name} --wait`) "
-                "or name another with --loss") if getattr(e, "status", None) == 404 else ""
-        raise SystemExit(f"downstream_training: {e}{hint}") from None
+    learned = load_loss(f"{args.server.rstrip('/')}/v1/losses/{args.loss}")
     lr = learned.spec.get("training", {}).get("inner_lr", 1e-3)
     reads_x = "x" in learned.arch["inputs"]
     print(f"loss {args.loss}: {learned.extra_repr()}, meta-trained on {learned.spec.get('task_family')}, lr {lr}")
@@ -78,7 +76,8 @@ def main() -> None:
         print(f"{step:>8} {a:>12.5g} {b:>12.5g}")
     if not all(math.isfinite(v) for c in curves.values() for v in c.values()):
         raise SystemExit("training diverged")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from ml3core.client import one_line_errors
+
 NOISE = 0.4  # of the untrusted rows' labels, replaced by another digit
 TRUSTED = 0.2  # of each task's rows, with their true labels
 TASKS, TEST_IMAGES = 10, 300
@@ -150,9 +152,10 @@ def report_table(report: dict) -> list[str]:
     return lines
 
 
+@one_line_errors("noisy_labels")
 def main() -> int:
-    from app.cli.client import Client
     from ml3core import load_loss
+    from ml3core.client import Client
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server", help="default ML3_SERVER or http://127.0.0.1:8000")

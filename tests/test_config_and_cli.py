@@ -115,7 +115,7 @@ def test_cli_against_a_closed_port_is_one_line_naming_the_url(argv):
 def test_progress_bar_starts_a_line_per_phase_and_ends_each():
     import io
 
-    from app.cli.progress import Progress
+    from ml3core.progress import Progress
 
     out = io.StringIO()  # not a terminal: a phase's first and last line, and one every 5 s between
     bar = Progress("job 3", out)

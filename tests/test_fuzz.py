@@ -1,9 +1,10 @@
 """Schemathesis against the app's own OpenAPI document, in process (ASGI): for every operation,
 generated requests (valid and invalid) must get no 5xx, a documented status and content type, and
-a body that matches the documented schema. Bounded: a few dozen examples per operation.
+a body that matches the documented schema: every success body against its typed response model, every
+error against Problem. Bounded: a few dozen examples per operation.
 
 Keys are required (ML3_AUTH=on, reads too) and an admin key is sent, so requests get past the
-auth check into the routes; a registered loss gives the loss routes something to find."""
+auth check into the routes; a registered loss, a job and a data set give the routes something to find."""
 
 import pytest
 import schemathesis
@@ -41,6 +42,10 @@ def served(tmp_path_factory):
         job = c.post("/v1/jobs", json={"task": {"family": "sine"}, "seeds": 1, "outer_iterations": 2},
                      headers=headers)
         assert job.status_code == 202, job.text
+        rows = "".join(f"t{t},{i},{i * t}\n" for t in range(3) for i in range(4))
+        dataset = c.post("/v1/datasets?name=fuzz", content="task,x,y\n" + rows, headers={
+            **headers, "Content-Type": "text/csv"})
+        assert dataset.status_code == 201, dataset.text
     app.state.fuzz_headers = headers
     return app
 
@@ -58,7 +63,7 @@ def fuzz(operation, mode: GenerationMode, headers: dict, known: dict | None) -> 
 
 
 # random path parameters mostly meet 404s; with ones that exist, the bodies and queries reach the work
-KNOWN = {"loss_id": "fuzz:1", "name": "fuzz", "job_id": 1}
+KNOWN = {"loss_id": "fuzz:1", "name": "fuzz", "job_id": 1, "dataset_id": 1}
 
 
 @pytest.mark.parametrize("mode,known", [(GenerationMode.POSITIVE, None), (GenerationMode.NEGATIVE, None),

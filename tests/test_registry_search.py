@@ -129,7 +129,7 @@ def test_migration_0005_fills_the_family_of_stored_versions(tmp_path):
 
 def test_cli_losses_list_filters_and_describe(client, losses, monkeypatch, capsys):
     from app.cli import main, service
-    from app.cli.client import Client
+    from ml3core.client import Client
 
     class Wired(Client):  # the CLI's client, over the test app instead of a socket
         def __init__(self, *_):

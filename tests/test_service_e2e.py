@@ -1,5 +1,5 @@
 """End to end: a real ``ml3 serve`` process on a free port with a temporary data directory,
-driven over HTTP by ``app.cli.client``: train, follow SSE, evaluate, download, meta-test, move an
+driven over HTTP by ``ml3core.client``: train, follow SSE, evaluate, download, meta-test, move an
 alias; then stop the server mid-job (SIGTERM, then SIGKILL) and restart it."""
 
 import json
@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import PROBLEM_KEYS, ROOT, SMALL, TINY, Server, wait_for
 
-from app.cli.client import ApiError, Client
 from ml3core import load_loss
+from ml3core.client import ApiError, Client
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,10 @@ def test_a_missing_loss_shows_the_servers_detail_in_a_fresh_process(server, trai
                              capture_output=True, text=True, cwd=ROOT, timeout=120)  # no --loss: the README's
     assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
     assert "/v1/losses/my-loss/artifact: 404" in example.stderr and "--register-as my-loss" in example.stderr
+    example = subprocess.run([sys.executable, "examples/classification_downstream.py", "--server", server.url,
+                              "--loss", "digits"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert example.returncode == 1 and len(example.stderr.strip().splitlines()) == 1, example.stderr
+    assert "/v1/losses/digits/artifact: 404" in example.stderr and "--register-as digits" in example.stderr
 
 
 def test_digits_job_and_classification_example(server, c):

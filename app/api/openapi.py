@@ -1,7 +1,12 @@
 """The OpenAPI document as the API really answers: every error leaves as RFC 9457
-problem+json (app/api/errors.py), so each operation documents its 4xx answers with the Problem schema
-instead of FastAPI's default HTTPValidationError, which the API never sends; and each operation's
-security names the one API-key scope it needs (optional where this server lets it in without)."""
+problem+json (app/api/errors.py), so each operation documents the errors it can return with the Problem
+schema instead of FastAPI's default HTTPValidationError, which the API never sends; and each operation's
+security names the one API-key scope it needs (optional where this server lets it in without).
+
+Which errors: 401 where the operation takes a key, 403 where its scope is above read, 404 where its path
+names a resource, 422 where it has parameters or a body, and those a route declares with ``problems(...)``
+(409, 413, 429, ...). Two refusals come before any route and are said once, in the API's description:
+a body over ML3_MAX_BODY_BYTES (413) and a NUL character in the URL (422)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.services.security import SCOPES
 
+PROBLEM_TYPE = "application/problem+json"
 DOCS_STATIC = "/static-offline-docs"  # where fastapi-offline (FastAPIOffline) mounts Swagger UI and ReDoc
 PROBLEM = {
     "type": "object",
@@ -31,9 +37,20 @@ ERRORS = {
     "404": "no such resource",
     "409": "the resource is in another state",
     "413": "over a size limit (body, array, batch)",
+    "415": "a file format this server does not read",
     "422": "invalid input, or over a job-size limit",
     "429": "over a rate or quota limit (see Retry-After)",
+    "501": "this server lacks what the request needs (see the detail)",
+    "503": "a dependency (database, broker, runner) cannot be reached",
 }
+EVERY_REQUEST = ("Every request: a body over ML3_MAX_BODY_BYTES is refused with 413 and a NUL character (%00) in "
+                 "the path or query with 422, before any route; every error is RFC 9457 problem+json.")
+
+
+def problems(*statuses: int) -> dict:
+    """``responses=`` of a route: the errors it returns beyond those every operation of its kind can
+    (401/403 by scope, 404 by path, 422 by parameters: added by ``install``)."""
+    return {status: {"description": ERRORS[str(status)]} for status in statuses}
 
 
 def install(app: FastAPI) -> None:
@@ -45,12 +62,22 @@ def install(app: FastAPI) -> None:
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
             schemas["Problem"] = PROBLEM
-            ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            schema["info"]["description"] = f"{schema['info'].get('description', '')}\n\n{EVERY_REQUEST}".strip()
+            ref = {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
             for operations in schema["paths"].values():
-                for op in operations.values():
+                for method, op in operations.items():
                     responses = op.setdefault("responses", {})
-                    for status, text in ERRORS.items():
-                        responses[status] = {"description": text, "content": ref}
+                    responses.pop("422", None)  # FastAPI's HTTPValidationError: added back below where it can happen
+                    statuses = {s for s in responses if s[0] in "45"} | _implied(op)
+                    for status in statuses:
+                        responses[status] = {"description": ERRORS[status], "content": ref}
+                    for answer in responses.values():  # files (zip, PNG, TorchScript, ONNX): bytes
+                        for media, content in answer.get("content", {}).items():
+                            if content.get("schema") is None and media not in ("application/json", PROBLEM_TYPE):
+                                content["schema"] = {"type": "string", "format": "binary"}
+                    if method == "head":  # headers only
+                        for status in responses:
+                            responses[status].pop("content", None)
                     if "security" in op:
                         op["security"] = _security(op["security"], app.state)
                         scope = op["security"][-1]["HTTPBearer"][0]
@@ -69,6 +96,23 @@ def install(app: FastAPI) -> None:
                               redoc_favicon_url=f"{DOCS_STATIC}/favicon.png")
         page.headers["Content-Security-Policy"] = "img-src 'self' data:"
         return page
+
+
+def _implied(op: dict) -> set[str]:
+    """The errors an operation can return by its kind: a key (401; 403 above read), a resource in the path
+    (404), parameters or a body to get wrong (422)."""
+    out = set()
+    scopes = [s for r in op.get("security", []) for s in r.get("HTTPBearer", [])]
+    if scopes:
+        out.add("401")
+        if max(scopes, key=SCOPES.index) != "read":
+            out.add("403")
+    params = op.get("parameters", [])
+    if any(p["in"] == "path" for p in params):
+        out.add("404")
+    if params or "requestBody" in op:
+        out.add("422")
+    return out
 
 
 def _security(requirements: list[dict], state) -> list[dict]:

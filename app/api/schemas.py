@@ -134,6 +134,21 @@ def job_json(job: Job, files: list[str] | None = None) -> dict:
     return out
 
 
+def example(value: dict) -> ConfigDict:
+    """A response model's config with one example answer (shown by /docs and /redoc)."""
+    return ConfigDict(json_schema_extra={"examples": [value]})
+
+
+JOB_EXAMPLE = {
+    "id": 1, "kind": "meta-train", "status": "running",
+    "spec": {"kind": "meta-train", "task": {"family": "sine"}, "seeds": 2, "register_as": "my-loss"},
+    "progress": {"completed": 120, "total": 500, "unit": "iterations"},
+    "metrics": {"iteration": 120, "phase": "meta-train", "mse_heldout": 1.93}, "error": None, "result": None,
+    "attempts": 1, "cancel_requested": False, "created_at": "2026-01-05T10:00:00Z",
+    "started_at": "2026-01-05T10:00:01Z", "finished_at": None,
+    "links": {"self": "/v1/jobs/1", "events": "/v1/jobs/1/events", "metrics": "/v1/jobs/1/metrics"}}
+
+
 class JobProgress(BaseModel):
     completed: int
     total: int
@@ -142,6 +157,8 @@ class JobProgress(BaseModel):
 
 class JobOut(BaseModel):
     """A job as ``job_json`` renders it: the answer to a submit (the fields in this order)."""
+
+    model_config = example(JOB_EXAMPLE)
 
     id: int
     kind: str
@@ -159,8 +176,23 @@ class JobOut(BaseModel):
     links: dict[str, Any] = Field(description="self, events, metrics")
 
 
+VERSION_EXAMPLE = {
+    "id": "my-loss:1", "name": "my-loss", "version": 1, "sha256": "9f2c…", "status": "ready", "job_id": 1,
+    "created_at": "2026-01-05T10:20:00Z", "aliases": ["production"], "tags": {"owner": "alice"},
+    "description": "Sine regression; beats tuned MSE to 5000 steps.", "metrics": {"seed": 0},
+    "verdict": "beats a tuned baseline at 1000, 5000 steps",
+    "architecture": {"type": "mlp", "form": "weighted_se", "inputs": ["target", "x"], "hidden": [32]},
+    "task": {"family": "sine"}, "training": {"inner_lr": 0.001, "recommended_lr": 0.002},
+    "versions": {"torch": "2.13.0+cpu", "ml3": "0.1.0", "python": "3.11.7"},
+    "links": {"self": "/v1/losses/my-loss:1", "artifact": "/v1/losses/my-loss:1/artifact",
+              "evaluate": "/v1/losses/my-loss:1/evaluate", "landscape": "/v1/losses/my-loss:1/landscape",
+              "meta_test": "/v1/losses/my-loss:1/meta-test"}}
+
+
 class LossVersionOut(BaseModel):
     """A loss version as ``version_json`` renders it (the fields in this order)."""
+
+    model_config = example(VERSION_EXAMPLE)
 
     id: str = Field(description="name:version")
     name: str
@@ -180,6 +212,196 @@ class LossVersionOut(BaseModel):
     versions: dict[str, str] | None = Field(description="torch, ml3 and Python versions that wrote the bundle "
                                                         "(None: a bundle written before they were recorded)")
     links: dict[str, str]
+
+
+class SweepTrialOut(BaseModel):
+    """One trial of a sweep (app.services.sweeps.trial_json)."""
+
+    trial: int = Field(description="the trial's index in the sweep, in the order trials were created")
+    id: int = Field(description="the trial's own job id")
+    status: str
+    params: dict[str, Any] = Field(description="the setting of each swept key")
+    score: float | None = Field(description="worst meta-validation ratio against the tuned baseline (lower is "
+                                            "better; None: not finished)")
+    ratios: dict[str, Any] = Field(description="the ratio at each horizon")
+    error: dict[str, Any] | None
+    started_at: str | None
+    finished_at: str | None
+    links: dict[str, str]
+
+
+class JobDetailOut(JobOut):
+    """A job with its latest checkpoint; ``links`` add ``report`` and ``figures`` once it has them; a sweep
+    adds its ``trials`` and its ``leaderboard`` (trial indices, best first)."""
+
+    model_config = example({**JOB_EXAMPLE, "checkpoint": 100})
+    checkpoint: int | None = Field(description="the meta-iteration of the latest checkpoint (None: none yet)")
+    trials: list[SweepTrialOut] | None = Field(None, description="a sweep's trials (sweeps only)")
+    leaderboard: list[int] | None = Field(None, description="a sweep's trial indices, best first (sweeps only)")
+
+
+class JobPage(BaseModel):
+    model_config = example({"items": [JOB_EXAMPLE], "next_cursor": "MQ=="})
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="?cursor= of the next page (None: the last page)")
+
+
+class JobMetricsOut(BaseModel):
+    model_config = example({"job_id": 1, "items": [{"iteration": 10, "mse_heldout": 2.5},
+                                                   {"iteration": 20, "mse_heldout": 2.1}]})
+    job_id: int
+    items: list[dict[str, Any]] = Field(description="one entry per evaluation, oldest first")
+
+
+class LossSummaryOut(BaseModel):
+    """A registered loss in a list: its latest version's family, verdict and description, and its aliases."""
+
+    name: str
+    latest_version: int | None
+    created_at: str | None
+    latest_verdict: Any = Field(description="the latest version's verdict (None: an older version)")
+    family: str | None
+    description: str | None
+    aliases: dict[str, int] = Field(description="alias -> version")
+    links: dict[str, str]
+
+
+class LossPage(BaseModel):
+    model_config = example({"items": [{
+        "name": "my-loss", "latest_version": 2, "created_at": "2026-01-05T10:20:00Z",
+        "latest_verdict": "beats a tuned baseline at 1000, 5000 steps", "family": "sine", "description": None,
+        "aliases": {"production": 1},
+        "links": {"self": "/v1/losses/my-loss", "versions": "/v1/losses/my-loss/versions"}}], "next_cursor": None})
+    items: list[LossSummaryOut]
+    next_cursor: str | None
+
+
+class VersionPage(BaseModel):
+    model_config = example({"items": [VERSION_EXAMPLE], "next_cursor": None})
+    items: list[LossVersionOut] = Field(description="newest first; a version whose stored spec no longer "
+                                                    "parses shows with status corrupt")
+    next_cursor: str | None
+
+
+class AliasesOut(BaseModel):
+    model_config = example({"name": "my-loss", "aliases": {"production": 1, "staging": 2}})
+    name: str
+    aliases: dict[str, int] = Field(description="alias -> version")
+
+
+class AliasOut(BaseModel):
+    model_config = example({"name": "my-loss", "alias": "production", "version": 1, "id": "my-loss@production"})
+    name: str
+    alias: str
+    version: int
+    id: str = Field(description="the loss id that follows the alias")
+
+
+class TagsOut(BaseModel):
+    model_config = example({"id": "my-loss:1", "tags": {"owner": "alice"}})
+    id: str
+    tags: dict[str, str]
+
+
+# an array of the answer: a number (reduced), a list (reduction none; rows of a per-output loss), or base64
+# little-endian float32 with "encoding": "base64"
+Values = float | list[float] | list[list[float]] | str
+
+
+class EvaluateOut(BaseModel):
+    model_config = example({"loss": 0.4127, "id": "my-loss:1", "sha256": "9f2c…", "n": 2, "grad": [0.11, -0.23]})
+    loss: Values = Field(description="the loss: a number, or per point with reduction none")
+    id: str = Field(description="the version evaluated (name:version)")
+    sha256: str
+    n: int = Field(description="points (rows) evaluated")
+    grad: Values | None = Field(None, description="d loss / d pred (or logits), the shape of pred: with return_grad")
+
+
+class LandscapeOut(BaseModel):
+    """The loss over a grid, beside the plain loss; families add their own fields (targets, v, classes, ...)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "my-loss:1", "kind": "prediction", "grid": [-1.0, 0.0, 1.0], "xlabel": "prediction",
+        "targets": [0.0], "curves": {"learned, target=0": [0.9, 0.0, 1.1], "MSE, target=0": [1.0, 0.0, 1.0]},
+        "markers": [0.0], "title": "Learned loss vs MSE"}]})
+    id: str
+    kind: str = Field(description="prediction, margin (classification), residual (inverse dynamics) or parameter")
+    grid: list[float]
+    xlabel: str
+    curves: dict[str, list[float]] = Field(description="name -> the curve's values on the grid")
+    markers: list[float]
+    title: str
+
+
+class ReportOut(BaseModel):
+    """A finished job's report: a meta-train job's (spec, history, validation, meta_test, published_seed,
+    verdict, warnings, data) or a meta-test job's (the horizon report, optimizee, data, loss_sha256)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "spec": {"task": {"family": "sine"}}, "published_seed": 0, "verdict": "beats a tuned baseline at 100",
+        "warnings": [], "meta_test": {"steps": 100, "horizon": [{"steps": 100, "ratio_vs_tuned_per_seed": [0.8]}]}}]})
+    warnings: list[str] | None = Field(None, description="where the loss loses to the tuned baseline")
+
+
+class DatasetOut(BaseModel):
+    """A data set in a list; ``classes`` (classification) and ``trusted_rows`` appear where the data has them."""
+
+    id: int
+    name: str
+    filename: str | None
+    format: str
+    sha256: str
+    size: int = Field(description="bytes uploaded")
+    created_at: str | None
+    rows: int
+    tasks: int
+    x_dim: int
+    y_dim: int
+    inputs: list[str]
+    outputs: list[str]
+    task_type: Literal["regression", "classification"]
+    links: dict[str, str]
+    classes: list[int | str] | None = Field(None, description="the class labels, sorted (classification)")
+    trusted_rows: int | None = Field(None, description="rows marked trusted (column trusted)")
+
+
+DATASET_EXAMPLE = {
+    "id": 1, "name": "sensors", "filename": "tasks.csv", "format": "csv", "sha256": "41d0…", "size": 18234,
+    "created_at": "2026-01-05T09:00:00Z", "rows": 442, "tasks": 18, "x_dim": 9, "y_dim": 1,
+    "inputs": ["age", "bmi"], "outputs": ["y"], "task_type": "regression", "links": {"self": "/v1/datasets/1"}}
+
+
+class DatasetPage(BaseModel):
+    model_config = example({"items": [DATASET_EXAMPLE], "next_cursor": None})
+    items: list[DatasetOut]
+    next_cursor: str | None
+
+
+class DatasetDetailOut(DatasetOut):
+    """A data set with rows per task and per-column statistics (and, from ``GET``, the jobs that read it)."""
+
+    model_config = example({**DATASET_EXAMPLE, "task_rows": {"sex1 age45-49": 25}, "min_task_rows": 13,
+                            "max_task_rows": 43, "stats": {"inputs": {"age": {"mean": 48.5, "std": 13.1,
+                                                                             "min": 19.0, "max": 79.0}},
+                                                           "outputs": {}}, "active_jobs": []})
+    task_rows: dict[str, int]
+    min_task_rows: int
+    max_task_rows: int
+    stats: dict[str, dict[str, dict[str, float]]] = Field(description="inputs/outputs -> column -> mean, std, "
+                                                                       "min, max")
+    task_trusted_rows: dict[str, int] | None = Field(None, description="trusted rows per task")
+    active_jobs: list[int] | None = Field(None, description="queued or running jobs that read it (GET only)")
+
+
+class HealthOut(BaseModel):
+    model_config = example({"status": "ok"})
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    model_config = example({"status": "ready", "runner": "local"})
+    status: Literal["ready"]
+    runner: str = Field(description="ML3_RUNNER: local, celery or none")
 
 
 def accepted(response: Response, job: Job) -> dict:

@@ -9,10 +9,10 @@ import json
 import os
 import sys
 
-from app.cli.progress import GREEN, RED, Progress, colours
 from app.cli.spec_flags import TRAIN_FLAGS, apply_sets
 from app.jobs.allocator import keep_freed_memory
 from app.jobs.tracking import Tracker
+from ml3core.progress import GREEN, RED, Progress, colours
 from ml3core.schema import describe, loc, spec_keys
 
 

@@ -2,17 +2,18 @@
 ``ml3 losses ...``.
 
 The jobs/losses commands talk to a running server (``--server`` or ML3_SERVER, default
-http://127.0.0.1:8000) through ``app.cli.client``; only ``serve`` and ``db`` load the server stack."""
+http://127.0.0.1:8000) through ``ml3core.client``; only ``serve`` and ``db`` load the server stack."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
 
-from app.cli.progress import GREEN, RED, colours
+from ml3core.progress import GREEN, RED, colours
 
 
 def cmd_serve(args) -> int:
@@ -60,6 +61,7 @@ def cmd_db_upgrade(args) -> int:
 def cmd_keys(args) -> int:
     """Create, list and revoke API keys in the database itself (no server needed)."""
     from app.core.config import get_settings
+    from app.db.models import iso
     from app.db.session import get_sessionmaker, upgrade
     from app.services import security
 
@@ -76,6 +78,9 @@ def cmd_keys(args) -> int:
                 print(f"ml3: no key {args.key!r}", file=sys.stderr)
                 return 1
             print(f"key {key.prefix} revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        elif args.json:
+            _print([{"prefix": k.prefix, "scope": k.scope, "name": k.name, "created_at": iso(k.created_at),
+                     "revoked_at": iso(k.revoked_at)} for k in security.list_keys(db, args.all)])
         else:
             for key in security.list_keys(db, args.all):
                 revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
@@ -93,6 +98,7 @@ def add_keys_commands(sub) -> None:
     p.add_argument("--name", default="", help="who or what the key is for")
     p = keys.add_parser("list", help="keys by prefix, scope and state (never the tokens)")
     p.add_argument("--all", action="store_true", help="revoked keys too")
+    p.add_argument("--json", action="store_true", help="print the keys as JSON (never the tokens)")
     p = keys.add_parser("revoke", help="revoke a key at once")
     p.add_argument("key", help="its prefix (from `ml3 keys list`) or the token")
     for parser in keys.choices.values():
@@ -100,7 +106,7 @@ def add_keys_commands(sub) -> None:
 
 
 def _client(args):
-    from app.cli.client import Client
+    from ml3core.client import Client
 
     return Client(args.server)
 
@@ -112,20 +118,9 @@ def _print(obj) -> None:
 def _guard(fn):
     """Print a server problem, a server that cannot be reached or a file that cannot be read as one
     line and exit 1 instead of a traceback."""
+    from ml3core.client import one_line_errors
 
-    def run(args):
-        from app.cli.client import ApiError, ServerUnreachable
-
-        try:
-            return fn(args)
-        except (ApiError, ServerUnreachable) as e:
-            print(f"ml3: {e}", file=sys.stderr)
-            return 1
-        except OSError as e:  # --spec or an upload that is not there
-            print(f"ml3: {e}", file=sys.stderr)
-            return 1
-
-    return run
+    return one_line_errors("ml3")(fn)
 
 
 def cmd_jobs_submit(args) -> int:
@@ -174,8 +169,8 @@ def job_summary(job: dict) -> str:
     if error:
         lines.append(f"error:   {error.get('code')}: {error.get('detail')}")
     links = job.get("links") or {}
-    lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']}; "
-                 f"--json prints the whole job)")
+    lines.append(f"details: {links.get('self', '/v1/jobs/' + str(job['id']))} (ml3 jobs show {job['id']} "
+                 f"--json: the whole job)")
     return "\n".join(lines)
 
 
@@ -200,10 +195,12 @@ def _table(header: tuple, rows: list[tuple]) -> None:
 
 def cmd_jobs_list(args) -> int:
     with _client(args) as c:
+        jobs = list(itertools.islice(c.jobs(status=args.status, kind=args.kind), args.limit))
+        if args.json:
+            _print(jobs)
+            return 0
         rows = []
-        for i, job in enumerate(c.jobs(status=args.status, kind=args.kind)):
-            if i >= args.limit:
-                break
+        for job in jobs:
             p = job["progress"]
             phase = (job.get("metrics") or {}).get("phase", "") if job["status"] == "running" else ""
             result = (job.get("result") or {}).get("loss", "")
@@ -215,7 +212,11 @@ def cmd_jobs_list(args) -> int:
 
 def cmd_jobs_show(args) -> int:
     with _client(args) as c:
-        _print(c.job(args.id))
+        job = c.job(args.id)
+    if args.json:
+        _print(job)
+    else:
+        print(job_summary(job))
     return 0
 
 
@@ -341,6 +342,28 @@ def cmd_losses_list(args) -> int:
     return 0
 
 
+def cmd_losses_show(args) -> int:
+    with _client(args) as c:
+        v = c.loss(args.id)
+    if args.json:
+        _print(v)
+        return 0
+    arch = v.get("architecture") or {}
+    lines = [f"{v['id']}: {(v.get('task') or {}).get('family', '?')} loss, form {arch.get('form', 'net')}, "
+             f"{v['status']} (sha256 {v['sha256'][:12]}…)",
+             f"created: {v['created_at']}" + (f" by job {v['job_id']}" if v.get("job_id") else "")]
+    if v["aliases"]:
+        lines.append("aliases: " + " ".join(f"@{a}" for a in v["aliases"]))
+    if v["tags"]:
+        lines.append("tags:    " + " ".join(f"{k}={t}" for k, t in v["tags"].items()))
+    lines.append(f"verdict: {v.get('verdict') or '-'} (meta-validation tasks)")
+    if v.get("description"):
+        lines.append(f"description: {v['description']}")
+    lines.append(f"details: {v['links']['self']} (ml3 losses show {v['id']} --json: the whole version)")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_losses_describe(args) -> int:
     with _client(args) as c:
         v = c.describe(args.id, args.description or None)
@@ -351,6 +374,12 @@ def cmd_losses_describe(args) -> int:
 def cmd_losses_pull(args) -> int:
     with _client(args) as c:
         print(c.pull(args.id, args.out))
+    return 0
+
+
+def cmd_losses_export(args) -> int:
+    with _client(args) as c:
+        print(c.export(args.id, args.format, args.out))
     return 0
 
 
@@ -369,6 +398,9 @@ def cmd_losses_alias(args) -> int:
     with _client(args) as c:
         _print(c.set_alias(args.name, args.alias, args.version))
     return 0
+
+
+JSON_HELP = "print the JSON the server answered, not a table or summary"
 
 
 def add_commands(sub) -> None:
@@ -413,12 +445,15 @@ def add_commands(sub) -> None:
     p.add_argument("--status")
     p.add_argument("--kind")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=_guard(cmd_jobs_list))
-    for name, fn, hlp in (("show", cmd_jobs_show, "a job as JSON"), ("watch", cmd_jobs_watch, "follow a job"),
+    for name, fn, hlp in (("show", cmd_jobs_show, "a job: status, progress, loss, verdict, warnings or error"),
+                          ("watch", cmd_jobs_watch, "follow a job"),
                           ("cancel", cmd_jobs_cancel, "cancel a job (checkpoint kept)")):
         p = jobs.add_parser(name, help=hlp)
         p.add_argument("id", type=int)
         p.set_defaults(func=_guard(fn))
+    jobs.choices["show"].add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("sweep", help="search settings of a meta-train spec on a server; the best loss is registered",
                        description="Submit a sweep (or --watch one), print a line per trial as it starts and ends, "
@@ -449,8 +484,12 @@ def add_commands(sub) -> None:
     p = losses.add_parser("list", help="registered losses")
     p.add_argument("--family", help="only losses whose latest version is of this task family")
     p.add_argument("--q", help="only losses with this text in the name or the latest version's description")
-    p.add_argument("--json", action="store_true", help="print the losses as JSON, not a table")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=_guard(cmd_losses_list))
+    p = losses.add_parser("show", help="a loss version: family, form, aliases, tags, verdict, description")
+    p.add_argument("id", help="name (the latest version), name:VERSION or name@ALIAS")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=_guard(cmd_losses_show))
     p = losses.add_parser("describe", help="set a version's markdown description (admin key)")
     p.add_argument("id", help="name (the latest version), name:VERSION or name@ALIAS")
     p.add_argument("description", help="markdown text; '' removes it")
@@ -459,6 +498,12 @@ def add_commands(sub) -> None:
     p.add_argument("id", help="name, name:VERSION or name@ALIAS")
     p.add_argument("--out", help="zip path (default NAME-vVERSION.zip)")
     p.set_defaults(func=_guard(cmd_losses_pull))
+    p = losses.add_parser("export", help="download a loss as TorchScript or ONNX, for use outside Python")
+    p.add_argument("id", help="name, name:VERSION or name@ALIAS")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="torchscript: torch.jit.load / torch::jit::load; onnx: any ONNX runtime")
+    p.add_argument("-o", "--out", help="file path (default NAME-vVERSION.pt or .onnx)")
+    p.set_defaults(func=_guard(cmd_losses_export))
     p = losses.add_parser("evaluate", help="evaluate a loss on a few points")
     p.add_argument("id")
     p.add_argument("--pred", required=True, help="comma-separated, e.g. 0.1,0.5")
@@ -489,15 +534,35 @@ def cmd_datasets(args) -> int:
                   f"outputs {out['outputs']}; train on it with --set task.dataset={out['id']}", file=sys.stderr)
             _print(out)
         elif args.datasets_command == "list":
-            rows = [(d["id"], d["name"][:32], d["tasks"], d["rows"], d["x_dim"], d["y_dim"])
-                    for d in c._pages("/v1/datasets", {"limit": 50})]
-            _table(("ID", "NAME", "TASKS", "ROWS", "X_DIM", "Y_DIM"), rows)
+            items = list(c._pages("/v1/datasets", {"limit": 50}))
+            if args.json:
+                _print(items)
+            else:
+                _table(("ID", "NAME", "TASKS", "ROWS", "X_DIM", "Y_DIM"),
+                       [(d["id"], d["name"][:32], d["tasks"], d["rows"], d["x_dim"], d["y_dim"]) for d in items])
         elif args.datasets_command == "show":
-            _print(c.request("GET", f"/v1/datasets/{args.id}").json())
+            d = c.request("GET", f"/v1/datasets/{args.id}").json()
+            if args.json:
+                _print(d)
+            else:
+                print(dataset_summary(d))
         else:
             c.request("DELETE", f"/v1/datasets/{args.id}", params={"force": "true"} if args.force else None)
             print(f"data set {args.id} deleted")
     return 0
+
+
+def dataset_summary(d: dict) -> str:
+    """A data set in a few lines (``--json``: all of it, with per-column statistics)."""
+    kind = f"classification, {len(d['classes'])} classes" if d.get("classes") else d.get("task_type", "regression")
+    lines = [f"data set {d['id']} {d['name']!r}: {d['tasks']} tasks, {d['rows']} rows ({d['min_task_rows']} to "
+             f"{d['max_task_rows']} per task), {kind}",
+             f"inputs:  {', '.join(d['inputs'])}", f"outputs: {', '.join(d['outputs'])}"]
+    if d.get("trusted_rows") is not None:
+        lines.append(f"trusted rows: {d['trusted_rows']}")
+    lines.append(f"active jobs: {', '.join(map(str, d.get('active_jobs') or [])) or 'none'}")
+    lines.append(f"details: {d['links']['self']} (ml3 datasets show {d['id']} --json: statistics per column)")
+    return "\n".join(lines)
 
 
 def add_dataset_commands(sub) -> None:
@@ -510,9 +575,10 @@ def add_dataset_commands(sub) -> None:
     p.add_argument("--task-column", help="CSV: the column of task labels (default task)")
     p.add_argument("--inputs", help="comma-separated input columns (default: all but task and outputs)")
     p.add_argument("--outputs", help="comma-separated output columns (default: y, y1, y2, ... or y_*)")
-    ds.add_parser("list", help="data sets, newest first")
+    ds.add_parser("list", help="data sets, newest first").add_argument("--json", action="store_true", help=JSON_HELP)
     for name in ("show", "delete"):
         ds.add_parser(name, help=f"{name} a data set").add_argument("id", type=int)
+    ds.choices["show"].add_argument("--json", action="store_true", help=JSON_HELP)
     ds.choices["delete"].add_argument("--force", action="store_true",
                                       help="even if registered losses were meta-trained on it")
     for parser in ds.choices.values():

@@ -12,6 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 
 from app.api.deps import DB, READ, AdminKey, Id, PageDep, SubmitKey, reject_unknown_query
+from app.api.openapi import problems
+from app.api.schemas import DatasetDetailOut, DatasetPage
 from app.core.errors import Problem, not_found
 from app.db.models import Dataset
 from app.db.session import lock_row
@@ -57,7 +59,8 @@ def _save(Session, data, name: str, filename: str | None, fmt: str) -> dict:
 
 
 @router.post("", status_code=201, summary="Upload a data set of tasks (multipart file or raw CSV/NPZ body)",
-             openapi_extra=UPLOAD_DOC)
+             openapi_extra=UPLOAD_DOC, response_model=DatasetDetailOut, response_model_exclude_unset=True,
+             responses=problems(400, 413, 415, 429))
 async def upload(request: Request, response: Response, key: SubmitKey) -> dict:
     reject_unknown_query(request, OPTIONS)
     settings = request.app.state.settings
@@ -91,7 +94,8 @@ async def upload(request: Request, response: Response, key: SubmitKey) -> dict:
         return out
 
 
-@router.get("", summary="List data sets, newest first")
+@router.get("", summary="List data sets, newest first", response_model=DatasetPage,
+            response_model_exclude_unset=True)
 def list_datasets(db: DB, page: PageDep) -> dict:
     q = select(Dataset).order_by(Dataset.id.desc()).limit(page.limit + 1)
     if page.after is not None:
@@ -99,7 +103,8 @@ def list_datasets(db: DB, page: PageDep) -> dict:
     return page.result(list(db.scalars(q)), lambda r: r.id, datasets.dataset_json)
 
 
-@router.get("/{dataset_id}", summary="A data set: shapes, rows per task, column statistics, active jobs")
+@router.get("/{dataset_id}", summary="A data set: shapes, rows per task, column statistics, active jobs",
+            response_model=DatasetDetailOut, response_model_exclude_unset=True)
 def show(db: DB, dataset_id: Id) -> dict:
     out = datasets.dataset_json(datasets.get(db, dataset_id), full=True)
     out["active_jobs"] = datasets.jobs_using(db, dataset_id)
@@ -107,7 +112,8 @@ def show(db: DB, dataset_id: Id) -> dict:
 
 
 @router.delete("/{dataset_id}", status_code=204,
-               summary="Delete a data set (409 while a job uses it, or a registered loss without force)")
+               summary="Delete a data set (409 while a job uses it, or a registered loss without force)",
+               responses=problems(409))
 def remove(db: DB, key: AdminKey, dataset_id: Id,
            force: Annotated[bool, Query(description="delete even though registered losses were trained on it: "
                                         "they stay usable, but can be meta-tested only on another data set")] = False,

@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from starlette.routing import Match, Route
 
 from app.api.deps import read_key_inline, reject_unknown_query
-from app.api.schemas import EvaluateRequest
+from app.api.openapi import problems
+from app.api.schemas import EvaluateOut, EvaluateRequest
 from app.core.errors import invalid
 from app.services import limits, registry
 from app.services.evaluate import (
@@ -174,7 +175,8 @@ BOOLS = {"true": True, "1": True, "false": False, "0": False}
 # the query is parsed by hand (documented below): FastAPI's parameter machinery would cost as much as
 # the loss itself on this, the smallest and most frequent request
 @router.get("/{loss_id}/evaluate", summary="Evaluate a loss on a few points given in the query",
-            openapi_extra={"parameters": [LOSS_ID, *EVAL_QUERY], "security": READ_SECURITY})
+            openapi_extra={"parameters": [LOSS_ID, *EVAL_QUERY], "security": READ_SECURITY},
+            response_model=EvaluateOut, responses=problems(413, 429))
 async def evaluate_get(request: Request) -> Response:
     key = read_key_inline(request)
     loss_id = request.path_params["loss_id"]
@@ -236,7 +238,7 @@ def _parse_evaluate(raw: bytes, limit: int, big: bool = False):
 
 
 @router.post("/{loss_id}/evaluate", summary="Evaluate a loss on a batch (JSON lists or base64 float32)",
-             openapi_extra=EVAL_BODY)
+             openapi_extra=EVAL_BODY, response_model=EvaluateOut, responses=problems(413, 429))
 async def evaluate_post(request: Request) -> Response:
     key = read_key_inline(request)
     loss_id = request.path_params["loss_id"]

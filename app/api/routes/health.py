@@ -10,6 +10,8 @@ from sqlalchemy import func, select, text
 from starlette.routing import Route
 
 from app.api.deps import READ
+from app.api.openapi import problems
+from app.api.schemas import HealthOut, ReadyOut
 from app.core.errors import Problem, invalid, not_found
 from app.db.models import STATUSES, Job
 from app.services.security import authorize
@@ -17,12 +19,13 @@ from app.services.security import authorize
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", summary="The process is up", response_model=HealthOut)
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database (and the broker or runner) can be reached")
+@router.get("/readyz", summary="The database (and the broker or runner) can be reached", response_model=ReadyOut,
+            responses=problems(503))
 def readyz(request: Request) -> dict:
     state = request.app.state
     try:
@@ -37,7 +40,9 @@ def readyz(request: Request) -> dict:
 
 
 # a read like any other: open unless ML3_AUTH_READS=true (with keys on), then a key with scope read
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[READ])
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[READ],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}, "example": (
+                '# TYPE ml3_jobs gauge\nml3_jobs{status="running"} 1\n')}}}})
 def metrics(request: Request) -> Response:
     state = request.app.state
     lines = ["# TYPE ml3_http_requests_total counter"]

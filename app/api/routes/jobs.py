@@ -15,7 +15,18 @@ from sqlalchemy import select
 
 from app.api.deps import DB, READ, Id, IdempotencyKey, PageDep, ReadKey, SubmitKey
 from app.api.head import head_of
-from app.api.schemas import JobBody, JobOut, SweepSpec, accepted, job_json
+from app.api.openapi import problems
+from app.api.schemas import (
+    JobBody,
+    JobDetailOut,
+    JobMetricsOut,
+    JobOut,
+    JobPage,
+    ReportOut,
+    SweepSpec,
+    accepted,
+    job_json,
+)
 from app.core.errors import Problem, invalid, not_found
 from app.db.models import (
     FINAL,
@@ -39,7 +50,8 @@ log = logging.getLogger("ml3.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 
 
-@router.post("", status_code=202, summary="Submit a meta-train job or a sweep", response_model=JobOut)
+@router.post("", status_code=202, summary="Submit a meta-train job or a sweep", response_model=JobOut,
+             responses=problems(409, 413, 429))
 def submit(request: Request, response: Response, db: DB, key: SubmitKey, spec: Annotated[JobBody, Body()],
            idempotency_key: IdempotencyKey = None) -> dict:
     settings = request.app.state.settings
@@ -84,7 +96,7 @@ def submit_sweep(request: Request, response: Response, db, key, spec: SweepSpec,
     return accepted(response, db.get(Job, job.id) or job)
 
 
-@router.get("", summary="List jobs, newest first")
+@router.get("", summary="List jobs, newest first", response_model=JobPage)
 def list_jobs(db: DB, page: PageDep, status: str | None = None, kind: str | None = None) -> dict:
     q = select(Job).order_by(Job.id.desc()).limit(page.limit + 1)
     if status is not None:
@@ -105,7 +117,8 @@ def get_job(db, job_id: int) -> Job:
     return job
 
 
-@router.get("/{job_id}", summary="A job: status, progress, latest metrics, error, result")
+@router.get("/{job_id}", summary="A job: status, progress, latest metrics, error, result",
+            response_model=JobDetailOut, response_model_exclude_unset=True)
 def show(db: DB, job_id: Id) -> dict:
     job = get_job(db, job_id)
     files = list(db.scalars(select(JobFile.name).where(JobFile.job_id == job_id)))
@@ -117,7 +130,7 @@ def show(db: DB, job_id: Id) -> dict:
     return out
 
 
-@router.get("/{job_id}/metrics", summary="Metric history (one entry per evaluation)")
+@router.get("/{job_id}/metrics", summary="Metric history (one entry per evaluation)", response_model=JobMetricsOut)
 def metrics(db: DB, job_id: Id) -> dict:
     get_job(db, job_id)
     q = (select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
@@ -125,7 +138,8 @@ def metrics(db: DB, job_id: Id) -> dict:
     return {"job_id": job_id, "items": list(db.scalars(q))}
 
 
-@router.post("/{job_id}/cancel", status_code=202, summary="Ask a job to stop (cooperative; checkpoint kept)")
+@router.post("/{job_id}/cancel", status_code=202, summary="Ask a job to stop (cooperative; checkpoint kept)",
+             response_model=JobOut, responses=problems(409))
 def cancel(db: DB, key: SubmitKey, job_id: Id) -> dict:
     job = get_job(db, job_id)
     if job.api_key_id != key.key_id and not key.allows("admin"):
@@ -150,24 +164,26 @@ def _file(db, job_id: int, name: str) -> JobFile:
     return row
 
 
-@router.get("/{job_id}/report", summary="The report of a finished job (JSON)")
+@router.get("/{job_id}/report", summary="The report of a finished job (JSON)", response_model=ReportOut)
 def report(db: DB, job_id: Id) -> Response:
     return Response(_file(db, job_id, "report.json").data, media_type="application/json")
 
 
-@router.get("/{job_id}/figures/{name}", summary="A figure of a finished job (PNG)")
+@router.get("/{job_id}/figures/{name}", summary="A figure of a finished job (PNG)", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
 def figure(db: DB, job_id: Id, name: str) -> Response:
     if not name.endswith(".png"):
         raise not_found(f"figure {name!r}")
     return Response(_file(db, job_id, name).data, media_type="image/png")
 
 
-@router.head("/{job_id}/report", summary="The report's headers (Content-Length), no body")
+@router.head("/{job_id}/report", summary="The report's headers (Content-Length), no body", response_class=Response)
 def report_head(db: DB, job_id: Id) -> Response:
     return head_of(report(db, job_id))
 
 
-@router.head("/{job_id}/figures/{name}", summary="A figure's headers (Content-Length), no body")
+@router.head("/{job_id}/figures/{name}", summary="A figure's headers (Content-Length), no body",
+             response_class=Response)
 def figure_head(db: DB, job_id: Id, name: str) -> Response:
     return head_of(figure(db, job_id, name))
 
@@ -191,7 +207,9 @@ class _Stream(StreamingResponse):
 
 
 @router.get("/{job_id}/events", summary="Server-Sent Events (progress, metrics, status) until a final status",
-            response_class=StreamingResponse)
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {
+                "schema": {"type": "string"},
+                "example": 'id: 7\nevent: progress\ndata: {"completed": 10, "total": 500}\n\n'}}}, **problems(429)})
 async def events(request: Request, job_id: Id, key: ReadKey, last_event_id: Annotated[str | None, Header()] = None,
                  after: Annotated[int | None, Digits, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     Session = request.app.state.Session

@@ -13,17 +13,24 @@ from sqlalchemy import and_, func, or_, select
 
 from app.api.deps import ADMIN, DB, READ, IdempotencyKey, PageDep, SubmitKey, reject_unknown_query
 from app.api.head import head_of
+from app.api.openapi import problems
 from app.api.schemas import (
+    AliasesOut,
+    AliasOut,
     AliasRequest,
     JobOut,
+    LandscapeOut,
+    LossPage,
     LossPatch,
     LossVersionOut,
     MetaTestRequest,
     TagRequest,
+    TagsOut,
+    VersionPage,
     accepted,
     version_json,
 )
-from app.core.errors import invalid
+from app.core.errors import Problem, invalid
 from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
 from app.jobs.runner import check_device
 from app.services import limits, registry
@@ -31,6 +38,7 @@ from app.services.evaluate import CLASSIFICATION_FORMS, torch_threads
 from app.services.ids import parse_int
 from app.services.jobs import create_job
 from ml3core.api import landscape, landscape_png, parse_meta_test
+from ml3core.export import FORMATS, ExporterMissing, ExportError, export
 from ml3core.tasks import FAMILIES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"], dependencies=[READ])
@@ -53,7 +61,8 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-@router.get("", summary="List registered losses (filter by ?family=, search name and description by ?q=)")
+@router.get("", summary="List registered losses (filter by ?family=, search name and description by ?q=)",
+            response_model=LossPage)
 def list_losses(request: Request, db: DB, page: PageDep,
                 family: Annotated[str | None, Query(description="task family of the latest version, e.g. sine")] = None,
                 q: Annotated[str | None, Query(max_length=200, description="text in the name or the latest "
@@ -110,7 +119,7 @@ def show(db: DB, loss_id: str) -> dict:
 
 
 @router.patch("/{loss_id}", summary="Change a loss version's description", response_model=LossVersionOut,
-              dependencies=[ADMIN])
+              dependencies=[ADMIN], responses=problems(413))
 def patch(db: DB, loss_id: str, body: LossPatch) -> dict:
     r = registry.resolve(db, loss_id)  # name alone: the latest version
     registry.set_description(db, r.id, body.description)
@@ -118,7 +127,7 @@ def patch(db: DB, loss_id: str, body: LossPatch) -> dict:
     return show(db, r.ref)
 
 
-@router.get("/{name}/versions", summary="Versions of a loss, newest first")
+@router.get("/{name}/versions", summary="Versions of a loss, newest first", response_model=VersionPage)
 def versions(db: DB, name: str, page: PageDep) -> dict:
     loss = registry.get_loss(db, name)
     q = select(LossVersion).where(LossVersion.loss_id == loss.id).order_by(LossVersion.version.desc())
@@ -132,7 +141,7 @@ def versions(db: DB, name: str, page: PageDep) -> dict:
                        lambda v: version_json(name, v, by_version.get(v.id, []), listed=True))
 
 
-@router.get("/{name}/aliases", summary="Aliases of a loss")
+@router.get("/{name}/aliases", summary="Aliases of a loss", response_model=AliasesOut)
 def aliases(db: DB, name: str) -> dict:
     loss = registry.get_loss(db, name)
     q = select(LossVersion.id, LossVersion.version).where(LossVersion.loss_id == loss.id)
@@ -140,7 +149,8 @@ def aliases(db: DB, name: str) -> dict:
     return {"name": name, "aliases": {a.alias: versions[a.version_id] for a in loss.aliases}}
 
 
-@router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version", dependencies=[ADMIN])
+@router.put("/{name}/aliases/{alias}", summary="Set or move an alias to a version", dependencies=[ADMIN],
+            response_model=AliasOut, responses=problems(413))
 def set_alias(db: DB, name: str, alias: str, body: AliasRequest) -> dict:
     registry.commit_upsert(db, lambda db: registry.set_alias(db, name, alias, body.version))
     return {"name": name, "alias": alias, "version": body.version, "id": f"{name}@{alias}"}
@@ -153,13 +163,14 @@ def delete_alias(db: DB, name: str, alias: str) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{loss_id}/tags", summary="Tags of a loss version")
+@router.get("/{loss_id}/tags", summary="Tags of a loss version", response_model=TagsOut)
 def tags(db: DB, loss_id: str) -> dict:
     r, v = _version(db, loss_id)
     return {"id": r.ref, "tags": {t.key: t.value for t in v.tags}}
 
 
-@router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version", dependencies=[ADMIN])
+@router.put("/{loss_id}/tags/{key}", summary="Set a tag on a loss version", dependencies=[ADMIN],
+            response_model=TagsOut, responses=problems(413))
 def set_tag(db: DB, loss_id: str, key: str, body: TagRequest) -> dict:
     r = registry.resolve(db, loss_id)
     registry.commit_upsert(db, lambda db: registry.set_tag(db, r.id, key, body.value))
@@ -199,7 +210,7 @@ LANDSCAPE_QUERY = {"targets", "lo", "hi", "points", "x", "classes", "format"}
 
 
 @router.get("/{loss_id}/landscape", summary="The loss over a grid of predictions (JSON or ?format=png)",
-            responses={200: {"content": {"application/json": {}, "image/png": {}}}})
+            response_model=LandscapeOut, responses={200: {"content": {"image/png": {}}}, **problems(413)})
 def landscape_view(request: Request, db: DB, loss_id: str,
                    format: Annotated[str, Query(pattern="^(json|png)$")] = "json") -> Response:
     reject_unknown_query(request, LANDSCAPE_QUERY)
@@ -232,8 +243,36 @@ def landscape_view(request: Request, db: DB, loss_id: str,
     return Response(json.dumps({"id": r.ref, **data}), media_type="application/json")
 
 
+EXPORT_SUFFIX = {"torchscript": "pt", "onnx": "onnx"}
+
+
+@router.get("/{loss_id}/export", summary="The loss as TorchScript or ONNX, for use outside Python",
+            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}, **problems(501)})
+def export_view(request: Request, db: DB, loss_id: str,
+                format: Annotated[str, Query(description="torchscript (torch.jit.load, C++ torch::jit::load) or "
+                                             "onnx (any ONNX runtime)")] = "torchscript") -> Response:
+    """TorchScript takes (pred, target[, x][, reduction]) or (logits, labels) like ``load_loss``; ONNX takes
+    pred, target[, x] as (N, D) arrays, or logits (N, C) and labels (N,) int64, and gives the reduced loss."""
+    reject_unknown_query(request, {"format"})
+    if format not in FORMATS:
+        raise invalid("format", f"one of {list(FORMATS)}")
+    r = registry.resolve(db, loss_id)
+    module = registry.load_bundle(db, r.id).module()
+    db.rollback()  # the reads are done: the connection goes back to the pool while the loss is compiled
+    torch_threads(request.app.state.settings.api_threads)
+    try:
+        data = export(module, format)
+    except ExporterMissing as e:
+        raise Problem(501, "exporter_missing", str(e)) from None
+    except ExportError as e:
+        raise Problem(422, "not_exportable", f"{r.ref} cannot be exported as {format}: {e}") from None
+    name = f"{r.name}-v{r.version}.{EXPORT_SUFFIX[format]}"
+    return Response(data, media_type="application/octet-stream",
+                    headers={"X-Loss-Id": r.ref, "Content-Disposition": f'attachment; filename="{name}"'})
+
+
 @router.post("/{loss_id}/meta-test", status_code=202, summary="Meta-test a loss against MSE (a job)",
-             response_model=JobOut)
+             response_model=JobOut, responses=problems(409, 413, 429))
 def meta_test(request: Request, response: Response, db: DB, key: SubmitKey, loss_id: str,
               body: Annotated[MetaTestRequest | None, Body()] = None,
               idempotency_key: IdempotencyKey = None) -> dict:

@@ -1,6 +1,7 @@
-"""A small Python client of the ml3 service (needs only httpx; never imports the server).
+"""A small Python client of the ml3 service (needs only httpx; never imports the server): part of the
+base install, so a training script talks to a server without the server's dependencies.
 
-    from app.cli.client import Client
+    from ml3core.client import Client
     c = Client("http://127.0.0.1:8000")
     job = c.submit({"task": {"family": "sine"}, "seeds": 2, "register_as": "my-loss"})
     job = c.wait(job["id"])                      # follows the event stream, prints a progress bar
@@ -10,12 +11,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 
 import httpx
+
+from .portable import LossBundleError
 
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -39,6 +44,26 @@ class ServerUnreachable(ConnectionError):
         what = f"no answer in time ({type(error).__name__})" if timeout else f"{type(error).__name__}: {error}"
         super().__init__(f"cannot reach the ml3 server for {method} {url} ({what}); start it with `ml3 serve` "
                          "or point --server / ML3_SERVER at a running one")
+
+
+def one_line_errors(prog: str, on_404: str = ""):
+    """Decorate a command's main: a server's problem, a server out of reach, a loss that cannot be loaded or
+    a file that cannot be read end it as one line on stderr (``prog: ...``, then ``on_404`` after a 404)
+    and exit status 1, not a traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (ApiError, LossBundleError, OSError) as e:  # OSError: ServerUnreachable, a missing file
+                hint = f"; {on_404}" if on_404 and getattr(e, "status", None) == 404 else ""
+                print(f"{prog}: {e}{hint}", file=sys.stderr)
+                return 1
+
+        return run
+
+    return wrap
 
 
 class Client:
@@ -113,7 +138,7 @@ class Client:
 
     def wait(self, job_id: int, progress: bool = True, timeout: float | None = None) -> dict:
         """Follow a job to its final status (a progress bar on stderr), then return it."""
-        from app.cli.progress import Progress  # stdlib only
+        from .progress import Progress  # stdlib only
 
         bar = Progress(f"job {job_id}") if progress else None
         start = time.time()
@@ -158,11 +183,12 @@ class Client:
 
     def pull(self, loss_id: str, dest: str | None = None) -> str:
         """Download a loss bundle zip; returns its path (load it with ``ml3core.load_loss``)."""
-        r = self.request("GET", f"/v1/losses/{loss_id}/artifact")
-        dest = dest or f"{r.headers.get('X-Loss-Id', loss_id).replace(':', '-v')}.zip"
-        with open(dest, "wb") as f:
-            f.write(r.content)
-        return dest
+        return _save(self.request("GET", f"/v1/losses/{loss_id}/artifact"), loss_id, dest, "zip")
+
+    def export(self, loss_id: str, fmt: str = "torchscript", dest: str | None = None) -> str:
+        """Download a loss as TorchScript or ONNX (``fmt``); returns its path (default NAME-vVERSION.pt / .onnx)."""
+        r = self.request("GET", f"/v1/losses/{loss_id}/export", params={"format": fmt})
+        return _save(r, loss_id, dest, "pt" if fmt == "torchscript" else fmt)
 
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         return self.request("PUT", f"/v1/losses/{name}/aliases/{alias}", json={"version": version}).json()
@@ -178,6 +204,14 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+
+
+def _save(r: httpx.Response, loss_id: str, dest: str | None, suffix: str) -> str:
+    """Write a downloaded loss to dest, by default NAME-vVERSION.suffix (the version the server resolved)."""
+    dest = dest or f"{r.headers.get('X-Loss-Id', loss_id).replace(':', '-v')}.{suffix}"
+    with open(dest, "wb") as f:
+        f.write(r.content)
+    return dest
 
 
 def _plain(a):
