@@ -213,6 +213,9 @@ def test_the_embedded_runner_runs_a_sweep_submitted_and_watched_with_the_cli(ser
     assert lines[0].split() == ["RANK", "TRIAL", "JOB", "STATUS", "SCORE", "@10", "@100", "INNER_STEPS", "OUTER_LR"]
     assert len(lines) == 6 and "registered cli-swept:1" in lines[-1]
     assert sum("succeeded score" in line for line in out.stderr.splitlines()) == 4  # a line per trial as it ends
+    bars = [line for line in out.stderr.splitlines() if line.startswith("job ") and " meta-train " in line]
+    followed = {line.split()[1] for line in bars}
+    assert followed and all(f"(job {job_id}) running" in out.stderr for job_id in followed)  # a running trial's bar
     out = subprocess.run([*cmd[:4], "--watch", lines[-1].split()[1].rstrip(":"), "--json", "--server", server.url],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     job = json.loads(out.stdout)

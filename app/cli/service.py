@@ -245,7 +245,8 @@ def cmd_jobs_cancel(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    """Submit a sweep (or follow one: --watch ID), a line per trial as it starts and ends, then its leaderboard."""
+    """Submit a sweep (or follow one: --watch ID), a line per trial as it starts and ends and the running trial's
+    progress bar (the earliest, when several run), then its leaderboard."""
     with _client(args) as c:
         if args.watch is not None:
             sweep_id = args.watch
@@ -254,6 +255,7 @@ def cmd_sweep(args) -> int:
             print(f"sweep {sweep_id} submitted: /v1/jobs/{sweep_id}", file=sys.stderr)
         job = c.job(sweep_id)
         seen: dict[int, str] = {}
+        followed: set[int] = set()
         while not args.no_wait:
             for t in job.get("trials", []):
                 if seen.get(t["id"]) != t["status"]:
@@ -261,7 +263,12 @@ def cmd_sweep(args) -> int:
                     print(trial_line(t), file=sys.stderr, flush=True)
             if job["status"] in ("succeeded", "failed", "canceled"):
                 break
-            time.sleep(args.interval)
+            running = [t["id"] for t in job.get("trials", []) if t["status"] == "running" and t["id"] not in followed]
+            if running:  # a trial runs for minutes: its progress bar (as ml3 jobs watch), then the sweep again
+                followed.add(running[0])
+                c.wait(running[0])
+            else:
+                time.sleep(args.interval)
             job = c.job(sweep_id)
     if args.json:
         _print(job)
@@ -456,7 +463,8 @@ def add_commands(sub) -> None:
     jobs.choices["show"].add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("sweep", help="search settings of a meta-train spec on a server; the best loss is registered",
-                       description="Submit a sweep (or --watch one), print a line per trial as it starts and ends, "
+                       description="Submit a sweep (or --watch one), print a line per trial as it starts and ends "
+                       "and the running trial's progress, "
                        "then the leaderboard: each trial's score is its worst ratio against the tuned baseline over "
                        "the meta-validation horizons (lower is better).")
     p.add_argument("--spec", help="a JSON file of the whole sweep ({base, space, trials, sampler, ...})")
