@@ -40,36 +40,12 @@ def mlp_init(sizes: list[int], generators: list, n: int, bias: bool = True) -> d
     return params
 
 
-NARROW = 16  # layers with up to this many outputs take the transposed product (see _NarrowLinear)
-
-
-class _NarrowLinear(torch.autograd.Function):
-    """h @ wᵀ for a narrow layer, computed as (w @ hᵀ)ᵀ: MKL's batched kernel for the plain layout
-    of sine's 100 -> 10 layer ran 2-4x slower on an AMD EPYC (bench/RESULTS.md, the profile). The
-    backward is autograd's own two products in their fast layouts (the transposed forward's own
-    backward would leave a transposed gradient that slows every elementwise op after it). Its ops
-    are differentiable, so unrolls take second-order gradients through it."""
-
-    @staticmethod
-    def forward(ctx, h, w):
-        ctx.save_for_backward(h, w)
-        return (w @ h.mT).mT.contiguous()
-
-    @staticmethod
-    def backward(ctx, g):
-        h, w = ctx.saved_tensors
-        return g @ w, g.mT @ h
-
-
 def linear(h, w, b=None):
     """h @ wᵀ + b with batched weights w (..., out, in). A one-input layer (sine's first) is a
     broadcast product: as a matmul with K = 1 it costs about four times as much on a CPU."""
     if w.shape[-1] == 1:
         return h * w.mT if b is None else torch.addcmul(b.unsqueeze(-2), h, w.mT)
-    if w.shape[-2] <= NARROW and w.shape[:-2] == h.shape[:-2]:
-        h = _NarrowLinear.apply(h, w)
-    else:
-        h = h @ w.mT
+    h = h @ w.mT
     return h if b is None else h + b.unsqueeze(-2)
 
 

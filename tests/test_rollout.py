@@ -60,20 +60,3 @@ def test_on_step_sees_every_step_and_the_start():
          on_step=lambda k, th: seen.append((k, float(family.plain_loss(th, data).sum().detach()))))
     assert [k for k, _ in seen] == [0, 1, 2, 3]
     assert seen[-1][1] < seen[0][1]
-
-
-def test_a_narrow_layer_is_the_same_product_with_first_and_second_order_gradients():
-    """Sine's 100 -> 10 layer takes the transposed product (a faster kernel): same values, and the
-    gradients unrolls differentiate through (second order included) are the plain product's."""
-    from ml3core.models import _NarrowLinear, linear
-
-    torch.manual_seed(0)
-    h = torch.randn(2, 3, 7, 12, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 3, 4, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_NarrowLinear.apply, (h, w))
-    assert torch.autograd.gradgradcheck(_NarrowLinear.apply, (h, w))
-    out = linear(h, w)
-    assert out.grad_fn.name().startswith("_NarrowLinear")
-    torch.testing.assert_close(out, h @ w.mT)
-    wide = torch.randn(2, 3, 40, 12, dtype=torch.float64)
-    assert "NarrowLinear" not in linear(h, wide).grad_fn.name()  # wide layers keep the plain product
