@@ -265,7 +265,10 @@ def test_the_estimate_counts_parameters_held_out_points_and_every_phase():
     model = step + heldout
     grid = 9  # the lr grid of the tuned baseline: a batch axis of the publishing choice and the meta-test
     # 3 copies x rows x seeds x tasks x lrs x metrics x bytes
-    records = 3 * len(set(range(6 + 1)) | {9}) * 3 * 3 * grid * 2 * 4
+    from ml3core.metatest import curve_steps
+
+    assert curve_steps(6, [9]) == [0, 1, 2, 3, 4, 5, 6, 7, 9]  # every step to 6, log-spaced to the horizon 9
+    records = 3 * 9 * 3 * 3 * grid * 2 * 4
     assert size.phases == {"meta-training unroll": 3 * 2 * (5 * step + heldout) * 4, "evaluation": 3 * 1 * model * 4,
                            "meta-validation": 3 * 2 * model * 4, "publishing choice": 3 * 2 * grid * model * 4,
                            "meta-test": 3 * 3 * grid * model * 4 + records}
