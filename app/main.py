@@ -17,7 +17,7 @@ from app.api import openapi
 from app.api.errors import install_error_handlers, problem_response
 from app.api.routes import datasets as dataset_routes
 from app.api.routes import evaluate as evaluate_routes
-from app.api.routes import health, jobs, losses
+from app.api.routes import health, jobs, losses, spec_schema
 from app.core.config import Settings, get_settings
 from app.core.errors import invalid
 from app.db.session import get_engine, get_sessionmaker, upgrade
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None, runner=None) -> FastAPI:
     app.include_router(health.router)
     health.add_echo_route(app)  # bench/evaluate.py's bare route, served like the next one
     evaluate_routes.add_plain_route(app)  # the hot path, matched next, without FastAPI's per-request work
-    for module in (evaluate_routes, jobs, losses):
+    for module in (evaluate_routes, jobs, losses, spec_schema):
         app.include_router(module.router)
     app.include_router(dataset_routes.router)
     app.include_router(dashboard.router)  # the web pages at /

@@ -155,9 +155,11 @@ class Client:
         return self.request("GET", f"/v1/jobs/{job_id}/report").json()
 
     # -- losses ------------------------------------------------------------------------------
-    def losses(self, limit: int = 50, family: str | None = None, q: str | None = None) -> Iterator[dict]:
-        """Registered losses; ``family``: the latest version's task family; ``q``: text in the name or description."""
-        params = {k: v for k, v in {"limit": limit, "family": family, "q": q}.items() if v is not None}
+    def losses(self, limit: int = 50, family: str | None = None, q: str | None = None,
+               tag: str | None = None) -> Iterator[dict]:
+        """Registered losses; ``family``: the latest version's task family; ``q``: text in the name or description;
+        ``tag``: ``KEY`` or ``KEY=VALUE``, a tag of the latest version."""
+        params = {k: v for k, v in {"limit": limit, "family": family, "q": q, "tag": tag}.items() if v is not None}
         yield from self._pages("/v1/losses", params)
 
     def describe(self, loss_id: str, description: str | None) -> dict:

@@ -1,11 +1,16 @@
 """One description of every spec key: its help text and, for a key with a fixed set of values, the
 choices. The values themselves are checked where the spec is parsed (the config dataclasses); the CLI's
-``ml3 train FAMILY --help`` and the dashboard's submit form both read their help and choices from here."""
+``ml3 train FAMILY --help``, the dashboard's submit form and the JSON Schema of a job spec
+(``job_spec_schema``: ``GET /v1/schemas/job-spec`` and the OpenAPI document) all read their help and choices
+from here."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 
+from .api import TrackingConfig
 from .inner import OPTIMIZERS
 from .losses import INITS, WEIGHTS, LossSpec
 from .metatest import MetaTestConfig
@@ -64,6 +69,8 @@ HELP = {
     "loss.init": "initial phi; baseline: the loss starts exactly as the plain loss",
     "loss.per_output": "one shared net per output dimension",
     "loss.weights": "weighted_se: shared (one weight per point) or per_output (one per output, e.g. per joint)",
+    "loss.pred_dim": "prediction dimensions the loss reads (the task family sets it)",
+    "loss.x_dim": "input dimensions the loss reads (the task family sets it)",
     # the task, shared by several families
     "task.points": "train points per task",
     "task.heldout_points": "held-out points per task (metrics and the held-out meta-objective)",
@@ -124,7 +131,7 @@ CHOICES = {
     "schedule": SCHEDULES,
     "inner_optimizer": OPTIMIZERS,
     "dtype": tuple(DTYPES),
-    "device": ("cpu", "cuda"),
+    "device": ("cpu", "cuda"),  # or cuda:N (PATTERNS)
     "loss.form": FORMS,
     "loss.activation": tuple(sorted(ACTIVATIONS)),
     "loss.output": tuple(sorted(OUTPUTS)),
@@ -136,6 +143,9 @@ CHOICES = {
     "task.model_activation": tuple(sorted(ACTIVATIONS)),
     "task.objective": ("heldout", "train"),
 }
+
+# keys whose choices are the usual values of a pattern (device: app.jobs.runner.DEVICE, checked at submit)
+PATTERNS = {"device": "cpu|cuda(:[0-9]{1,3})?"}
 
 FAMILY_CHOICES = {  # where a key's values depend on the family
     "digits": {"task.model": ("mlp", "cnn")},
@@ -177,3 +187,53 @@ def describe(key: str, family: str | None = None) -> str:
     """The help of a key (in ``family``), with its choices."""
     values = choices(key, family)
     return f"{help_text(key, family)} (one of: {', '.join(values)})" if values else help_text(key, family)
+
+
+JSON_TYPES = {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"},
+              str: {"type": "string"}, dict: {"type": "object"}}
+
+
+def _json_type(hint) -> dict:
+    """The JSON Schema of a dataclass field's type, as ``config.from_dict`` accepts it (an int is a number)."""
+    if typing.get_origin(hint) is list:
+        return {"type": "array", "items": _json_type(typing.get_args(hint)[0])}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return {"anyOf": [_json_type(h) for h in typing.get_args(hint)]}
+    return dict(JSON_TYPES[hint])
+
+
+def _section(cls, prefix: str, family: str | None = None) -> dict:
+    """An object of ``cls``'s fields: every field ``from_dict`` accepts, and no other."""
+    hints = typing.get_type_hints(cls)
+    props = {}
+    for name in (f.name for f in dataclasses.fields(cls) if f.init):
+        key = loc(prefix, name)
+        props[name] = {**_json_type(hints[name]), "description": help_text(key, family)}
+        if key in PATTERNS:
+            props[name].update(pattern=f"^({PATTERNS[key]})$", examples=list(choices(key, family)))
+        elif choices(key, family):
+            props[name]["enum"] = list(choices(key, family))
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def job_spec_schema() -> dict:
+    """The meta-train spec (``ml3core.api.parse_spec``) as a JSON Schema: types from the config dataclasses,
+    descriptions and enums from HELP and CHOICES, ``task`` one object per family. It documents a spec;
+    parse_spec stays the judge of ranges and of how fields combine."""
+    tasks = []
+    for family in sorted(FAMILIES):
+        task = _section(FAMILIES[family].config_cls, "task", family)
+        task["properties"] = {"family": {"const": family, "description": "the task family"}, **task["properties"]}
+        tasks.append({**task, "title": family, "required": ["family"]})
+    nullable = {"type": ["object", "null"]}  # null: the defaults, as when absent
+    props = {
+        "task": {"description": "the task family and its settings", "oneOf": tasks},
+        "preset": {"type": "string", "description": "a named partial spec of the family under what this spec "
+                                                      "states (ml3core/presets.json; default: \"default\")"},
+        **_section(TrainConfig, "")["properties"],
+        "meta_test": {**_section(MetaTestConfig, "meta_test"), **nullable},
+        "loss": {**_section(LossSpec, "loss"), **nullable},
+        "tracking": {**_section(TrackingConfig, "tracking"), **nullable},
+    }
+    return {"type": "object", "title": "MetaTrainSpec", "required": ["task"], "properties": props,
+            "additionalProperties": False}

@@ -1,4 +1,4 @@
-"""The registry's search and descriptions: ``GET /v1/losses?family=&q=``, ``PATCH /v1/losses/{id}``
+"""The registry's search and descriptions: ``GET /v1/losses?family=&q=&tag=``, ``PATCH /v1/losses/{id}``
 (a version's markdown description), the family column filled at registration and by migration 0005,
 and the environment versions a bundle records, as the API shows them."""
 
@@ -61,6 +61,40 @@ def test_an_unknown_family_or_query_parameter_is_422_not_ignored(client, losses)
     assert "sine" in body["detail"]
     body = assert_problem(client.get("/v1/losses", params={"famliy": "sine"}), 422)
     assert "unknown query parameter" in body["detail"]
+
+
+@pytest.fixture(scope="module")
+def tagged(client, losses):
+    """Tags on some versions; ``moved``'s are on its first version only, not its latest."""
+    for loss_id, key, value in [("sine-a", "stage", "prod"), ("digits-a", "stage", "dev"), ("sine_b", "reviewed", ""),
+                                ("digits-a", "note", "a=b"), ("moved:1", "stage", "prod")]:
+        assert client.put(f"/v1/losses/{loss_id}/tags/{key}", json={"value": value}).status_code == 200
+    return losses
+
+
+def test_tag_filters_by_the_latest_versions_tags(client, tagged):
+    assert names(client, tag="stage") == ["sine-a", "digits-a"]  # not moved: its latest version has no tag
+    assert names(client, tag="stage=prod") == ["sine-a"]
+    assert names(client, tag="stage=dev", family="sine") == []
+    assert names(client, tag="stage", family="digits") == ["digits-a"]
+    assert names(client, tag="reviewed") == ["sine_b"] and names(client, tag="reviewed=") == ["sine_b"]
+    assert names(client, tag="note=a=b") == ["digits-a"]  # a key holds no "=": the value is the rest
+    assert names(client, tag="stage=PROD") == [] and names(client, tag="absent") == []
+    page = client.get("/v1/losses", params={"tag": "stage", "limit": 1}).json()  # pages keep the filter
+    assert [x["name"] for x in page["items"]] == ["sine-a"]
+    assert names(client, tag="stage", cursor=page["next_cursor"]) == ["digits-a"]
+    params = client.get("/openapi.json").json()["paths"]["/v1/losses"]["get"]["parameters"]
+    [typed] = [p for p in params if p["name"] == "tag"]  # the typed OpenAPI documents it, bounded
+    assert typed["schema"]["anyOf"][0]["maxLength"] == 321
+
+
+def test_a_malformed_tag_is_422_and_changes_nothing(client, Session, tagged):
+    before = table_counts(Session)
+    for tag in ("", "=prod", "bad key", "k" * 65, "stage=" + "v" * 257, "x" * 322):
+        body = assert_problem(client.get("/v1/losses", params={"tag": tag}), 422)
+        assert "tag" in json.dumps(body), body
+    assert_problem(client.get("/v1/losses", params=[("tag", "stage"), ("tag", "reviewed")]), 422)  # one only
+    assert table_counts(Session) == before
 
 
 def test_patch_sets_a_description_that_show_list_and_search_see(client, Session, losses):
@@ -127,7 +161,7 @@ def test_migration_0005_fills_the_family_of_stored_versions(tmp_path):
         assert conn.execute(text("SELECT family FROM loss_versions WHERE version = 1")).scalar() == "sine"
 
 
-def test_cli_losses_list_filters_and_describe(client, losses, monkeypatch, capsys):
+def test_cli_losses_list_filters_and_describe(client, tagged, monkeypatch, capsys):
     from app.cli import main, service
     from ml3core.client import Client
 
@@ -145,6 +179,8 @@ def test_cli_losses_list_filters_and_describe(client, losses, monkeypatch, capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "LATEST", "FAMILY", "ALIASES", "VERDICT"]
     assert [line.split()[:3] for line in lines[1:]] == [["digits-a", "1", "digits"], ["moved", "2", "digits"]]
+    assert main(["losses", "list", "--tag", "stage=dev", "--json"]) == 0
+    assert [x["name"] for x in json.loads(capsys.readouterr().out)] == ["digits-a"]
     assert main(["losses", "list", "--q", "classifier", "--json"]) == 0
     [only] = json.loads(capsys.readouterr().out)
     assert only["name"] == "digits-a" and only["description"] == "for *digit* classifiers"

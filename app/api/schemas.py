@@ -9,17 +9,27 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.db.models import MAX_ID, Job, LossVersion, iso
+from ml3core.schema import job_spec_schema
 
 STRICT = ConfigDict(extra="forbid")
 
 
-class JobSpec(BaseModel):
-    """A meta-train job. More fields (every TrainConfig field, ``meta_test``) are accepted and
-    checked by the engine; unknown ones are rejected."""
+def _with_spec_keys(schema: dict) -> None:
+    """JobSpec's JSON Schema (OpenAPI, ``GET /v1/schemas/job-spec``): ``kind`` and ``register_as`` over every
+    key of ml3core.schema's meta-train spec. It documents; parse_spec stays the validator."""
+    spec = job_spec_schema()
+    schema.update(required=spec["required"], additionalProperties=False,
+                  properties={**spec["properties"], **{k: schema["properties"][k] for k in ("kind", "register_as")}},
+                  examples=[{"kind": "meta-train", "task": {"family": "sine"}, "loss": {"hidden": [50, 50]},
+                             "seeds": 5, "outer_iterations": 500, "inner_steps": 1, "device": "cpu",
+                             "register_as": "my-loss"}])
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "kind": "meta-train", "task": {"family": "sine"}, "loss": {"hidden": [50, 50]}, "seeds": 5,
-        "outer_iterations": 500, "inner_steps": 1, "device": "cpu", "register_as": "my-loss"}]})
+
+class JobSpec(BaseModel):
+    """A meta-train job: every key of its JSON Schema is accepted and checked by the engine (parse_spec);
+    unknown ones are rejected."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_with_spec_keys)
 
     kind: Literal["meta-train"] = "meta-train"
     task: dict[str, Any]
@@ -391,6 +401,22 @@ class DatasetDetailOut(DatasetOut):
                                                                        "min, max")
     task_trusted_rows: dict[str, int] | None = Field(None, description="trusted rows per task")
     active_jobs: list[int] | None = Field(None, description="queued or running jobs that read it (GET only)")
+
+
+class JsonSchemaOut(BaseModel):
+    """A JSON Schema (draft 2020-12) of an object: its keys are ``properties``, each with a description."""
+
+    model_config = ConfigDict(extra="allow", **example({
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "title": "JobSpec",
+        "required": ["task"], "additionalProperties": False,
+        "properties": {"seeds": {"type": "integer", "description": "independent seeds, trained in one batched pass"},
+                       "schedule": {"type": "string", "description": "unrolled, online or persistent",
+                                    "enum": ["unrolled", "online", "persistent"]}}}))
+
+    type: Literal["object"]
+    title: str
+    required: list[str]
+    properties: dict[str, dict[str, Any]]
 
 
 class HealthOut(BaseModel):

@@ -338,7 +338,7 @@ def print_leaderboard(job: dict) -> None:
 
 def cmd_losses_list(args) -> int:
     with _client(args) as c:
-        losses = list(c.losses(family=args.family, q=args.q))
+        losses = list(c.losses(family=args.family, q=args.q, tag=args.tag))
         if args.json:
             _print(losses)
             return 0
@@ -492,6 +492,7 @@ def add_commands(sub) -> None:
     p = losses.add_parser("list", help="registered losses")
     p.add_argument("--family", help="only losses whose latest version is of this task family")
     p.add_argument("--q", help="only losses with this text in the name or the latest version's description")
+    p.add_argument("--tag", help="only losses whose latest version has this tag: KEY or KEY=VALUE")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=_guard(cmd_losses_list))
     p = losses.add_parser("show", help="a loss version: family, form, aliases, tags, verdict, description")

@@ -307,10 +307,14 @@ def set_description(db: Session, version_id: int, text: str | None) -> None:
     db.get(LossVersion, version_id).description = text or None
 
 
+def tag_value_ok(value) -> bool:
+    return isinstance(value, str) and len(value) <= 256 and "\x00" not in value  # PostgreSQL's text holds no NUL
+
+
 def set_tag(db: Session, version_id: int, key: str, value: str) -> None:
     if not isinstance(key, str) or not TAG_RE.fullmatch(key):
         raise invalid("key", f"{key!r} is not a tag key")
-    if not isinstance(value, str) or len(value) > 256 or "\x00" in value:  # PostgreSQL's text holds no NUL
+    if not tag_value_ok(value):
         raise invalid("value", "a string of at most 256 characters, without NUL")
     row = db.get(LossTag, (version_id, key))
     if row is None:

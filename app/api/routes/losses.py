@@ -31,7 +31,7 @@ from app.api.schemas import (
     version_json,
 )
 from app.core.errors import Problem, invalid
-from app.db.models import META_TEST, Loss, LossAlias, LossVersion, iso
+from app.db.models import META_TEST, Loss, LossAlias, LossTag, LossVersion, iso
 from app.jobs.runner import check_device
 from app.services import limits, registry
 from app.services.evaluate import CLASSIFICATION_FORMS, torch_threads
@@ -53,7 +53,7 @@ def _version(db, loss_id: str) -> tuple[registry.Resolved, LossVersion]:
     return r, db.get(LossVersion, r.id)
 
 
-LIST_QUERY = {"limit", "cursor", "family", "q"}
+LIST_QUERY = {"limit", "cursor", "family", "q", "tag"}
 
 
 def _like(text: str) -> str:
@@ -61,17 +61,30 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-@router.get("", summary="List registered losses (filter by ?family=, search name and description by ?q=)",
+def _tag_filter(request: Request, tag: str) -> tuple[str, str | None]:
+    """``KEY`` or ``KEY=VALUE`` (a key holds no ``=``); one ``?tag=``, as every other list parameter."""
+    key, sep, value = tag.partition("=")
+    if len(request.query_params.getlist("tag")) > 1 or not registry.TAG_RE.fullmatch(key) \
+            or not registry.tag_value_ok(value):
+        raise invalid("tag", "one KEY or KEY=VALUE: a key of letters, digits and ._:/- (at most 64), "
+                             "a value of at most 256 characters without NUL")
+    return key, value if sep else None
+
+
+@router.get("", summary="List registered losses (filter by ?family= or ?tag=, search name and description by ?q=)",
             response_model=LossPage)
 def list_losses(request: Request, db: DB, page: PageDep,
                 family: Annotated[str | None, Query(description="task family of the latest version, e.g. sine")] = None,
                 q: Annotated[str | None, Query(max_length=200, description="text in the name or the latest "
-                                                                         "version's description")] = None) -> dict:
+                                                                         "version's description")] = None,
+                tag: Annotated[str | None, Query(max_length=321, description="KEY or KEY=VALUE: a tag (and its "
+                                                 "value) of the latest version")] = None) -> dict:
     reject_unknown_query(request, LIST_QUERY)
+    wanted = None if tag is None else _tag_filter(request, tag)
     query = select(Loss).order_by(Loss.id).limit(page.limit + 1)
     if page.after is not None:
         query = query.where(Loss.id > page.after)
-    if family is not None or q:
+    if family is not None or q or wanted:
         if family is not None and family not in FAMILIES:
             raise invalid("family", f"one of {sorted(FAMILIES)}")
         newest = (select(LossVersion.loss_id, func.max(LossVersion.version).label("version"))
@@ -83,6 +96,10 @@ def list_losses(request: Request, db: DB, page: PageDep,
         if q:
             query = query.where(or_(Loss.name.ilike(_like(q), escape="\\"),
                                     LossVersion.description.ilike(_like(q), escape="\\")))
+        if wanted:
+            key, value = wanted
+            has = select(LossTag.version_id).where(LossTag.version_id == LossVersion.id, LossTag.key == key)
+            query = query.where(has.where(LossTag.value == value).exists() if value is not None else has.exists())
     rows = list(db.scalars(query))
     ids = [r.id for r in rows]
     latest = dict(db.execute(select(LossVersion.loss_id, func.max(LossVersion.version))
