@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from . import plots
 from .artifact import Bundle
 from .config import ConfigError, check, from_dict
 from .engine import Hooks, MetaTrainer, TrainResult
@@ -165,6 +164,8 @@ def meta_train(spec: dict | Plan, hooks: Hooks | None = None, resume: bytes | No
         bundles.append(plan.bundle(result.seed_phi(i), seed, metrics, factors[i]))
     if on_phase:
         on_phase("figures", 0, 1)
+    from . import plots  # matplotlib: the server install's, not the base install's (loading a loss needs none)
+
     figures = {
         "meta_train.png": plots.meta_train_figure(result.history, cfg.eval_steps, plan.family.heldout_metric,
                                                   model=model),
@@ -258,6 +259,8 @@ def run_meta_test(bundle: Bundle, spec: dict | None = None, device: str = "cpu",
     report["optimizee"] = {"meta_train": trained, "meta_test": tested, "same": trained == tested}
     report["data"] = family.describe()
     report["loss_sha256"] = bundle.sha256
+    from . import plots
+
     return report, {"meta_test.png": plots.meta_test_figure(report, family.heldout_metric)}
 
 
@@ -268,4 +271,6 @@ def landscape(bundle: Bundle, options: dict | None = None) -> dict:
 
 
 def landscape_png(data: dict) -> bytes:
+    from . import plots
+
     return plots.landscape_figure(data)

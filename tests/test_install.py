@@ -49,7 +49,8 @@ def test_the_wheel_holds_ml3core_only_and_the_service_is_the_extra_server(tmp_pa
 
 
 def test_loading_a_loss_and_the_client_import_none_of_the_service(tmp_path):
-    code = ("import sys\nfrom ml3core import load_loss\nimport ml3core.client, ml3core.export\n"
+    code = ("import sys\nfrom ml3core import load_loss\n"
+            "import ml3core.client, ml3core.export, ml3core.api, ml3core.schema\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER!r} or m.split('.')[0] in "
             "('app', 'worker')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
