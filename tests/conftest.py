@@ -258,3 +258,18 @@ def server(request, tmp_path_factory):
     s = Server(tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))).start()
     yield s
     s.stop()
+
+
+def wire_cli(monkeypatch, http) -> None:
+    """The ml3 CLI's client talks to ``http`` (a TestClient of the app) instead of a socket."""
+    from app.cli import service
+    from ml3core.client import Client
+
+    class Wired(Client):
+        def __init__(self, *_):
+            self.http = http
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(service, "_client", Wired)

@@ -4,7 +4,7 @@ a few lines of summary."""
 import json
 
 import pytest
-from conftest import TINY, new_key, register_loss
+from conftest import TINY, new_key, register_loss, wire_cli
 
 from app.core.config import Settings
 
@@ -26,17 +26,9 @@ def served(client, Session):
 
 @pytest.fixture
 def ml3(served, monkeypatch, capsys):
-    from app.cli import main, service
-    from ml3core.client import Client
+    from app.cli import main
 
-    class Wired(Client):  # the CLI's client, over the test app instead of a socket
-        def __init__(self, *_):
-            self.http = served
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(service, "_client", Wired)
+    wire_cli(monkeypatch, served)
 
     def run(*argv) -> str:
         capsys.readouterr()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_problem, table_counts
+from conftest import assert_problem, table_counts, wire_cli
 
 from app.core.config import Settings
 from app.services import registry
@@ -154,17 +154,9 @@ def test_export_refuses_what_it_cannot_do_with_a_problem_and_changes_nothing(cli
 
 
 def test_cli_losses_export_writes_the_file(client, losses, monkeypatch, capsys, tmp_path):
-    from app.cli import main, service
-    from ml3core.client import Client
+    from app.cli import main
 
-    class Wired(Client):  # the CLI's client, over the test app instead of a socket
-        def __init__(self, *_):
-            self.http = client
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(service, "_client", Wired)
+    wire_cli(monkeypatch, client)
     out = tmp_path / "loss.pt"
     assert main(["losses", "export", "weighted-ce", "--format", "torchscript", "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)

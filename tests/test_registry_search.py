@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_problem, migrate, register_loss, table_counts
+from conftest import assert_problem, migrate, register_loss, table_counts, wire_cli
 from sqlalchemy import text
 
 from app.core.config import Settings
@@ -162,17 +162,9 @@ def test_migration_0005_fills_the_family_of_stored_versions(tmp_path):
 
 
 def test_cli_losses_list_filters_and_describe(client, tagged, monkeypatch, capsys):
-    from app.cli import main, service
-    from ml3core.client import Client
+    from app.cli import main
 
-    class Wired(Client):  # the CLI's client, over the test app instead of a socket
-        def __init__(self, *_):
-            self.http = client
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(service, "_client", Wired)
+    wire_cli(monkeypatch, client)
     assert main(["losses", "describe", "digits-a", "for *digit* classifiers"]) == 0
     assert capsys.readouterr().out.strip() == "digits-a:1: description set"
     assert main(["losses", "list", "--family", "digits"]) == 0

@@ -267,6 +267,22 @@ const ml3 = (() => {
     return [...ticks, xmax];
   }
 
+  // an empty chart of W x H and add(tag, attrs, text) that appends an SVG element to it
+  function svgChart(W, H) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    svg.setAttribute("class", "chart");
+    const add = (tag, attrs, text) => {
+      const n = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+      if (text !== undefined) n.textContent = text;
+      svg.append(n);
+      return n;
+    };
+    return { svg, add };
+  }
+
   // series: [{label, color, dashed, x: [...], y: [...], lo: [...]?, hi: [...]?}]; logx: the steps axis above;
   // markers: [{x, text, bad}] vertical lines with a label, red where bad (a horizon the learned loss loses)
   function lineChart(container, { series, xlabel = "", ylabel = "", log = "auto", logx = false, markers = [] }) {
@@ -290,18 +306,8 @@ const ml3 = (() => {
     const tx = logx ? log1p : (v) => v;
     const X = (v) => L + ((tx(v) - tx(xmin)) / (tx(xmax) - tx(xmin))) * (W - L - R);
     const Y = (v) => T + (1 - (ty(v) - ymin) / (ymax - ymin)) * (H - T - B);
-    const NS = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(NS, "svg");
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("class", "chart");
+    const { svg, add } = svgChart(W, H);
     svg.dataset.xMax = xmax;
-    const add = (tag, attrs, text) => {
-      const n = document.createElementNS(NS, tag);
-      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-      if (text !== undefined) n.textContent = text;
-      svg.append(n);
-      return n;
-    };
     const yt = useLog ? logTicks(ymin, ymax) : niceTicks(ymin, ymax);
     for (const t of yt) {
       const y = useLog ? T + (1 - (t - ymin) / (ymax - ymin)) * (H - T - B) : Y(t);
@@ -432,6 +438,6 @@ const ml3 = (() => {
   document.addEventListener("DOMContentLoaded", initKeyBox);
 
   return { FINAL, $, el, api, request, ApiError, blobUrl, loadImage, follow, notice, num, duration, ago, when,
-    runTime, badge, progressBar, setProgress, percent, getKey, versionHref, clearErrors, showErrors, lineChart, band, thin, COLORS,
+    runTime, badge, progressBar, setProgress, percent, getKey, versionHref, clearErrors, showErrors, lineChart, svgChart, band, thin, COLORS,
     metricName, plainName, metaTestSection, sleep, loses };
 })();

@@ -49,18 +49,9 @@
   // more than 30x, else linear; other choices as evenly spaced categories)
   function scatter(key) {
     const pts = job.trials.filter((t) => t.score !== null && t.score !== undefined);
-    const W = 420, H = 240, L = 56, R = 12, T = 12, B = 40, NS = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(NS, "svg");
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("class", "chart");
+    const W = 420, H = 240, L = 56, R = 12, T = 12, B = 40;
+    const { svg, add } = ml3.svgChart(W, H);
     svg.dataset.setting = key;
-    const add = (tag, attrs, text) => {
-      const n = document.createElementNS(NS, tag);
-      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
-      if (text !== undefined) n.textContent = text;
-      svg.append(n);
-      return n;
-    };
     const xs = pts.map((t) => t.params[key]);
     const numeric = xs.every((v) => typeof v === "number");
     const cats = numeric ? [] : [...new Set(xs.map(settingText))];
@@ -99,7 +90,7 @@
     for (const t of pts) {
       const c = add("circle", { cx: X(t.params[key]), cy: Y(t.score), r: 5, fill: ml3.COLORS.learned,
         "fill-opacity": 0.75, "data-trial": t.trial });
-      const title = document.createElementNS(NS, "title");
+      const title = document.createElementNS(svg.namespaceURI, "title");
       title.textContent = `trial ${t.trial}: score ${num(t.score)}`;
       c.append(title);
     }
